@@ -1,0 +1,159 @@
+"""The controller between rounds: weaknesses, hyper-parameter adjustments, targeted data, decisions.
+
+After round r it reads that round's evaluation and decides, by the design's matrix:
+
+=====================  =========================================================================
+decision               when
+=====================  =========================================================================
+rollback               the round degrades (score below the best by more than degrade_tol, or it
+                       collapsed): the next round restarts from the best round
+adjust_retry           KL violation or capability regression: new hyper-parameters, restart from
+                       the best round
+stop_budget            rounds or wall time used up: the best round is the result
+final_evaluation       converged and every quality gate passes
+stop_converged         converged, some gate still failing
+adjust_continue        alignment still weak from round `weak_after_round` on: push harder
+continue               improving, within budget
+=====================  =========================================================================
+
+A round's score is its win rate against the SFT baseline, judged by the reward model (the oracle
+exists only in the toy world, so it is never used to decide). The best round is the highest-scoring
+round without collapse, capability regression or KL violation; round 0 (SFT) always qualifies.
+Each decision is one line of decisions.jsonl, with its triggers and {param: [before, after]}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ControllerConfig
+
+ADJUSTABLE = ("beta", "learning_rate", "max_steps")
+
+
+@dataclass
+class Trigger:
+    name: str
+    metric: str
+    value: float
+    threshold: float
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "metric": self.metric, "value": self.value, "threshold": self.threshold}
+
+
+def weaknesses(m: dict, cfg: ControllerConfig) -> list[Trigger]:
+    """The design's checks on one round's metrics."""
+    out = []
+    if m.get("capability_retention", 1.0) < cfg.min_retention:
+        out.append(Trigger("capability_regression", "capability_retention", m["capability_retention"], cfg.min_retention))
+    if m.get("win_rate_vs_sft", 1.0) < cfg.min_win_rate:
+        out.append(Trigger("weak_alignment", "win_rate_vs_sft", m["win_rate_vs_sft"], cfg.min_win_rate))
+    if m.get("kl_to_reference", 0.0) > cfg.max_kl:
+        out.append(Trigger("kl_violation", "kl_to_reference", m["kl_to_reference"], cfg.max_kl))
+    if m.get("collapsing"):
+        out.append(Trigger("collapse", "collapsing", 1.0, 0.0))
+    return out
+
+
+def score(m: dict) -> float:
+    return m.get("win_rate_vs_sft", 0.5)
+
+
+def eligible(m: dict, cfg: ControllerConfig) -> bool:
+    names = {t.name for t in weaknesses(m, cfg)}
+    return not names & {"capability_regression", "kl_violation", "collapse"}
+
+
+def best_round(history: dict[int, dict], cfg: ControllerConfig) -> int:
+    """Highest-scoring eligible round (ties: the earlier); round 0 always qualifies."""
+    ok = [r for r, m in history.items() if r == 0 or eligible(m, cfg)]
+    return max(ok, key=lambda r: (score(history[r]), -r))
+
+
+def converged(history: dict[int, dict], cfg: ControllerConfig) -> bool:
+    rounds = sorted(r for r in history if r > 0)
+    if len(rounds) < cfg.converge_window:
+        return False
+    last = [score(history[r]) for r in rounds[-cfg.converge_window:]]
+    return max(last) - min(last) < cfg.converge_tol
+
+
+def adjust(params: dict, triggers: list[Trigger], rnd: int, cfg: ControllerConfig) -> tuple[dict, dict]:
+    """New hyper-parameters and the changes {param: [before, after]}, by the design's rules."""
+    new = dict(params)
+    names = {t.name for t in triggers}
+    if "kl_violation" in names:
+        new["beta"] *= cfg.kl_beta_mult
+        new["learning_rate"] *= cfg.kl_lr_mult
+    if "capability_regression" in names:
+        new["beta"] *= cfg.cap_beta_mult
+        new["learning_rate"] *= cfg.cap_lr_mult
+        new["max_steps"] = max(1, int(round(new["max_steps"] * cfg.cap_steps_mult)))
+    if "weak_alignment" in names and rnd >= cfg.weak_after_round and not names & {"kl_violation", "capability_regression"}:
+        new["learning_rate"] *= cfg.weak_lr_mult
+        new["beta"] *= cfg.weak_beta_mult
+    changes = {k: [params[k], new[k]] for k in ADJUSTABLE if new[k] != params[k]}
+    return new, changes
+
+
+def hard_prompts(generation_records: list[dict], share: float = 0.25) -> list[str]:
+    """Prompts whose best and worst samples the reward model barely separates (the hardest share)."""
+    gaps = [(max(r["rewards"]) - min(r["rewards"]), r["prompt"]) for r in generation_records if r["rewards"]]
+    gaps.sort(key=lambda g: g[0])
+    return [p for _, p in gaps[: max(1, int(len(gaps) * share))]]
+
+
+def decide(history: dict[int, dict], rnd: int, params: dict, cfg: ControllerConfig, max_rounds: int,
+           elapsed: float, generation_records: list[dict] | None = None) -> dict:
+    """The decision after round `rnd`, given every evaluated round so far (0 = SFT) and the params it used."""
+    m = history[rnd]
+    triggers = weaknesses(m, cfg)
+    names = {t.name for t in triggers}
+    best = best_round(history, cfg)
+    prev_best = best_round({r: v for r, v in history.items() if r != rnd}, cfg)
+    degrading = "collapse" in names or score(m) < score(history[prev_best]) - cfg.degrade_tol
+    new_params, changes = adjust(params, triggers, rnd, cfg)
+    targeted: dict = {}
+    if "capability_regression" in names:
+        targeted["capability_pairs"] = True
+    if "weak_alignment" in names and generation_records:
+        targeted["hard_prompts"] = hard_prompts(generation_records)
+    out_of_budget = rnd >= max_rounds or elapsed >= cfg.max_seconds
+    gates_pass = not triggers
+    if degrading:
+        decision, start = "rollback", best
+    elif names & {"kl_violation", "capability_regression"}:
+        decision, start = "adjust_retry", best
+    elif out_of_budget:
+        decision, start = "stop_budget", best
+    elif converged(history, cfg):
+        decision, start = ("final_evaluation" if gates_pass else "stop_converged"), best
+    elif changes:
+        decision, start = "adjust_continue", rnd
+    else:
+        decision, start = "continue", rnd
+    # Out of budget stops whatever else was decided; the best round is the result.
+    stop = out_of_budget or decision in ("final_evaluation", "stop_converged")
+    return {
+        "round": rnd, "decision": decision, "triggers": [t.to_dict() for t in triggers], "changes": changes,
+        "params": params, "next_params": new_params, "targeted": targeted, "best_round": best,
+        "next_start_round": start, "stop": stop, "score": score(m), "degrading": degrading,
+        "elapsed_seconds": elapsed,
+    }
+
+
+def iteration_log(d: dict, m: dict, used: dict) -> str:
+    """The design's iteration report: config, results, status, decision."""
+    keys = ("win_rate_vs_sft", "win_rate_vs_previous", "preference_accuracy", "kl_to_reference", "capability_retention",
+            "perplexity", "mean_length", "oracle_score")
+    res = "  ".join(f"{k}={m[k]:.3f}" for k in keys if isinstance(m.get(k), (int, float)))
+    status = ", ".join(f"{t['name']} ({t['metric']}={t['value']:.3f} vs {t['threshold']})" for t in d["triggers"]) or "no weaknesses"
+    changes = ", ".join(f"{k}: {a:g} -> {b:g}" for k, (a, b) in d["changes"].items()) or "none"
+    cfg_line = "  ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in used.items())
+    return (f"=== Iteration {d['round']} ===\n"
+            f"  config:   {cfg_line}\n"
+            f"  results:  {res}\n"
+            f"  status:   {status}\n"
+            f"  decision: {d['decision']} (changes: {changes}; best round {d['best_round']}; "
+            f"next starts from round {d['next_start_round']}{'; stop' if d['stop'] else ''})")

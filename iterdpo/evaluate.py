@@ -1,0 +1,190 @@
+"""Evaluation of one policy: alignment, quality, capability and reward-hacking monitors.
+
+Models are loaded one at a time (policy, then reference, then reward model). Every policy is sampled
+on the same held-out prompts with the same seeds, at the generation temperature (greedy decoding can
+hide a collapse; greedy figures are optional, beside it), so samples of two policies can be compared
+prompt by prompt.
+
+Metric definitions:
+- preference_accuracy / reward_margin: DPO's implicit reward beta*(log pi - log pi_ref) on held-out
+  pairs, chosen against rejected (ties count half; the SFT policy is its own reference: 0.5 / 0).
+- kl_to_reference: Monte-Carlo KL(pi || pi_ref) in nats per token, on the policy's own samples.
+- perplexity: exp of the mean negative log-likelihood per token of held-out chosen responses.
+- win_rate_vs_X: share of held-out prompts where the reward model scores this policy's sample above
+  X's (ties half); oracle_win_rate_vs_X is the same judged by the toy world's oracle.
+- length_controlled_win_rate_vs_sft: the win rate on rewards with a least-squares length trend removed
+  (fitted on both policies' samples pooled).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import capability, reward
+from .generate import completion_logprobs, sample
+from .losses import dpo_implicit_rewards, per_token_kl, preference_stats, win_rate
+
+
+@dataclass
+class EvalInputs:
+    """What every evaluation of one run shares."""
+
+    heldout_pairs: list[dict]
+    heldout_prompts: list[str]
+    world: object | None  # the ToyWorld, or None outside the toy world
+    seed: int
+
+
+def _policy_pass(model, tok, inputs: EvalInputs, cfg) -> dict:
+    """Everything that needs only the policy."""
+    g, e = cfg.generation, cfg.eval
+    samples = [dict(prompt=r["prompt"], response=r["responses"][0], ended=r["ended"][0], n_tokens=r["n_tokens"][0])
+               for r in sample(model, tok, inputs.heldout_prompts, 1, g.max_new_tokens, g.temperature, g.top_p,
+                               e.batch_size, seed=inputs.seed + 7919, desc="eval samples")]
+    lp_s, _ = completion_logprobs(model, tok, [s["prompt"] for s in samples], [s["response"] for s in samples],
+                                  e.batch_size, add_eos=[s["ended"] for s in samples], desc="policy logp (samples)")
+    pairs = inputs.heldout_pairs
+    prompts = [p["prompt"] for p in pairs]
+    lp_c, n_c = completion_logprobs(model, tok, prompts, [p["chosen"] for p in pairs], e.batch_size, desc="policy logp (chosen)")
+    lp_r, _ = completion_logprobs(model, tok, prompts, [p["rejected"] for p in pairs], e.batch_size, desc="policy logp (rejected)")
+    out = {"samples": samples, "lp_samples": lp_s, "lp_chosen": lp_c, "lp_rejected": lp_r, "n_chosen": n_c}
+    style = "toy" if inputs.world is not None else "chat"
+    out["capability"] = capability.capability_scores(model, tok, e, style, inputs.seed)
+    if e.greedy:
+        out["greedy"] = [dict(prompt=r["prompt"], response=r["responses"][0], ended=r["ended"][0])
+                         for r in sample(model, tok, inputs.heldout_prompts, 1, g.max_new_tokens, batch_size=e.batch_size,
+                                         greedy=True, desc="greedy samples")]
+    return out
+
+
+def _ref_pass(model, tok, pol: dict, inputs: EvalInputs, cfg) -> dict:
+    e = cfg.eval
+    s = pol["samples"]
+    lp_s, _ = completion_logprobs(model, tok, [x["prompt"] for x in s], [x["response"] for x in s], e.batch_size,
+                                  add_eos=[x["ended"] for x in s], desc="ref logp (samples)")
+    prompts = [p["prompt"] for p in inputs.heldout_pairs]
+    lp_c, _ = completion_logprobs(model, tok, prompts, [p["chosen"] for p in inputs.heldout_pairs], e.batch_size, desc="ref logp (chosen)")
+    lp_r, _ = completion_logprobs(model, tok, prompts, [p["rejected"] for p in inputs.heldout_pairs], e.batch_size, desc="ref logp (rejected)")
+    return {"lp_samples": lp_s, "lp_chosen": lp_c, "lp_rejected": lp_r}
+
+
+def length_controlled_win_rate(r_a: list[float], len_a: list[int], r_b: list[float], len_b: list[int]) -> float:
+    """Win rate of a over b after removing a linear length trend fitted on both sets pooled."""
+    x = torch.tensor(len_a + len_b, dtype=torch.float64)
+    y = torch.tensor(r_a + r_b, dtype=torch.float64)
+    var = ((x - x.mean()) ** 2).sum()
+    slope = (((x - x.mean()) * (y - y.mean())).sum() / var).item() if var > 0 else 0.0
+    ra = torch.tensor(r_a, dtype=torch.float64) - slope * torch.tensor(len_a, dtype=torch.float64)
+    rb = torch.tensor(r_b, dtype=torch.float64) - slope * torch.tensor(len_b, dtype=torch.float64)
+    return win_rate(ra, rb)
+
+
+def correlation(a: list[float], b: list[float]) -> float:
+    x, y = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    if len(a) < 2 or x.std() == 0 or y.std() == 0:
+        return 0.0
+    return torch.corrcoef(torch.stack([x, y]))[0, 1].item()
+
+
+def compare(samples: list[dict], other: list[dict] | None, name: str, world) -> dict:
+    """Win rates of `samples` against another policy's samples on the same prompts."""
+    if not other:
+        return {}
+    if [s["prompt"] for s in samples] != [o["prompt"] for o in other]:
+        raise ValueError(f"samples to compare with {name} are not on the same prompts")
+    out = {f"win_rate_vs_{name}": win_rate(torch.tensor([s["reward"] for s in samples]), torch.tensor([o["reward"] for o in other]))}
+    if world is not None:
+        out[f"oracle_win_rate_vs_{name}"] = win_rate(torch.tensor([s["oracle"] for s in samples]),
+                                                     torch.tensor([o["oracle"] for o in other]))
+    return out
+
+
+def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, inputs: EvalInputs, cfg, loaders,
+             sft_samples: list[dict] | None = None, prev_samples: list[dict] | None = None,
+             baseline_capability: float | None = None, others: dict | None = None) -> tuple[dict, list[dict]]:
+    """Metrics and scored samples of the policy at `policy_path` (ref_path None: it is its own reference).
+
+    `loaders` provides .policy(path) -> (model, tok), .reward(path) -> rm, .free(*objs).
+    """
+    model, tok = loaders.policy(policy_path)
+    pol = _policy_pass(model, tok, inputs, cfg)
+    loaders.free(model)
+    if ref_path:
+        ref_model, _ = loaders.policy(ref_path)
+        ref = _ref_pass(ref_model, tok, pol, inputs, cfg)
+        loaders.free(ref_model)
+    else:
+        ref = {k: pol[k] for k in ("lp_samples", "lp_chosen", "lp_rejected")}
+    samples = pol["samples"]
+    rm = loaders.reward(rm_path)
+    rewards = reward.score(rm, tok, [s["prompt"] for s in samples], [s["response"] for s in samples],
+                           [s["ended"] for s in samples], cfg.reward.score_batch_size, desc="RM (eval samples)")
+    greedy_rewards = None
+    if "greedy" in pol:
+        gs = pol["greedy"]
+        greedy_rewards = reward.score(rm, tok, [s["prompt"] for s in gs], [s["response"] for s in gs], [s["ended"] for s in gs],
+                                      cfg.reward.score_batch_size, desc="RM (greedy)")
+    loaders.free(rm)
+    for s, r in zip(samples, rewards):
+        s["reward"] = r
+        if inputs.world is not None:
+            s["oracle"] = inputs.world.oracle(s["prompt"], s["response"], s["ended"])
+    stats = preference_stats(dpo_implicit_rewards(pol["lp_chosen"], ref["lp_chosen"], beta),
+                             dpo_implicit_rewards(pol["lp_rejected"], ref["lp_rejected"], beta))
+    n_tok = torch.tensor([s["n_tokens"] for s in samples], dtype=torch.float)
+    lengths = [s["n_tokens"] for s in samples]
+    m = {
+        "preference_accuracy": stats["accuracy"], "reward_margin": stats["margin"],
+        "mean_reward": sum(rewards) / len(rewards),
+        "kl_to_reference": per_token_kl(pol["lp_samples"], ref["lp_samples"], n_tok),
+        "perplexity": math.exp(-pol["lp_chosen"].sum().item() / max(pol["n_chosen"].sum().item(), 1)),
+        "mean_length": sum(lengths) / len(lengths),
+        "ended_share": sum(s["ended"] for s in samples) / len(samples),
+        "length_reward_corr": correlation(lengths, rewards),
+        "mean_logp_chosen": (pol["lp_chosen"].sum() / pol["n_chosen"].sum()).item(),
+    }
+    m.update({f"capability_{k}" if k != "capability_score" else k: v for k, v in pol["capability"].items()})
+    m["capability_retention"] = (capability.retention(m["capability_score"], baseline_capability)
+                                 if baseline_capability is not None else 1.0)
+    if inputs.world is not None:
+        m["oracle_score"] = sum(s["oracle"] for s in samples) / len(samples)
+    if greedy_rewards is not None:
+        m["greedy_mean_reward"] = sum(greedy_rewards) / len(greedy_rewards)
+        if inputs.world is not None:
+            m["greedy_oracle_score"] = sum(inputs.world.oracle(s["prompt"], s["response"], s["ended"])
+                                           for s in pol["greedy"]) / len(pol["greedy"])
+    m.update(compare(samples, sft_samples, "sft", inputs.world))
+    m.update(compare(samples, prev_samples, "previous", inputs.world))
+    for name, other in (others or {}).items():
+        m.update(compare(samples, other, name, inputs.world))
+    if sft_samples:
+        m["length_controlled_win_rate_vs_sft"] = length_controlled_win_rate(
+            rewards, lengths, [o["reward"] for o in sft_samples], [o["n_tokens"] for o in sft_samples])
+    else:  # the SFT policy against itself
+        m.update({"win_rate_vs_sft": 0.5, "length_controlled_win_rate_vs_sft": 0.5})
+        if inputs.world is not None:
+            m["oracle_win_rate_vs_sft"] = 0.5
+    return m, samples
+
+
+def collapse_check(chosen_logps: list[float], rejected_logps: list[float], mean_length: float,
+                   sft_mean_length: float, max_drop: float = 5.0, min_length_ratio: float = 0.3) -> dict:
+    """Flag a round as collapsing when both log-prob traces fall steeply, or responses shrink to nothing.
+
+    Args:
+        chosen_logps, rejected_logps: per-logging-step mean summed log-probs of chosen / rejected (TRL's
+            logps/chosen and logps/rejected), in training order.
+        max_drop: a fall of both traces by more than this many nats (first to last logged value) flags.
+        min_length_ratio: mean response length below this share of the SFT policy's flags.
+    """
+    reasons = []
+    if len(chosen_logps) >= 2 and len(rejected_logps) >= 2:
+        d_c, d_r = chosen_logps[0] - chosen_logps[-1], rejected_logps[0] - rejected_logps[-1]
+        if d_c > max_drop and d_r > max_drop:
+            reasons.append(f"log-probs of chosen and rejected both fell (by {d_c:.2f} and {d_r:.2f} nats)")
+    if sft_mean_length > 0 and mean_length < min_length_ratio * sft_mean_length:
+        reasons.append(f"responses shrank to {mean_length:.1f} tokens (SFT: {sft_mean_length:.1f})")
+    return {"collapsing": bool(reasons), "collapse_reasons": reasons}

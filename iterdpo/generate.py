@@ -1,0 +1,94 @@
+"""Batched sampling and batched log-probs for a causal LM.
+
+Sampling sorts prompts by length so each batch pads little, pads on the left so every row ends at
+its prompt's last token, and asks generate() for k sequences per prompt at once. Policies are saved
+with their LoRA adapters already merged, so generation runs on plain weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .losses import sequence_logprobs
+
+
+def _batches(order: list[int], size: int):
+    for i in range(0, len(order), size):
+        yield order[i:i + size]
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, temperature: float = 1.0,
+           top_p: float = 1.0, batch_size: int = 256, seed: int = 0, greedy: bool = False,
+           desc: str = "sampling") -> list[dict]:
+    """k responses per prompt: [{"prompt", "responses": [k], "ended": [k], "n_tokens": [k]}], in prompt order.
+
+    `batch_size` counts sequences (prompts x k). Batch b is seeded with seed + b, so two models given
+    the same prompts in the same order draw from the same random streams.
+    """
+    model.eval()
+    tokenizer.padding_side = "left"
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    per_batch = max(1, batch_size // k)
+    out: dict[int, dict] = {}
+    dev = next(model.parameters()).device
+    for b, idx in enumerate(tqdm(list(_batches(order, per_batch)), desc=desc, leave=False)):
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        torch.manual_seed(seed + b)
+        gen = model.generate(
+            **enc, do_sample=not greedy, temperature=temperature if not greedy else None,
+            top_p=top_p if not greedy else None, top_k=None if not greedy else None,
+            max_new_tokens=max_new_tokens, num_return_sequences=k, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id)
+        new = gen[:, enc["input_ids"].shape[1]:].cpu()
+        for j, i in enumerate(idx):
+            rows = new[j * k:(j + 1) * k]
+            rec = {"prompt": prompts[i], "responses": [], "ended": [], "n_tokens": []}
+            for row in rows:
+                ids = row.tolist()
+                ended = tokenizer.eos_token_id in ids
+                body = ids[: ids.index(tokenizer.eos_token_id)] if ended else ids
+                body = [t for t in body if t != tokenizer.pad_token_id]
+                rec["responses"].append(" " + tokenizer.decode(body, skip_special_tokens=True).strip())
+                rec["ended"].append(ended)
+                rec["n_tokens"].append(len(body) + int(ended))
+            out[i] = rec
+    return [out[i] for i in range(len(prompts))]
+
+
+def encode_pairs(tokenizer, prompts: list[str], completions: list[str], add_eos: list[bool] | None = None):
+    """Left-padded prompt+completion batch and a mask of the completion tokens (B, T)."""
+    ids, masks = [], []
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        c_ids = tokenizer(c, add_special_tokens=False)["input_ids"]
+        if add_eos is None or add_eos[i]:
+            c_ids = c_ids + [tokenizer.eos_token_id]
+        ids.append(p_ids + c_ids)
+        masks.append([0] * len(p_ids) + [1] * len(c_ids))
+    width = max(len(x) for x in ids)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+    attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    completion = torch.tensor([[0] * (width - len(m)) + m for m in masks])
+    return input_ids, attention, completion
+
+
+@torch.no_grad()
+def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 64,
+                        add_eos: list[bool] | None = None, desc: str = "log-probs") -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probs (N,), completion token counts (N,)) of each completion after its prompt."""
+    model.eval()
+    dev = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
+    logps, counts = torch.zeros(len(prompts)), torch.zeros(len(prompts))
+    for idx in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
+        eos = [add_eos[i] for i in idx] if add_eos is not None else None
+        ids, att, comp = encode_pairs(tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], eos)
+        logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits
+        lp = sequence_logprobs(logits, ids.to(dev), comp.to(dev)).float().cpu()
+        logps[idx] = lp
+        counts[idx] = comp[:, 1:].sum(-1).float()
+    return logps, counts

