@@ -34,6 +34,26 @@ def _check(cond: bool, section: str, name: str, value: Any, why: str) -> None:
         raise ConfigError(f"{section}.{name}={value!r}: {why}")
 
 
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
+
+
+def _coerce(section: str, f: dataclasses.Field, v: Any) -> Any:
+    """Accept what YAML and the command line give ('5e-4' is a string to YAML 1.1); reject wrong types."""
+    want = _TYPES.get(str(f.type))
+    if want is None or isinstance(v, want) and not (want is int and isinstance(v, bool)):
+        return v
+    if want is float and isinstance(v, (int, str)) and not isinstance(v, bool):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    if want is int and isinstance(v, float) and v.is_integer():
+        return int(v)
+    if want is list and isinstance(v, (str, int, float)):
+        return [v]
+    raise ConfigError(f"{section}.{f.name}={v!r}: expected {want.__name__}")
+
+
 class _Section:
     """Mixin: checks declared ranges and choices, and converts to and from plain dicts."""
 
@@ -41,7 +61,8 @@ class _Section:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
+            v = _coerce(self.section, f, getattr(self, f.name))
+            setattr(self, f.name, v)
             if "choices" in f.metadata and not isinstance(v, list):
                 _check(v in f.metadata["choices"], self.section, f.name, v, f"must be one of {f.metadata['choices']}")
             if "min" in f.metadata and v is not None:
@@ -82,24 +103,24 @@ class ModelConfig(_Section):
 @dataclass
 class ToyConfig(_Section):
     section = "toy"
-    n_keywords: int = F(16, "Content words a prompt draws its keywords from.", min=4)
-    n_fillers: int = F(8, "Filler words that the oracle penalises.", min=1)
-    min_k: int = F(2, "Fewest keywords in a prompt.", min=1)
-    max_k: int = F(4, "Most keywords in a prompt.", min=1)
-    include_prob: float = F(0.5, "Chance that the seed writer mentions each keyword.", min=0.0, max=1.0)
+    n_topics: int = F(6, "Topics a prompt can ask for.", min=2, max=6)
+    words_per_topic: int = F(6, "Content words per topic.", min=2, max=6)
+    min_n: int = F(2, "Fewest words a prompt asks for.", min=1)
+    max_n: int = F(4, "Most words a prompt asks for.", min=1)
+    include_prob: float = F(0.5, "Chance that the seed writer gives each requested on-topic word.", min=0.0, max=1.0)
     mean_fillers: float = F(1.5, "Mean number of filler words the seed writer adds.", min=0.0)
-    mean_offtopic: float = F(1.0, "Mean number of off-topic content words the seed writer adds.", min=0.0)
+    mean_offtopic: float = F(1.0, "Mean number of off-topic words the seed writer adds.", min=0.0)
     label_noise: float = F(0.3, "Share of seed pairs whose labels are flipped: the reward model must average it out.", min=0.0, max=0.49)
-    extra_penalty: float = F(0.15, "Oracle penalty per word that is not a requested keyword (fillers, repeats, off-topic).", min=0.0)
+    extra_penalty: float = F(0.15, "Oracle penalty per word beyond the requested on-topic ones (fillers, off-topic, repeats).", min=0.0)
     pretrain_docs: int = F(6000, "Documents in the base model's pretraining corpus.", min=100)
-    pretrain_steps: int = F(400, "Optimizer steps to pretrain the tiny base model.", min=1)
+    pretrain_steps: int = F(800, "Optimizer steps to pretrain the tiny base model.", min=1)
     pretrain_lr: float = F(3e-3, "Learning rate for base pretraining.", min=0.0)
     hidden_size: int = F(64, "Tiny Llama hidden size.", min=8)
     layers: int = F(2, "Tiny Llama layers.", min=1)
     heads: int = F(4, "Tiny Llama attention heads.", min=1)
 
     def validate(self) -> None:
-        _check(self.min_k <= self.max_k <= self.n_keywords, "toy", "max_k", self.max_k, "need min_k <= max_k <= n_keywords")
+        _check(self.min_n <= self.max_n <= self.words_per_topic, "toy", "max_n", self.max_n, "need min_n <= max_n <= words_per_topic")
         _check(self.hidden_size % self.heads == 0, "toy", "heads", self.heads, "must divide hidden_size")
 
 
@@ -305,8 +326,9 @@ def load_preset(name: str, overrides: dict | None = None) -> RunConfig:
     if not path.exists():
         known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
         raise ConfigError(f"preset {name!r} not found; known presets: {known}")
-    d = _merge(RunConfig().to_dict(), yaml.safe_load(path.read_text()) or {})
-    d.setdefault("preset", path.stem)
+    raw = yaml.safe_load(path.read_text()) or {}
+    d = _merge(RunConfig().to_dict(), raw)
+    d["preset"] = raw.get("preset", path.stem)
     return apply_overrides(RunConfig.from_dict(d), overrides or {})
 
 

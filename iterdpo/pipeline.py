@@ -304,10 +304,11 @@ def decisions(cfg: RunConfig) -> dict[int, dict]:
 def round_plan(cfg: RunConfig, rnd: int) -> dict:
     """Where round `rnd` starts, its hyper-parameters and targeted data, from the decision after rnd-1."""
     prev = decisions(cfg).get(rnd - 1)
-    params = dict(prev["next_params"]) if prev else {"beta": cfg.dpo.beta, "learning_rate": cfg.dpo.learning_rate,
-                                                     "max_steps": cfg.dpo.max_steps}
-    params.update(cfg.dpo.schedule.get(rnd, cfg.dpo.schedule.get(str(rnd), {})))
-    return {"start": prev["next_start_round"] if prev else 0, "params": params,
+    carried = dict(prev["next_params"]) if prev else {"beta": cfg.dpo.beta, "learning_rate": cfg.dpo.learning_rate,
+                                                      "max_steps": cfg.dpo.max_steps}
+    # A schedule entry changes this round only; the controller adjusts the carried values.
+    params = {**carried, **cfg.dpo.schedule.get(rnd, cfg.dpo.schedule.get(str(rnd), {}))}
+    return {"start": prev["next_start_round"] if prev else 0, "params": params, "carried": carried,
             "targeted": prev["targeted"] if prev else {}}
 
 
@@ -458,12 +459,13 @@ def record_decision(cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dict:
     gen_path = run_dir(cfg) / f"round_{rnd}" / "generate" / "samples.jsonl"
     gen = read_jsonl(gen_path) if gen_path.exists() else None
     if cfg.controller.enabled:
-        d = controller.decide(history, rnd, plan["params"], cfg.controller, cfg.max_rounds, _elapsed(cfg), gen)
+        d = controller.decide(history, rnd, plan["carried"], cfg.controller, cfg.max_rounds, _elapsed(cfg), gen)
     else:
-        d = {"round": rnd, "decision": "continue", "triggers": [], "changes": {}, "params": plan["params"],
-             "next_params": plan["params"], "targeted": {}, "best_round": rnd, "next_start_round": rnd,
+        d = {"round": rnd, "decision": "continue", "triggers": [], "changes": {}, "params": plan["carried"],
+             "next_params": plan["carried"], "targeted": {}, "best_round": rnd, "next_start_round": rnd,
              "stop": rnd >= cfg.max_rounds, "score": controller.score(m), "degrading": False, "elapsed_seconds": _elapsed(cfg)}
     d["collapsing"] = m.get("collapsing", False)
+    d["used_params"] = plan["params"]
     used = {"start_round": plan["start"], **plan["params"], "reference": cfg.dpo.reference}
     print(controller.iteration_log(d, m, used))
     append_jsonl(run_dir(cfg) / "decisions.jsonl", d)
