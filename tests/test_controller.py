@@ -1,0 +1,86 @@
+import pytest
+
+from iterdpo.config import ControllerConfig
+from iterdpo.controller import best_round, converged, decide, hard_prompts, weaknesses
+from iterdpo.evaluate import collapse_check
+
+CFG = ControllerConfig()
+PARAMS = {"beta": 0.1, "learning_rate": 1e-3, "max_steps": 60}
+GOOD = {"win_rate_vs_sft": 0.7, "kl_to_reference": 0.05, "capability_retention": 1.0}
+
+
+def test_kl_violation_raises_beta_and_cuts_lr():
+    hist = {0: {"win_rate_vs_sft": 0.5}, 1: {**GOOD, "kl_to_reference": 0.4}}
+    d = decide(hist, 1, PARAMS, CFG, max_rounds=5, elapsed=0)
+    assert d["decision"] == "adjust_retry"
+    assert [t["name"] for t in d["triggers"]] == ["kl_violation"]
+    assert d["changes"]["beta"] == [0.1, 0.1 * 1.5] and d["changes"]["learning_rate"] == [1e-3, 5e-4]
+    assert d["next_start_round"] == 0  # the violating round is not eligible as a start
+
+
+def test_capability_regression_rule_and_targeted_data():
+    hist = {0: {"win_rate_vs_sft": 0.5}, 1: {**GOOD, "capability_retention": 0.8}}
+    d = decide(hist, 1, PARAMS, CFG, 5, 0)
+    assert d["changes"] == {"beta": [0.1, 0.2], "learning_rate": [1e-3, 5e-4], "max_steps": [60, 42]}
+    assert d["targeted"]["capability_pairs"] is True
+
+
+def test_weak_alignment_pushes_only_from_round_two():
+    weak = {**GOOD, "win_rate_vs_sft": 0.52}
+    gen = [{"prompt": f"p{i}", "rewards": [0.0, i / 10]} for i in range(8)]
+    d1 = decide({0: {"win_rate_vs_sft": 0.5}, 1: weak}, 1, PARAMS, CFG, 5, 0, gen)
+    assert d1["changes"] == {} and d1["targeted"]["hard_prompts"] == ["p0", "p1"]
+    d2 = decide({0: {"win_rate_vs_sft": 0.5}, 1: weak, 2: weak}, 2, PARAMS, CFG, 5, 0, gen)
+    assert d2["decision"] == "adjust_continue"
+    assert d2["changes"]["learning_rate"][1] == pytest.approx(1.5e-3) and d2["changes"]["beta"][1] == pytest.approx(0.08)
+
+
+def test_degrading_round_rolls_back_to_best():
+    hist = {0: {"win_rate_vs_sft": 0.5}, 1: {**GOOD, "win_rate_vs_sft": 0.75}, 2: {**GOOD, "win_rate_vs_sft": 0.6}}
+    d = decide(hist, 2, PARAMS, CFG, 5, 0)
+    assert d["decision"] == "rollback" and d["best_round"] == 1 and d["next_start_round"] == 1
+
+
+def test_collapse_counts_as_degrading():
+    hist = {0: {"win_rate_vs_sft": 0.5}, 1: {**GOOD, "collapsing": True}}
+    assert decide(hist, 1, PARAMS, CFG, 5, 0)["decision"] == "rollback"
+
+
+def test_convergence_and_budget():
+    hist = {0: {"win_rate_vs_sft": 0.5}, 1: {**GOOD, "win_rate_vs_sft": 0.70}, 2: {**GOOD, "win_rate_vs_sft": 0.71},
+            3: {**GOOD, "win_rate_vs_sft": 0.705}}
+    assert converged(hist, CFG)
+    d = decide(hist, 3, PARAMS, CFG, 10, 0)
+    assert d["decision"] == "final_evaluation" and d["stop"]
+    d = decide({0: {"win_rate_vs_sft": 0.5}, 1: GOOD}, 1, PARAMS, CFG, max_rounds=1, elapsed=0)
+    assert d["decision"] == "stop_budget" and d["stop"]
+    d = decide({0: {"win_rate_vs_sft": 0.5}, 1: GOOD}, 1, PARAMS, CFG, max_rounds=9, elapsed=CFG.max_seconds + 1)
+    assert d["stop"]
+
+
+def test_improving_round_continues():
+    d = decide({0: {"win_rate_vs_sft": 0.5}, 1: GOOD}, 1, PARAMS, CFG, 5, 0)
+    assert d["decision"] == "continue" and not d["stop"] and d["next_start_round"] == 1 and d["best_round"] == 1
+
+
+def test_best_round_skips_ineligible():
+    hist = {0: {"win_rate_vs_sft": 0.5}, 1: {**GOOD, "win_rate_vs_sft": 0.9, "kl_to_reference": 1.0}, 2: GOOD}
+    assert best_round(hist, CFG) == 2
+    assert weaknesses({"win_rate_vs_sft": 0.4}, CFG)[0].name == "weak_alignment"
+
+
+def test_hard_prompts_are_smallest_gaps():
+    gen = [{"prompt": "easy", "rewards": [0.0, 5.0]}, {"prompt": "hard", "rewards": [1.0, 1.1]},
+           {"prompt": "mid", "rewards": [0.0, 1.0]}, {"prompt": "x", "rewards": [0.0, 2.0]}]
+    assert hard_prompts(gen, 0.5) == ["hard", "mid"]
+
+
+def test_collapse_flag_on_synthetic_log_prob_trace():
+    falling_c = [-12.0, -14.0, -17.0, -20.0]
+    falling_r = [-14.0, -18.0, -22.0, -27.0]
+    out = collapse_check(falling_c, falling_r, mean_length=5.0, sft_mean_length=5.0)
+    assert out["collapsing"] and "both fell" in out["collapse_reasons"][0]
+    healthy = collapse_check([-12.0, -11.5, -11.8], [-14.0, -18.0, -22.0], 5.0, 5.0)
+    assert not healthy["collapsing"]  # only the rejected side falls: what DPO should do
+    short = collapse_check([-12.0, -12.0], [-14.0, -14.0], mean_length=1.0, sft_mean_length=5.0)
+    assert short["collapsing"] and "shrank" in short["collapse_reasons"][0]

@@ -1,0 +1,208 @@
+"""The notebooks as committed (stripped, tagged, short, literal parameters) and the papermill runner.
+
+Executing them is nbval's job in CI: ``python tests/nbval_prepare.py build/nbval`` then
+``pytest --nbval-lax --current-env build/nbval``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import iterdpo
+from iterdpo import runner
+from iterdpo.config import RunConfig, load_preset
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NAMES = ["01_sft", "02_reward_model", "03_synthetic_preferences", "04_dpo_round", "05_compare_iterations"]
+NOT_CONFIG = {"preset", "out", "overrides", "round", "arm", "MOUNT_DRIVE"}  # notebook-only parameters
+MAX_LINES = 20
+
+
+def _load(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+
+
+def _code(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _parameters(nb):
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"want one cell tagged 'parameters', found {len(cells)}"
+    return cells[0]
+
+
+def test_the_suite_is_complete() -> None:
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_without_outputs(name: str) -> None:
+    for cell in _code(_load(name)):
+        assert cell.outputs == [] and cell.execution_count is None, f"{name}: strip outputs ({cell.source[:40]!r})"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_code_cells_are_short_and_headed(name: str) -> None:
+    nb = _load(name)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        assert len(cell.source.splitlines()) <= MAX_LINES, f"{name}: cell {i} is over {MAX_LINES} lines"
+        above = nb.cells[i - 1] if i else None
+        assert above is not None and above.cell_type == "markdown" and above.source.lstrip().startswith("#"), \
+            f"{name}: code cell {i} has no markdown heading above it"
+        tree = ast.parse(cell.source)
+        assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.For, ast.While)) for n in ast.walk(tree)), \
+            f"{name}: cell {i} holds logic; move it into iterdpo/"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameters_are_literals_named_like_config_fields(name: str) -> None:
+    tree = ast.parse(_parameters(_load(name)).source)
+    names = []
+    for stmt in tree.body:
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name), \
+            f"{name}: the parameters cell may only assign literals to names ({ast.unparse(stmt)})"
+        ast.literal_eval(stmt.value)  # raises on anything but a literal
+        names.append(stmt.targets[0].id)
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert set(names) - NOT_CONFIG <= fields, f"{name}: not RunConfig fields: {set(names) - NOT_CONFIG - fields}"
+    expected = {"preset", "out", "seed", "overrides", "MOUNT_DRIVE"}
+    expected |= {"round"} if name[:2] in ("03", "04") else set()
+    expected |= {"arm"} if name[:2] == "04" else set()
+    assert set(names) == expected
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_bootstrap_cell_that_acts_only_on_colab(name: str) -> None:
+    cells = [c for c in _code(_load(name)) if "google.colab" in c.source]
+    assert len(cells) == 1 and "colab_setup.sh" in cells[0].source
+    assert 'if "google.colab" in sys.modules' in cells[0].source
+    for cell in _code(_load(name)):
+        assert "pip install" not in cell.source and not cell.source.lstrip().startswith("!")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_for_jupyter_and_colab(name: str) -> None:
+    meta = _load(name).metadata
+    assert meta.kernelspec.name == "python3"
+    assert meta.accelerator == "GPU" and meta.colab.gpuType == "T4"
+    text = "".join(c.source for c in _load(name).cells if c.cell_type == "markdown")
+    assert f"colab.research.google.com/github/iterdpo/iterdpo/blob/main/notebooks/{name}.ipynb" in text
+
+
+def test_notebooks_match_their_generator() -> None:
+    spec = importlib.util.spec_from_file_location("build_notebooks", NOTEBOOKS / "build_notebooks.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    for name, cells in gen.NOTEBOOKS.items():
+        assert nbformat.writes(gen.build(name, cells)) + "\n" == (NOTEBOOKS / f"{name}.ipynb").read_text(), \
+            f"{name}.ipynb differs from notebooks/build_notebooks.py: rerun it"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameters_build_the_config(name: str) -> None:
+    ns: dict = {}
+    exec(_parameters(_load(name)).source, ns)
+    cfg = load_preset(ns["preset"], {**ns["overrides"], "seed": ns["seed"], "out": ns["out"]})
+    assert cfg.out == ns["out"] and cfg.seed == ns["seed"]
+
+
+# ------------------------------------------------------------------ the runner
+
+@pytest.mark.parametrize("overrides", [None, {"dpo.beta": 0.3, "dpo.schedule": {2: {"beta": 0.5}}, "rounds": 3},
+                                       {"dpo.beta": 0.3}])
+def test_notebook_parameters_rebuild_the_config(overrides) -> None:
+    cfg = load_preset("tiny", {"dpo.beta": 0.3, "dpo.schedule": {2: {"beta": 0.5}}, "rounds": 3,
+                               "generation.k": 6}).replace(out="runs/x", seed=3)
+    p = runner.notebook_parameters(cfg, overrides)
+    rebuilt = load_preset(p["preset"], {**p["overrides"], "seed": p["seed"], "out": p["out"]})
+    assert runner._plain(rebuilt.to_dict()) == runner._plain(cfg.to_dict())
+    if overrides is None:
+        assert p["overrides"] == {"rounds": 3, "dpo.beta": 0.3, "dpo.schedule": {"2": {"beta": 0.5}}, "generation.k": 6}
+
+
+def _fake_papermill(monkeypatch, calls: list):
+    def execute_notebook(input_path, output_path, parameters=None, **kw):
+        tmp = re.fullmatch(r"\.(.+)\.tmp-\d+\.ipynb", Path(output_path).name)  # written under a temporary name
+        calls.append((Path(input_path).stem, f"{tmp.group(1)}.ipynb", dict(parameters)))
+        Path(output_path).write_text("{}")
+    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook))
+
+
+def _fake_pipeline(monkeypatch, answers: list) -> None:
+    stub = types.SimpleNamespace(next_round=lambda cfg: answers.pop(0))
+    monkeypatch.setitem(sys.modules, "iterdpo.pipeline", stub)
+    monkeypatch.setattr(iterdpo, "pipeline", stub, raising=False)
+
+
+def test_run_notebooks_order_names_and_resume(tmp_path: Path, monkeypatch) -> None:
+    cfg = load_preset("tiny", {"out": str(tmp_path / "run")})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"best_round": 2}))
+    calls: list = []
+    _fake_papermill(monkeypatch, calls)
+    _fake_pipeline(monkeypatch, [1, 2, None])
+    assert runner.run_notebooks(cfg, resume=False)["best_round"] == 2
+    assert [(c[0], c[1]) for c in calls] == [
+        ("01_sft", "01_sft.ipynb"), ("02_reward_model", "02_reward_model.ipynb"),
+        ("03_synthetic_preferences", "03_synthetic_preferences_r1.ipynb"), ("04_dpo_round", "04_dpo_round_r1.ipynb"),
+        ("03_synthetic_preferences", "03_synthetic_preferences_r2.ipynb"), ("04_dpo_round", "04_dpo_round_r2.ipynb"),
+        ("04_dpo_round", "04_dpo_round_offline_dpo.ipynb"), ("05_compare_iterations", "05_compare_iterations.ipynb")]
+    assert calls[3][2]["round"] == 1 and calls[3][2]["arm"] == "iterative" and calls[6][2]["arm"] == "offline_dpo"
+    assert all(c[2]["out"] == cfg.out and c[2]["preset"] == "tiny" for c in calls)
+    assert sorted(p.name for p in (tmp_path / "run" / "notebooks").iterdir()) == sorted(c[1] for c in calls)
+
+    (tmp_path / "run" / "notebooks" / "05_compare_iterations.ipynb").unlink()
+    calls.clear()
+    _fake_pipeline(monkeypatch, [None])
+    runner.run_notebooks(cfg, resume=True)
+    assert [c[1] for c in calls] == ["05_compare_iterations.ipynb"]
+
+
+def test_a_failed_notebook_is_kept_aside(tmp_path: Path, monkeypatch) -> None:
+    def execute_notebook(input_path, output_path, **kw):
+        Path(output_path).write_text("{}")
+        raise RuntimeError("cell failed")
+    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook))
+    (tmp_path / ".01_sft.tmp-1.ipynb").write_text("{}")  # left by a killed run
+    with pytest.raises(RuntimeError):
+        runner.execute("01_sft", tmp_path / "01_sft.ipynb", {})
+    assert [p.name for p in tmp_path.iterdir()] == ["01_sft.failed.ipynb"]
+    _fake_papermill(monkeypatch, [])
+    runner.execute("01_sft", tmp_path / "01_sft.ipynb", {})
+    assert [p.name for p in tmp_path.iterdir()] == ["01_sft.ipynb"]
+
+
+def test_prepare_for_nbval_injects_one_tiny_run(tmp_path: Path) -> None:
+    written = runner.prepare_for_nbval(tmp_path / "nbval")
+    assert [p.name for p in written] == sorted(p.name for p in written) and len(written) == 6
+    for path in written:
+        nb = nbformat.read(path, as_version=4)
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert len(injected) == 1
+        ns: dict = {}
+        exec(injected[0].source, ns)
+        assert ns["preset"] == "tiny" and ns["out"] == str(tmp_path / "nbval" / "run")
+        assert ns["overrides"] == runner.TINY_OVERRIDES
+        assert ns.get("round") == (1 if path.name[0] in "cd" else None)
+        assert ns.get("arm") == {"d": "iterative", "e": "offline_dpo"}.get(path.name[0])
+
+
+def test_tiny_overrides_are_valid() -> None:
+    load_preset("tiny", runner.TINY_OVERRIDES)
+
+
+def test_the_python3_kernel_runs_this_environment() -> None:
+    runner.check_kernel()

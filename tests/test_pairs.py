@@ -1,0 +1,58 @@
+import pytest
+
+from iterdpo.pairs import STRATEGIES, make_pairs
+
+
+def rec(responses, rewards, ended=None, n_tokens=None):
+    return {"prompt": "p", "responses": responses, "rewards": rewards, "ended": ended or [True] * len(responses),
+            "n_tokens": n_tokens or [len(r.split()) + 1 for r in responses]}
+
+
+def test_max_min_picks_best_and_worst():
+    pairs, dropped = make_pairs([rec(["a", "b", "c"], [0.1, 0.9, -0.5])], "max_min")
+    assert (pairs[0]["chosen"], pairs[0]["rejected"]) == ("b", "c") and not dropped
+    assert pairs[0]["gap"] == pytest.approx(1.4)
+
+
+def test_max_random_keeps_best_as_chosen():
+    for seed in range(5):
+        pairs, _ = make_pairs([rec(["a", "b", "c", "d"], [0.1, 0.9, -0.5, 0.3])], "max_random", seed=seed)
+        assert pairs[0]["chosen"] == "b" and pairs[0]["rejected"] in {"a", "c", "d"}
+
+
+def test_random_orders_by_reward():
+    for seed in range(5):
+        pairs, _ = make_pairs([rec(["a", "b", "c", "d"], [0.1, 0.9, -0.5, 0.3])], "random", seed=seed)
+        rw = dict(zip("abcd", [0.1, 0.9, -0.5, 0.3]))
+        assert rw[pairs[0]["chosen"]] > rw[pairs[0]["rejected"]]
+
+
+def test_length_penalty_changes_the_choice():
+    r = rec(["short one", "a very very long answer here"], [1.0, 1.2], n_tokens=[3, 7])
+    assert make_pairs([r], "max_min")[0][0]["chosen"] == "a very very long answer here"
+    pairs, _ = make_pairs([r], "max_min_length", length_penalty=0.1)
+    assert pairs[0]["chosen"] == "short one"  # 1.0 - 0.3 > 1.2 - 0.7
+
+
+def test_filters_count_every_drop():
+    records = [
+        rec(["a", "b"], [1.0, 0.0], ended=[True, False]),  # one ended response: missing_eos
+        rec(["same", "same "], [1.0, 0.0]),  # identical after stripping
+        rec(["a", "b"], [0.50, 0.49]),  # gap 0.01 < 0.05
+        rec(["a", "b"], [1.0, 0.0]),  # kept
+    ]
+    pairs, dropped = make_pairs(records, "max_min", min_gap=0.05)
+    assert len(pairs) == 1
+    assert dict(dropped) == {"missing_eos": 1, "identical": 1, "small_gap": 1}
+    assert len(pairs) + sum(dropped.values()) == len(records)
+
+
+def test_require_eos_off_keeps_unended():
+    pairs, dropped = make_pairs([rec(["a", "b"], [1.0, 0.0], ended=[True, False])], require_eos=False)
+    assert len(pairs) == 1 and not dropped
+
+
+def test_unknown_strategy():
+    with pytest.raises(ValueError, match="max_min"):
+        make_pairs([], "best_of")
+    assert set(STRATEGIES) == {"max_min", "max_random", "random", "max_min_length"}
