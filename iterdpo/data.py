@@ -134,6 +134,13 @@ def render_prompt(messages: list[dict], tokenizer) -> str:
     return "".join(turns) + ASSISTANT
 
 
+def as_completion(prompt: str, text: str) -> str:
+    """`text` as it follows `prompt`: after a space, unless the prompt already ends in whitespace
+    (a chat template's ``assistant\n``), where a space would be off the model's distribution."""
+    text = text.strip()
+    return text if not prompt or prompt[-1].isspace() else " " + text
+
+
 def check_pair(prompt: str, chosen: str, rejected: str, tokenizer, max_prompt: int, max_response: int) -> str | None:
     """A skip reason, or None when the pair is usable."""
     if not chosen.strip() or not rejected.strip():
@@ -166,7 +173,7 @@ def load_pairs(source: str, paths: list[str], tokenizer, max_prompt: int, max_re
         if reason:
             skips.add(reason, loc)
             continue
-        pairs.append({"prompt": prompt, "chosen": " " + chosen.strip(), "rejected": " " + rejected.strip(),
+        pairs.append({"prompt": prompt, "chosen": as_completion(prompt, chosen), "rejected": as_completion(prompt, rejected),
                       "source": "seed", "origin": loc})
         if limit and len(pairs) >= limit:
             break

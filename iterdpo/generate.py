@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .data import as_completion
 from .losses import sequence_logprobs
 
 
@@ -51,7 +52,7 @@ def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, te
                 ended = tokenizer.eos_token_id in ids
                 body = ids[: ids.index(tokenizer.eos_token_id)] if ended else ids
                 body = [t for t in body if t != tokenizer.pad_token_id]
-                rec["responses"].append(" " + tokenizer.decode(body, skip_special_tokens=True).strip())
+                rec["responses"].append(as_completion(prompts[i], tokenizer.decode(body, skip_special_tokens=True)))
                 rec["ended"].append(ended)
                 rec["n_tokens"].append(len(body) + int(ended))
             out[i] = rec

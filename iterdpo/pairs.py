@@ -24,14 +24,14 @@ def _pick(strategy: str, scores: list[float], cands: list[int], rng: random.Rand
 
 def make_pairs(records: list[dict], strategy: str = "max_min", min_gap: float = 0.0, require_eos: bool = True,
                length_penalty: float = 0.0, seed: int = 0, source: str = "synthetic") -> tuple[list[dict], Counter]:
-    """One pair per generation record, or a drop reason: missing_eos, identical, small_gap.
+    """One pair per generation record, or a drop reason: missing_eos, empty, identical, small_gap.
 
     Args:
         records: {"prompt", "responses": [K], "rewards": [K], "ended": [K], "n_tokens": [K]} rows.
         strategy: max_min (best vs worst), max_random (best vs a random other), random (two at random,
             ordered by reward), max_min_length (max_min on reward - length_penalty * n_tokens).
         min_gap: pairs whose (possibly length-penalised) reward gap is below this are dropped.
-        require_eos: responses that never ended are not candidates.
+        require_eos: responses that never ended are not candidates; empty responses never are.
     Returns:
         (pairs, dropped): pairs carry prompt, chosen, rejected, source, reward_chosen, reward_rejected, gap.
     """
@@ -47,6 +47,10 @@ def make_pairs(records: list[dict], strategy: str = "max_min", min_gap: float = 
         cands = [i for i in range(len(resp)) if rec["ended"][i] or not require_eos]
         if len(cands) < 2:
             dropped["missing_eos"] += 1
+            continue
+        cands = [i for i in cands if resp[i].strip()]
+        if len(cands) < 2:
+            dropped["empty"] += 1
             continue
         distinct = list({resp[i].strip(): i for i in cands}.values())
         if len(distinct) < 2:

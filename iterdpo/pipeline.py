@@ -20,7 +20,7 @@ import torch
 
 from . import capability, controller, reward
 from .config import RunConfig
-from .data import GEN_KEYS, PAIR_KEYS, check_records, load_pairs, split_heldout, unique
+from .data import GEN_KEYS, PAIR_KEYS, as_completion, check_records, load_pairs, split_heldout, unique
 from .dpo import train_round
 from .evaluate import EvalInputs, collapse_check, compare, evaluate
 from .folder import append_jsonl, is_done, read_json, read_jsonl, stage_folder, write_json, write_jsonl
@@ -81,7 +81,9 @@ def _device() -> str:
 
 # stage: base model -----------------------------------------------------------------------------------
 def base_source(cfg: RunConfig) -> str:
-    return read_json(run_dir(cfg) / "base" / "metrics.json")["path"]
+    """Where the base model loads from: inside the run folder (toy, converted GGUF) or a hub name/path."""
+    m = read_json(run_dir(cfg) / "base" / "metrics.json")
+    return str(run_dir(cfg) / m["path"]) if m.get("in_run") else m["path"]
 
 
 def prepare(cfg: RunConfig, force: bool = False) -> dict:
@@ -103,8 +105,8 @@ def _base(cfg: RunConfig, force: bool) -> dict:
             m = _pretrain_toy(cfg, tmp)
         else:
             m = import_base(cfg.model, tmp / "model")
-            if m["path"] == str(tmp / "model"):
-                m["path"] = str(dest / "model")
+            if m["path"] == str(tmp / "model"):  # converted into the run folder: record it relative to the run
+                m.update(path="base/model", in_run=True)
         m["wall_seconds"] = time.perf_counter() - t0
         write_json(tmp / "metrics.json", m)
     return read_json(dest / "metrics.json")
@@ -131,8 +133,7 @@ def _pretrain_toy(cfg: RunConfig, tmp: Path) -> dict:
 
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
     free(trainer, model)
-    dest = run_dir(cfg) / "base" / "model"
-    return {"path": str(dest), "gguf_file": "", "train_loss": last_logged(log, "loss"), "docs": len(docs),
+    return {"path": "base/model", "in_run": True, "gguf_file": "", "train_loss": last_logged(log, "loss"), "docs": len(docs),
             "vocab_size": len(tok)}
 
 
@@ -369,8 +370,10 @@ def run_generation(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
         if plan["targeted"].get("capability_pairs"):
             cap = capability.capability_pairs("toy" if cfg.is_toy else "chat", max(8, len(pairs) // 4), cfg.seed + rnd)
             render = lambda msgs: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            pairs += [{"prompt": render(c["messages"]), "chosen": c["chosen"], "rejected": c["rejected"],
-                       "source": "capability"} for c in cap]
+            for c in cap:
+                prompt = render(c["messages"])
+                pairs.append({"prompt": prompt, "chosen": as_completion(prompt, c["chosen"]),
+                              "rejected": as_completion(prompt, c["rejected"]), "source": "capability"})
             m["capability_pairs"] = len(cap)
         m.update(start_round=plan["start"], prompts=len(records), hard_prompts=n_hard,
                  samples=len(flat), wall_seconds=time.perf_counter() - t0)
@@ -432,13 +435,14 @@ def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
                               resolve_precision(cfg.model.precision), tmp, cfg.seed + rnd)
             log = out["log"]
             write_json(tmp / "metrics.json", {
-                "start_round": plan["start"], "reference": ref or str(policy_path(cfg, plan["start"])),
+                "start_round": plan["start"], "reference_round": 0 if ref else plan["start"],
+                "reference": ref or str(policy_path(cfg, plan["start"])),
                 "reference_kind": cfg.dpo.reference, "params": p, "loss_type": dcfg.loss_type,
                 "pairs_by_source": dict(Counter(x.get("source", "seed") for x in pairs)), "max_length": out["max_length"],
                 "train_loss": last_logged(log, "loss"), "train_reward_accuracy": last_logged(log, "rewards/accuracies"),
                 "train_reward_margin": last_logged(log, "rewards/margins"), "wall_seconds": time.perf_counter() - t0})
     dm = read_json(dest / "metrics.json")
-    m = evaluate_round(cfg, rnd, force, ref=dm["reference"], beta=p["beta"])
+    m = evaluate_round(cfg, rnd, force, ref=str(policy_path(cfg, dm["reference_round"])), beta=p["beta"])
     log = read_jsonl(dest / "train_log.jsonl")
     sft_len = read_json(eval_dir(cfg, 0) / "metrics.json")["mean_length"]
     m = {**m, **collapse_check([r["logps/chosen"] for r in log if "logps/chosen" in r],

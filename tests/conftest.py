@@ -28,3 +28,44 @@ def toy_tokenizer():
 
     w = ToyWorld(ToyConfig())
     return train_tokenizer(w, [" ".join(w.vocabulary())])
+
+
+# Quick settings for the tiny preset: the stages before the rounds run once per test session, and
+# each scenario copies them into its own run folder.
+QUICK = {
+    "toy.pretrain_docs": 4000, "toy.pretrain_steps": 500, "data.train_pairs": 1500, "data.heldout_pairs": 150,
+    "data.heldout_prompts": 128, "data.gen_prompts": 512, "sft.max_steps": 60, "reward.max_steps": 250,
+    "generation.prompts_per_round": 384, "generation.k": 8, "dpo.max_steps": 40, "eval.capability_n": 100,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_stages(tmp_path_factory):
+    """A run folder holding base, data, SFT, reward model and the SFT evaluation, on quick settings."""
+    from iterdpo import pipeline
+    from iterdpo.config import load_preset
+
+    cfg = load_preset("tiny", {**QUICK, "out": str(tmp_path_factory.mktemp("stages"))})
+    pipeline.prepare(cfg)
+    pipeline.run_sft(cfg)
+    pipeline.run_reward(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_stages, tmp_path_factory):
+    """tiny_run(**overrides) -> (cfg, summary): the rounds and the baseline on top of the shared stages."""
+    import shutil
+
+    from iterdpo import pipeline
+    from iterdpo.config import load_preset
+
+    def run(name="run", **overrides):
+        out = tmp_path_factory.mktemp(name)
+        for stage in ("base", "data", "sft", "reward", "round_0"):
+            shutil.copytree(pipeline.run_dir(tiny_stages) / stage, out / stage)
+        shutil.copy(pipeline.run_dir(tiny_stages) / "config.json", out / "config.json")
+        cfg = load_preset("tiny", {**QUICK, **{k.replace("__", "."): v for k, v in overrides.items()}, "out": str(out)})
+        return cfg, pipeline.run_all(cfg)
+
+    return run

@@ -6,20 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iterdpo.config import load_preset
 from iterdpo import pipeline
-
-QUICK = {
-    "toy.pretrain_docs": 3000, "toy.pretrain_steps": 250, "data.train_pairs": 1000, "data.heldout_pairs": 100,
-    "data.heldout_prompts": 128, "data.gen_prompts": 256, "sft.max_steps": 40, "reward.max_steps": 200,
-    "generation.prompts_per_round": 256, "generation.k": 8, "dpo.max_steps": 40, "eval.capability_n": 60,
-}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    cfg = load_preset("tiny", {**QUICK, "out": str(tmp_path_factory.mktemp("run")), "rounds": 2})
-    return cfg, pipeline.run_all(cfg)
+def run(tiny_run):
+    return tiny_run(rounds=2)
 
 
 def _weights(path):
@@ -74,7 +66,7 @@ def test_summary_schema(run):
     assert "oracle_score" in s["baselines"]["offline_dpo"]
 
 
-def test_resume_skips_finished_stages(run, capsys):
+def test_resume_skips_finished_stages(run):
     cfg, summary = run
     before = {p: p.stat().st_mtime for p in pipeline.run_dir(cfg).glob("**/metrics.json")}
     again = pipeline.run_all(cfg)

@@ -39,11 +39,12 @@ def test_filters_count_every_drop():
         rec(["a", "b"], [1.0, 0.0], ended=[True, False]),  # one ended response: missing_eos
         rec(["same", "same "], [1.0, 0.0]),  # identical after stripping
         rec(["a", "b"], [0.50, 0.49]),  # gap 0.01 < 0.05
+        rec(["a", " "], [0.0, 1.0]),  # an empty response is never a candidate
         rec(["a", "b"], [1.0, 0.0]),  # kept
     ]
     pairs, dropped = make_pairs(records, "max_min", min_gap=0.05)
     assert len(pairs) == 1
-    assert dict(dropped) == {"missing_eos": 1, "identical": 1, "small_gap": 1}
+    assert dict(dropped) == {"missing_eos": 1, "identical": 1, "small_gap": 1, "empty": 1}
     assert len(pairs) + sum(dropped.values()) == len(records)
 
 
