@@ -86,13 +86,13 @@ def report(summary: dict, seconds: float, out: Path) -> str:
     keys = ("win_rate_vs_sft", "oracle_win_rate_vs_sft", "oracle_score", "win_rate_vs_offline_dpo", "preference_accuracy",
             "mean_reward", "kl_to_reference", "pair_success_rate")
     lines = [f"run folder: {out}   total {seconds:.0f} s   best round: {summary['best_round']}"]
-    head = f"{'round':>8} " + " ".join(f"{k[:22]:>22}" for k in keys)
-    lines.append(head)
-    rows = [(str(r["round"]), r["metrics"]) for r in summary["rounds"]]
+    lines.append(f"{'round':>8} {'decision':>16} " + " ".join(f"{k[:22]:>22}" for k in keys))
+    rows = [(str(r["round"]), r.get("decision", "baseline" if r["round"] == 0 else ""), r["metrics"]) for r in summary["rounds"]]
     if "offline_dpo" in summary.get("baselines", {}):
-        rows.append(("offline", summary["baselines"]["offline_dpo"]))
-    for name, m in rows:
-        lines.append(f"{name:>8} " + " ".join(f"{m[k]:>22.3f}" if isinstance(m.get(k), (int, float)) else f"{'-':>22}" for k in keys))
+        rows.append(("offline", "baseline arm", summary["baselines"]["offline_dpo"]))
+    for name, decision, m in rows:
+        lines.append(f"{name:>8} {decision:>16} " + " ".join(
+            f"{m[k]:>22.3f}" if isinstance(m.get(k), (int, float)) else f"{'-':>22}" for k in keys))
     return "\n".join(lines)
 
 

@@ -469,11 +469,17 @@ def record_decision(cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dict:
              "next_params": plan["carried"], "targeted": {}, "best_round": rnd, "next_start_round": rnd,
              "stop": rnd >= cfg.max_rounds, "score": controller.score(m), "degrading": False, "elapsed_seconds": _elapsed(cfg)}
     d["collapsing"] = m.get("collapsing", False)
-    d["used_params"] = plan["params"]
-    used = {"start_round": plan["start"], **plan["params"], "reference": cfg.dpo.reference}
-    print(controller.iteration_log(d, m, used))
+    d.update(used_params=plan["params"], start_round=plan["start"])
     append_jsonl(run_dir(cfg) / "decisions.jsonl", d)
+    print(iteration_report(cfg, rnd))
     return d
+
+
+def iteration_report(cfg: RunConfig, rnd: int) -> str:
+    """The design's iteration log for round `rnd`, rebuilt from decisions.jsonl and the round's metrics."""
+    d = decisions(cfg)[rnd]
+    used = {"start_round": d["start_round"], **d["used_params"], "reference": cfg.dpo.reference}
+    return controller.iteration_log(d, read_json(eval_dir(cfg, rnd) / "metrics.json"), used)
 
 
 def _collapse_of(d: dict | None) -> dict:

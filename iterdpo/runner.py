@@ -127,6 +127,7 @@ def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None
     while rnd is not None:
         run("03_synthetic_preferences", f"_r{rnd}", round=rnd)
         run("04_dpo_round", f"_r{rnd}", round=rnd, arm="iterative")
+        print(pipeline.iteration_report(cfg, rnd), flush=True)
         nxt = pipeline.next_round(cfg)
         if nxt is not None and nxt <= rnd:
             raise RuntimeError(f"round {rnd} ran but the controller asks for round {nxt} next; see decisions.jsonl")
