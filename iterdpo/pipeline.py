@@ -475,6 +475,11 @@ def record_decision(cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dict:
     return d
 
 
+def iteration_reports(cfg: RunConfig) -> str:
+    """Every round's iteration log, in order."""
+    return "\n\n".join(iteration_report(cfg, r) for r in sorted(decisions(cfg)))
+
+
 def iteration_report(cfg: RunConfig, rnd: int) -> str:
     """The design's iteration log for round `rnd`, rebuilt from decisions.jsonl and the round's metrics."""
     d = decisions(cfg)[rnd]

@@ -362,3 +362,19 @@ def all_figures(run: str | Path) -> dict:
     """Every run-level figure, by name (what 05_compare_iterations shows)."""
     return {f.__name__: f(run) for f in (reward_comparison, reward_distributions, improvement_trajectory,
                                         dpo_training_curves, eval_metric_grid)}
+
+
+def label_quality_table(run: str | Path) -> pd.DataFrame:
+    """Per round: pairs kept and dropped (by reason), the reward gap, and in the toy world how often the
+    reward model's choice agrees with the oracle, next to the seed labels' agreement."""
+    rows = []
+    for folder in sorted(Path(run).glob("round_*/generate"), key=lambda p: int(p.parent.name.split("_")[1])):
+        m = read_json(folder / "metrics.json")
+        row = {"round": int(folder.parent.name.split("_")[1]), "pairs": m["pairs"],
+               "pair_success_rate": m["pair_success_rate"], "reward_gap_mean": m["reward_gap_mean"]}
+        row.update({f"dropped_{k}": v for k, v in m.get("dropped", {}).items()})
+        for k in ("synthetic_pair_oracle_agreement", "seed_label_oracle_agreement", "labels_worse_than_seed"):
+            if k in m:
+                row[k] = m[k]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("round") if rows else pd.DataFrame()

@@ -155,6 +155,11 @@ NOTEBOOKS = {
         "- **writes**: `<out>/summary.json`, `<out>/plots/*.png`")) + setup(show_config="cfg.controller") + [
         md("## Summary"),
         code('summary = pipeline.write_summary(cfg)\nprint("best round:", summary["best_round"])'),
+        md("## Iteration log\n\nWhat each round ran with, what it scored, what was weak, and what the controller decided."),
+        code("print(pipeline.iteration_reports(cfg))"),
+        md("## Label quality of the synthetic pairs\n\nPairs kept and dropped by reason, the reward gap, and (toy "
+           "world) how often the reward model's choice agrees with the oracle, beside the seed labels."),
+        code("plots.label_quality_table(cfg.out)"),
         md("## Metrics by model\n\n`trend`: change of the headline score against the previous round "
            "(offline DPO: against SFT)."),
         code("plots.comparison_table(cfg.out)"),

@@ -142,7 +142,7 @@ def _fake_papermill(monkeypatch, calls: list):
 
 
 def _fake_pipeline(monkeypatch, answers: list) -> None:
-    stub = types.SimpleNamespace(next_round=lambda cfg: answers.pop(0))
+    stub = types.SimpleNamespace(next_round=lambda cfg: answers.pop(0), iteration_report=lambda cfg, rnd: f"=== Iteration {rnd} ===")
     monkeypatch.setitem(sys.modules, "iterdpo.pipeline", stub)
     monkeypatch.setattr(iterdpo, "pipeline", stub, raising=False)
 
