@@ -115,7 +115,10 @@ def import_base(cfg: ModelConfig, dest: Path) -> dict:
 
     precision = Precision(torch.float32, False, False)
     src = load_causal_lm(path, cfg, precision, gguf_file=gguf)
-    fresh = AutoModelForCausalLM.from_config(src.config, dtype=torch.float32)
+    config = src.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantized on load; a GGUF tag would block training
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(src.state_dict())
     fresh.generation_config = src.generation_config
     fresh.save_pretrained(dest, safe_serialization=True)
