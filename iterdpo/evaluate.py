@@ -170,21 +170,24 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, 
     return m, samples
 
 
-def collapse_check(chosen_logps: list[float], rejected_logps: list[float], mean_length: float,
-                   sft_mean_length: float, max_drop: float = 5.0, min_length_ratio: float = 0.3) -> dict:
-    """Flag a round as collapsing when both log-prob traces fall steeply, or responses shrink to nothing.
+def collapse_check(chosen_logratios: list[float], rejected_logratios: list[float], mean_length: float,
+                   sft_mean_length: float, max_drop: float = 5.0, min_length_ratio: float = 0.3, window: int = 3) -> dict:
+    """Flag a round as collapsing when the log-probs of chosen and rejected both fall steeply, or responses
+    shrink to nothing.
 
     Args:
-        chosen_logps, rejected_logps: per-logging-step mean summed log-probs of chosen / rejected (TRL's
-            logps/chosen and logps/rejected), in training order.
-        max_drop: a fall of both traces by more than this many nats (first to last logged value) flags.
+        chosen_logratios, rejected_logratios: per logging step, the batch mean of log pi(y|x) - log pi_ref(y|x)
+            in nats for the chosen / rejected responses (TRL's rewards/chosen and rewards/rejected divided by
+            beta). Measured against the reference on the same batch, so batch-to-batch length noise cancels.
+        max_drop: both sides averaging below -max_drop nats over the last `window` logged steps flags.
         min_length_ratio: mean response length below this share of the SFT policy's flags.
     """
     reasons = []
-    if len(chosen_logps) >= 2 and len(rejected_logps) >= 2:
-        d_c, d_r = chosen_logps[0] - chosen_logps[-1], rejected_logps[0] - rejected_logps[-1]
-        if d_c > max_drop and d_r > max_drop:
-            reasons.append(f"log-probs of chosen and rejected both fell (by {d_c:.2f} and {d_r:.2f} nats)")
+    if chosen_logratios and rejected_logratios:
+        c = sum(chosen_logratios[-window:]) / len(chosen_logratios[-window:])
+        r = sum(rejected_logratios[-window:]) / len(rejected_logratios[-window:])
+        if c < -max_drop and r < -max_drop:
+            reasons.append(f"log-probs of chosen and rejected both fell below the reference (by {-c:.2f} and {-r:.2f} nats)")
     if sft_mean_length > 0 and mean_length < min_length_ratio * sft_mean_length:
         reasons.append(f"responses shrank to {mean_length:.1f} tokens (SFT: {sft_mean_length:.1f})")
     return {"collapsing": bool(reasons), "collapse_reasons": reasons}

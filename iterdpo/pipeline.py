@@ -445,8 +445,9 @@ def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
     m = evaluate_round(cfg, rnd, force, ref=str(policy_path(cfg, dm["reference_round"])), beta=p["beta"])
     log = read_jsonl(dest / "train_log.jsonl")
     sft_len = read_json(eval_dir(cfg, 0) / "metrics.json")["mean_length"]
-    m = {**m, **collapse_check([r["logps/chosen"] for r in log if "logps/chosen" in r],
-                               [r["logps/rejected"] for r in log if "logps/rejected" in r], m["mean_length"], sft_len)}
+    m = {**m, **collapse_check([r["rewards/chosen"] / p["beta"] for r in log if "rewards/chosen" in r],
+                               [r["rewards/rejected"] / p["beta"] for r in log if "rewards/rejected" in r],
+                               m["mean_length"], sft_len)}
     record_decision(cfg, rnd, m, plan)
     return m
 
