@@ -96,6 +96,13 @@ def test_oom_retry_gives_up_at_one_and_passes_other_errors():
         bench.with_oom_retry(broken, 4, 1)
 
 
+# FLOPs ------------------------------------------------------------------------------------------------------
+def test_attention_flops_are_counted_on_cpu():
+    q = torch.randn(1, 2, 16, 8)
+    flops = bench._flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True))
+    assert flops == 2 * (2 * 2 * 16 * 16 * 8)  # QK^T and AV, 2 FLOPs per multiply-add, causality not discounted
+
+
 # arms --------------------------------------------------------------------------------------------------------
 def test_baseline_arm_differs_only_in_what_costs_compute(tmp_path):
     from iterdpo.config import DPORoundConfig
@@ -121,5 +128,6 @@ def test_quick_bench_writes_finite_positive_ratios(tmp_path):
     assert d["flops"]["ours"]["precompute"] > 0 and d["flops"]["baseline"]["precompute"] == 0
     assert d["flops"]["ours"]["train"] < d["flops"]["baseline"]["train"]
     assert d["padding"]["ours"]["truncated_pairs"] == 0 and d["losses_identical_across_repeats"]
-    assert d["settings"]["baseline"] == {"gradient_checkpointing": True, "precompute_ref_log_probs": False, "max_length": 1024}
+    assert d["settings"]["baseline"] == {"gradient_checkpointing": True, "precompute_ref_log_probs": False,
+                                         "max_length": 1024}
     assert r["e2e"]["stages"] and abs(sum(v["share"] for v in r["e2e"]["stages"].values()) - 1) < 1e-6

