@@ -218,16 +218,14 @@ def response_viewer(run: str | Path, n_prompts: int = 32):
         return table
     pick = w.Dropdown(options=[(p[:80], i) for i, p in enumerate(table.index)], description="prompt",
                       layout=w.Layout(width="95%"))
-    out = w.Output()
+    # An HTML widget, not an Output widget: capturing output into a widget hung a headless papermill run.
+    view = w.HTML(table.iloc[0].rename("response  [score]").to_frame().to_html())
 
-    def show(change=None):
-        out.clear_output()
-        with out:
-            display(table.iloc[pick.value].rename("response  [score]").to_frame())
+    def show(change):
+        view.value = table.iloc[change["new"]].rename("response  [score]").to_frame().to_html()
 
     pick.observe(show, names="value")
-    show()
-    return w.VBox([pick, out])
+    return w.VBox([pick, view])
 
 
 # ---------------------------------------------------------------- figures
