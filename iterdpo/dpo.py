@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 from .config import DPORoundConfig, ModelConfig
-from .generate import encode_pairs
 from .models import Precision, free, load_causal_lm, load_tokenizer, lora_config, merge_and_save
 from .training import common_args, save_log
 
@@ -77,8 +76,3 @@ def save_policy(model, tok, dest: Path, start_path: str, mcfg: ModelConfig, prec
     shutil.rmtree(adapter, ignore_errors=True)
     free(base)
 
-
-def implicit_reward_inputs(tok, pairs: list[dict]):
-    """Encoded chosen and rejected sides of pairs (for evaluation of the implicit reward)."""
-    prompts = [p["prompt"] for p in pairs]
-    return encode_pairs(tok, prompts, [p["chosen"] for p in pairs]), encode_pairs(tok, prompts, [p["rejected"] for p in pairs])
