@@ -13,6 +13,7 @@ folder is finished (unless ``force``), and returns its metrics.
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from .dpo import train_round
 from .evaluate import EvalInputs, collapse_check, compare, evaluate
 from .folder import append_jsonl, is_done, read_json, read_jsonl, stage_folder, write_json, write_jsonl
 from .generate import sample
-from .models import free, import_base, load_causal_lm, load_tokenizer, lora_config, merge_and_save, resolve_precision
+from .models import device, free, import_base, load_causal_lm, load_tokenizer, lora_config, merge_and_save, resolve_precision
 from .pairs import make_pairs
 from .toyworld import ToyWorld, tiny_llama_config, train_tokenizer
 from .training import common_args, last_logged, save_log, sft_train
@@ -68,15 +69,11 @@ class Loaders:
         return load_causal_lm(str(path), self.cfg.model, self.precision), load_tokenizer(str(path), self.cfg.model)
 
     def reward(self, path):
-        return reward.load(Path(path), self.cfg.reward.head_hidden, self.precision.dtype, _device())
+        return reward.load(Path(path), self.cfg.reward.head_hidden, self.precision.dtype, device())
 
     @staticmethod
     def free(*objs):
         free(*objs)
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # stage: base model -----------------------------------------------------------------------------------
@@ -129,8 +126,6 @@ def _pretrain_toy(cfg: RunConfig, tmp: Path) -> dict:
     log = save_log(trainer, tmp / "train_log.jsonl")
     model.save_pretrained(tmp / "model", safe_serialization=True)
     tok.save_pretrained(tmp / "model")
-    import shutil
-
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
     free(trainer, model)
     return {"path": "base/model", "in_run": True, "gguf_file": "", "train_loss": last_logged(log, "loss"), "docs": len(docs),
@@ -209,8 +204,6 @@ def run_sft(cfg: RunConfig, force: bool = False) -> dict:
         from .dpo import save_policy
 
         save_policy(trainer.model, tok, tmp / "policy", base, cfg.model, precision)
-        import shutil
-
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         free(trainer, model)
         write_json(tmp / "metrics.json", {"train_loss": last_logged(log, "loss"), "pairs": len(rows),
@@ -234,7 +227,7 @@ def run_reward(cfg: RunConfig, force: bool = False) -> dict:
             tok = load_tokenizer(base, cfg.model)
             r = cfg.reward
             rm = reward.build(base, r.head_hidden, r.head_dropout, precision.dtype if r.backbone != "full" else torch.float32,
-                              _device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"))
+                              device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"))
             train = [{k: p[k] for k in PAIR_KEYS} for p in _pairs(cfg, "train_pairs")]
             args = common_args(tmp / "trainer", precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, cfg.seed)
             trainer = Trainer(model=rm, args=TrainingArguments(**args, remove_unused_columns=False),
@@ -247,7 +240,6 @@ def run_reward(cfg: RunConfig, force: bool = False) -> dict:
             m.update(heldout_accuracy=acc["accuracy"], heldout_margin=acc["margin"])
             m.update(train_accuracy=reward.pair_accuracy(rm, tok, train[:500], r.score_batch_size)["accuracy"])
             if cfg.is_toy:
-                w = world(cfg)
                 by_oracle = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) if p.get("flipped") else p for p in heldout]
                 m["oracle_accuracy"] = reward.pair_accuracy(rm, tok, by_oracle, r.score_batch_size)["accuracy"]
                 m["seed_label_oracle_agreement"] = read_json(run_dir(cfg) / "data" / "metrics.json")["seed_label_oracle_agreement"]
@@ -255,10 +247,7 @@ def run_reward(cfg: RunConfig, force: bool = False) -> dict:
                 if not m["rm_beats_seed_labels"]:
                     print(f"WARNING: the reward model agrees with the oracle on {m['oracle_accuracy']:.3f} of held-out pairs, "
                           f"no better than the seed labels ({m['seed_label_oracle_agreement']:.3f})")
-                del w
             reward.save(rm, tok, tmp / "model")
-            import shutil
-
             shutil.rmtree(tmp / "trainer", ignore_errors=True)
             free(trainer, rm)
             m["wall_seconds"] = time.perf_counter() - t0
