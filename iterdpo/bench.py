@@ -7,10 +7,12 @@
    batched ``reward.score``, against one ``generate()`` call per sample and one reward forward per
    response. Same prompts, k, max_new_tokens and temperature. ``generation_speedup`` is the median
    over repeats of baseline time / our time, the two arms alternating (ABBA) so drift hits both.
-2. DPO round: TRL's DPOTrainer with ``dpo.dpo_args`` (reference log-probs precomputed, max_length
-   from the data, no activation checkpointing) against DPOConfig's defaults for the settings that
-   cost compute (max_length=1024, no precompute, activation checkpointing on). Everything else is
-   shared (LoRA, learning rate and schedule, batch, steps, seed, data, precision: DPOConfig's own
+2. DPO round: TRL's DPOTrainer with ``dpo.round_rows`` and ``dpo.dpo_args`` (the pairs the steps
+   consume, in length-grouped micro-batches; reference log-probs precomputed for them; max_length from
+   the data; no activation checkpointing) against DPOConfig's defaults for the settings that cost
+   compute (random batches of the whole data set, max_length=1024, no precompute, activation
+   checkpointing on). The losses are compared on the same batches: a third run gives the baseline's
+   settings ours' rows in ours' order. Everything else is shared (LoRA, learning rate and schedule, batch, steps, seed, data, precision: DPOConfig's own
    bf16 default raises "doesn't support bf16/gpu" on a CPU unless use_cpu=True). Each arm runs in its
    own process, which reloads the model before every run; the first run of each counts FLOPs
    (``FlopCounterMode`` around the trainer's construction, where the precompute happens, and
@@ -19,7 +21,6 @@
    first), or ``torch.cuda.max_memory_allocated`` growth on a GPU.
 3. End to end: ``pipeline.run_all`` on the tiny preset in a temporary folder (shrunk by --quick), and
    each stage's share from the ``wall_seconds`` in its metrics.json.
-4. ``plan_memory`` and ``with_oom_retry``: a micro-batch that fits, and a retry that halves it on OOM.
 
 Timings on a shared CPU are noisy: read the paired ratios, not the absolute seconds. FLOPs are exact.
 """
@@ -44,90 +45,11 @@ import torch
 
 from . import reward
 from .config import DPORoundConfig, ModelConfig, load_preset
-from .dpo import data_max_length, dpo_args
+from .dpo import dpo_args, round_rows
 from .generate import encode_pairs, sample
 from .models import Precision, free, import_base, load_causal_lm, load_tokenizer, lora_config, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# memory planning ------------------------------------------------------------------------------------------
-# Activation bytes kept per token, per layer and per unit of hidden size by one transformer layer in 16-bit
-# without recomputation: 34 (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
-# Models", sec. 4.1; the 5·heads·seq/hidden term is left out because SDPA keeps no attention matrix). It is an
-# upper bound for LoRA, where frozen linear layers keep no input for a weight gradient.
-ACT_BYTES = 34
-FOUR_BIT_BYTES = 0.5625  # NF4 weights with double-quantised constants, about 4.5 bits per parameter
-
-
-def plan_memory(n_params: int, gpu_free_bytes: int, seq_len: int, target_batch: int, precision_bytes: int, *,
-                layers: int | None = None, hidden: int | None = None, vocab: int = 0, seqs_per_example: int = 2,
-                lora_fraction: float = 0.01, headroom: float = 0.9) -> dict:
-    """The largest micro-batch that fits, and the accumulation that keeps ``target_batch`` exactly.
-
-    Estimate: weights (n_params x precision_bytes, or 4.5 bits in 4-bit) + LoRA adapters in fp32 with their
-    gradient and two Adam moments (16 bytes x lora_fraction x n_params) + activations per example
-    ``seqs_per_example x seq_len x (34 x layers x hidden x precision_bytes / 2 + 4 x vocab)`` (the last term is
-    the fp32 logits; 2 sequences for a DPO or reward pair), within ``headroom`` of the free memory. Without
-    layers and hidden, they come from n_params ~ 12·layers·hidden² at hidden = 64·layers. 4-bit is chosen
-    only when 16-bit weights leave no room for one example (bitsandbytes: CUDA only). Returns
-    {"micro_batch", "grad_accum", "load_in_4bit", "reason"}; raises ValueError when nothing fits.
-    """
-    if min(n_params, gpu_free_bytes, seq_len, target_batch, precision_bytes) <= 0:
-        raise ValueError("plan_memory: every size must be positive")
-    if not (layers and hidden):
-        hidden = round((64 * n_params / 12) ** (1 / 3))
-        layers = max(1, round(hidden / 64))
-    gib = 2 ** 30
-    usable = headroom * gpu_free_bytes
-    adapters = 16 * lora_fraction * n_params
-    per_example = seqs_per_example * seq_len * (ACT_BYTES * layers * hidden * precision_bytes / 2 + 4 * vocab)
-    for four_bit in (False, True):
-        weights = n_params * (FOUR_BIT_BYTES if four_bit else precision_bytes)
-        room = usable - weights - adapters
-        fits = int(room // per_example) if room > 0 else 0
-        if fits >= 1:
-            micro = max(d for d in range(1, target_batch + 1) if target_batch % d == 0 and d <= fits)
-            kind = "4-bit" if four_bit else f"{precision_bytes}-byte"
-            why = (f"{kind} weights {weights / gib:.2f} GiB + adapters and optimizer {adapters / gib:.2f} GiB + "
-                   f"{per_example / gib:.3f} GiB of activations per example: {fits} example(s) fit in "
-                   f"{usable / gib:.2f} GiB usable")
-            if four_bit:
-                why = f"{precision_bytes}-byte weights leave no room for one example; {why}"
-            return {"micro_batch": micro, "grad_accum": target_batch // micro, "load_in_4bit": four_bit, "reason": why}
-    raise ValueError(f"plan_memory: {n_params / 1e9:.2f}B parameters at seq_len={seq_len} do not fit in "
-                     f"{gpu_free_bytes / gib:.2f} GiB even in 4 bit at micro-batch 1; shorten seq_len or use a "
-                     "larger GPU")
-
-
-def is_oom(err: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or another backend's RuntimeError that says it ran out of memory."""
-    if isinstance(err, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def with_oom_retry(fn, micro_batch: int, grad_accum: int):
-    """``fn(micro_batch, grad_accum)``; on out-of-memory, halve the micro-batch, raise accumulation, retry.
-
-    The effective batch micro_batch x grad_accum never changes (the new micro-batch is the largest divisor
-    of it at most half the old one). Re-raises at micro-batch 1 and on any other error.
-    Returns (fn's result, micro_batch, grad_accum) as finally used.
-    """
-    effective = micro_batch * grad_accum
-    while True:
-        try:
-            return fn(micro_batch, grad_accum), micro_batch, grad_accum
-        except Exception as e:
-            if not is_oom(e) or micro_batch == 1:
-                raise
-            smaller = max(d for d in range(1, micro_batch // 2 + 1) if effective % d == 0)
-            print(f"WARNING: out of memory at micro_batch={micro_batch}, grad_accum={grad_accum}; retrying with "
-                  f"micro_batch={smaller}, grad_accum={effective // smaller} (effective batch {effective} kept)",
-                  file=sys.stderr)
-            micro_batch, grad_accum = smaller, effective // smaller
-            free()
 
 
 # what each measurement runs on ----------------------------------------------------------------------------
@@ -141,15 +63,17 @@ class Sizes:
     dpo_pairs: int         # pairs in the DPO data set
     dpo_steps: int         # optimizer steps per DPO run
     dpo_batch: int         # pairs per micro-batch
-    dpo_accum: int         # micro-batches per step (dpo_pairs = steps x batch x accum: one epoch)
+    dpo_accum: int         # micro-batches per step. dpo_pairs = steps x batch x accum (one epoch): both arms train
+                           # on the same pairs. With more pairs than that (--quick), ours reads only the pairs its
+                           # steps consume (dpo.batch_plan) and the baseline a random draw of as many.
     repeats: int           # timed, paired repeats per benchmark
 
 
 SIZES = {
     ("tiny", False): Sizes(64, 4, 16, 256, 64, 64, 4, 8, 2, 3),
-    ("tiny", True): Sizes(16, 4, 16, 256, 64, 24, 3, 4, 2, 1),
-    ("smollm2", False): Sizes(8, 4, 32, 32, 16, 8, 4, 2, 1, 2),
-    ("smollm2", True): Sizes(4, 2, 16, 32, 16, 4, 1, 2, 2, 1),
+    ("tiny", True): Sizes(16, 4, 16, 256, 64, 48, 3, 4, 2, 1),
+    ("smollm2", False): Sizes(8, 4, 32, 32, 16, 16, 4, 4, 1, 2),  # DPO: the smollm2-hh preset's micro-batch of 4
+    ("smollm2", True): Sizes(4, 2, 16, 32, 16, 8, 1, 2, 2, 1),
 }
 PRESETS = {"tiny": "tiny", "smollm2": "smollm2-hh"}
 
@@ -224,9 +148,8 @@ def _paired(run_ours, run_base, repeats: int) -> tuple[list[float], list[float]]
 def ours_generate(model, tok, rm, prompts, k, max_new_tokens, temperature, s: Sizes, seed: int) -> int:
     """Batched sampling and batched scoring; returns the tokens generated."""
     recs = sample(model, tok, prompts, k, max_new_tokens, temperature, batch_size=s.gen_batch_size, seed=seed)
-    flat = [(r, j) for r in recs for j in range(k)]
-    reward.score(rm, tok, [r["prompt"] for r, _ in flat], [r["responses"][j] for r, j in flat],
-                 [r["ended"][j] for r, j in flat], s.score_batch_size)
+    reward.score_grouped(rm, tok, [r["prompt"] for r in recs], [r["responses"] for r in recs],
+                         [r["ended"] for r in recs], s.score_batch_size)
     return sum(n for r in recs for n in r["n_tokens"])
 
 
@@ -309,11 +232,24 @@ SHARED_ARGS = ("max_steps", "learning_rate", "per_device_train_batch_size", "gra
                "warmup_steps", "dataloader_num_workers", "beta", "loss_type", "loss_weights")
 
 
-def arm_args(arm: str, dcfg: DPORoundConfig, precision: Precision, out_dir: Path, seed: int, max_length: int) -> dict:
-    """DPOConfig keyword arguments of an arm: 'ours' (dpo.dpo_args) or 'baseline' (TRL defaults + SHARED_ARGS)."""
-    ours = dpo_args(dcfg, precision, out_dir, seed, max_length)
-    args = ours if arm == "ours" else {k: ours[k] for k in SHARED_ARGS}
-    return {**args, "output_dir": str(out_dir), "disable_tqdm": True}
+def arm_data(arm: str, st: "Setup", dcfg: DPORoundConfig, precision: Precision, out_dir: Path, seed: int):
+    """(DPOConfig keyword arguments, training rows) of an arm.
+
+    'ours': dpo.round_rows and dpo.dpo_args, as a round runs. 'baseline': TRL's defaults + SHARED_ARGS on
+    the data as given (its random sampler draws the same number of pairs). 'same_batches': the baseline's
+    settings on ours' rows in ours' order, so that its per-step losses can be compared with ours exactly.
+    """
+    rows, plan = round_rows(st.tok, st.pairs, dcfg, seed)
+    ours = dpo_args(dcfg, precision, out_dir, seed, plan["max_length"], plan["train_sampling_strategy"])
+    if arm == "ours":
+        args = ours
+    else:
+        args = {k: ours[k] for k in SHARED_ARGS}
+        if arm == "same_batches":
+            args["train_sampling_strategy"] = plan["train_sampling_strategy"]
+        else:
+            rows = st.pairs
+    return {**args, "output_dir": str(out_dir), "disable_tqdm": True}, rows
 
 
 class _Recorder:
@@ -372,8 +308,9 @@ def _dpo_run(arm: str, st: Setup, dcfg: DPORoundConfig, work: Path, seed: int, c
     from trl import DPOConfig, DPOTrainer
 
     model = load_causal_lm(st.model_dir, st.mcfg, st.precision)
-    conf = DPOConfig(**arm_args(arm, dcfg, st.precision, work / arm, seed, data_max_length(st.tok, st.pairs)))
-    data = Dataset.from_list(st.pairs)
+    args, rows = arm_data(arm, st, dcfg, st.precision, work / arm, seed)
+    conf = DPOConfig(**args)
+    data = Dataset.from_list(rows)
     count_cpu_attention()
     counters = [FlopCounterMode(display=False) if count_flops else contextlib.nullcontext() for _ in range(2)]
     out: dict = {}
@@ -391,7 +328,7 @@ def _dpo_run(arm: str, st: Setup, dcfg: DPORoundConfig, work: Path, seed: int, c
     if count_flops:
         out["flops_init"], out["flops_train"] = (c.get_total_flops() for c in counters)
     lengths = [max(x) for x in _seq_lengths(trainer.train_dataset)]
-    out.update(losses=[r["loss"] for r in trainer.state.log_history if "loss" in r], batches=rec.batches,
+    out.update(losses=[r["loss"] for r in trainer.state.log_history if "loss" in r], batches=rec.batches, rows=len(rows),
                max_length=conf.max_length, longest_tokenized=max(lengths),
                truncated_pairs=sum(n > conf.max_length for n in lengths),
                gradient_checkpointing=conf.gradient_checkpointing, precompute=conf.precompute_ref_log_probs)
@@ -399,8 +336,8 @@ def _dpo_run(arm: str, st: Setup, dcfg: DPORoundConfig, work: Path, seed: int, c
     return out
 
 
-def _dpo_worker(conn, arm: str, st: Setup, dcfg: DPORoundConfig, work: str, seed: int) -> None:
-    """One arm in its own process: imports once, then one run per message (True: count FLOPs), None ends."""
+def _dpo_worker(conn, st: Setup, dcfg: DPORoundConfig, work: str, seed: int) -> None:
+    """One arm's process: imports once, then one run per (arm, count FLOPs) message; None ends."""
     import datasets
     import transformers
 
@@ -410,7 +347,7 @@ def _dpo_worker(conn, arm: str, st: Setup, dcfg: DPORoundConfig, work: str, seed
     conn.send("ready")
     while (msg := conn.recv()) is not None:
         try:
-            conn.send(_dpo_run(arm, st, dcfg, Path(work), seed, msg))
+            conn.send(_dpo_run(msg[0], st, dcfg, Path(work), seed, msg[1]))
         except Exception:
             conn.send({"error": traceback.format_exc()})
 
@@ -423,15 +360,16 @@ def bench_dpo(st: Setup, s: Sizes, work: Path, seed: int) -> dict:
     workers = {}
     for arm in ("ours", "baseline"):
         here, there = ctx.Pipe()
-        proc = ctx.Process(target=_dpo_worker, args=(there, arm, st, dcfg, str(work), seed), daemon=True)
+        proc = ctx.Process(target=_dpo_worker, args=(there, st, dcfg, str(work), seed), daemon=True)
         proc.start()
         workers[arm] = (proc, here)
     for proc, conn in workers.values():
         conn.recv()
 
     def run(arm: str, count_flops: bool = False) -> dict:
-        workers[arm][1].send(count_flops)
-        got = workers[arm][1].recv()
+        conn = workers["ours" if arm == "ours" else "baseline"][1]  # same_batches runs in the baseline's process
+        conn.send((arm, count_flops))
+        got = conn.recv()
         if "error" in got:
             raise RuntimeError(f"DPO arm {arm!r} failed in its worker:\n{got['error']}")
         return got
@@ -439,6 +377,7 @@ def bench_dpo(st: Setup, s: Sizes, work: Path, seed: int) -> dict:
     runs: dict = {"ours": [], "baseline": []}
     try:
         flops = {arm: run(arm, count_flops=True) for arm in ("ours", "baseline")}  # also the warm-up, untimed
+        same = run("same_batches")  # untimed: the loss check
         _paired(lambda: runs["ours"].append(run("ours")), lambda: runs["baseline"].append(run("baseline")), s.repeats)
     finally:
         for proc, conn in workers.values():
@@ -450,23 +389,21 @@ def bench_dpo(st: Setup, s: Sizes, work: Path, seed: int) -> dict:
     f = {a: {"precompute": flops[a]["flops_init"], "train": flops[a]["flops_train"]} for a in flops}
     for a in f:
         f[a]["per_trained_pair"] = (f[a]["precompute"] + f[a]["train"]) / trained
-    ratio_at = lambda e: ((f["ours"]["train"] + f["ours"]["precompute"] / e * trained / len(st.pairs))
-                          / (f["baseline"]["train"] + f["baseline"]["precompute"] / e * trained / len(st.pairs)))
-    lo, lb = runs["ours"][0]["losses"], runs["baseline"][0]["losses"]
+    lo, ls = runs["ours"][0]["losses"], same["losses"]
     peaks = {a: statistics.median(r["peak_bytes"] for r in runs[a]) for a in runs}
     return {
         "pairs": len(st.pairs), "trained_pairs": trained, "steps": s.dpo_steps, "micro_batch": s.dpo_batch,
         "grad_accum": s.dpo_accum, "ours_seconds": ours_s, "baseline_seconds": base_s,
         "init_seconds": {a: [r["init_seconds"] for r in runs[a]] for a in runs},
         "wall_ratio": statistics.median(o / b for o, b in zip(ours_s, base_s)),
+        "epochs": trained / len(st.pairs), "rows": {a: runs[a][0]["rows"] for a in runs},
         "flops": f, "flops_ratio": (f["ours"]["per_trained_pair"] / f["baseline"]["per_trained_pair"]),
-        "flops_ratio_by_epochs": {str(e): ratio_at(e) for e in (0.25, 0.5, 1.0, 2.0, 4.0)},
         "preset": st.preset, "preset_round1_epochs": round1_epochs(st.preset),
-        "flops_ratio_at_preset_round1": ratio_at(round1_epochs(st.preset)),
         "peak_bytes": peaks, "peak_mem_ratio": peaks["ours"] / peaks["baseline"],
         "memory_measure": runs["ours"][0]["memory_measure"],
-        "losses": {"ours": lo, "baseline": lb},
-        "loss_mean_abs_diff": statistics.fmean(abs(a - b) for a, b in zip(lo, lb)) if lo and lb else None,
+        "losses": {"ours": lo, "same_batches": ls, "baseline": runs["baseline"][0]["losses"]},
+        "loss_mean_abs_diff": statistics.fmean(abs(a - b) for a, b in zip(lo, ls)) if lo and ls else None,
+        "mean_loss": {a: statistics.fmean(runs[a][0]["losses"]) for a in runs},
         "losses_identical_across_repeats": all(r["losses"] == runs[a][0]["losses"] for a in runs for r in runs[a]),
         "padding": {a: {"max_length": runs[a][0]["max_length"], "longest_tokenized": runs[a][0]["longest_tokenized"],
                         "truncated_pairs": runs[a][0]["truncated_pairs"],
@@ -494,49 +431,6 @@ def _seq_lengths(ds) -> list[tuple[int, int]]:
     """(prompt + chosen, prompt + rejected) tokens of each row of DPOTrainer's tokenized data set."""
     return [(len(p) + len(c), len(p) + len(r))
             for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
-
-
-def _pair_batches(seqs: list[tuple[int, int]], size: int) -> list[list[int]]:
-    """[rows, width, real tokens] of pairs collated `size` at a time (chosen and rejected padded together)."""
-    chunks = [seqs[i:i + size] for i in range(0, len(seqs), size)]
-    return [[2 * len(c), max(map(max, c)), sum(map(sum, c))] for c in chunks]
-
-
-def probe_group_by_length(st: Setup, s: Sizes, work: Path, seed: int) -> dict:
-    """Does train_sampling_strategy='group_by_length' run on DPOTrainer's tokenized data, and what padding does it save?
-
-    Plain, the sampler looks for an 'input_ids' column that DPO data does not have; with a 'length' column it
-    needs remove_unused_columns=False too (the trainer drops the column before the sampler sees it).
-    Reports the pad share of one epoch of batches, the reference log-probs not computed (no training).
-    """
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
-    dcfg = replace(st.dcfg, max_steps=s.dpo_steps, batch_size=s.dpo_batch, grad_accum=s.dpo_accum, precompute_ref=False)
-    base = arm_args("ours", dcfg, st.precision, work / "probe", seed, data_max_length(st.tok, st.pairs))
-    grouped = {"train_sampling_strategy": "group_by_length"}
-    with_length = [dict(p, length=len(st.tok(p["prompt"] + max(p["chosen"], p["rejected"], key=len),
-                                              add_special_tokens=False)["input_ids"])) for p in st.pairs]
-    variants = {"random": ({}, st.pairs), "group_by_length": (grouped, st.pairs),
-                "group_by_length+length_column": ({**grouped, "remove_unused_columns": False}, with_length)}
-    out = {}
-    for name, (extra, rows) in variants.items():
-        model = load_causal_lm(st.model_dir, st.mcfg, st.precision)
-        try:
-            trainer = DPOTrainer(model=model, args=DPOConfig(**base, **extra), train_dataset=Dataset.from_list(rows),
-                                 processing_class=st.tok, peft_config=lora_config(st.mcfg))
-            batches = [[b["input_ids"].shape[0], b["input_ids"].shape[1], int(b["attention_mask"].sum())]
-                       for b in trainer.get_train_dataloader()]
-            out[name] = {"works": True, "pad_share": _pad_share(batches)}
-            if name == "random":  # the precompute pass reads the data in order, in batches of precompute_ref_batch_size
-                seqs, size = _seq_lengths(trainer.train_dataset), base["precompute_ref_batch_size"]
-                out["precompute_pad_share"] = {"batch_size": size, "data_order": _pad_share(_pair_batches(seqs, size)),
-                                               "length_sorted": _pad_share(_pair_batches(sorted(seqs, key=max), size))}
-            free(trainer)
-        except Exception as e:
-            out[name] = {"works": False, "error": f"{type(e).__name__}: {e}"}
-        free(model)
-    return out
 
 
 # 3. end to end ---------------------------------------------------------------------------------------------
@@ -584,8 +478,8 @@ def table(r: dict) -> str:
                   f"{statistics.median(d['baseline_seconds']):.1f}", f"ratio {d['wall_ratio']:.3f}"),
                  ("dpo round", "GFLOP/trained pair", gf("ours"), gf("baseline"), f"ratio {d['flops_ratio']:.3f}"),
                  ("dpo round", "peak MiB", mb("ours"), mb("baseline"), f"ratio {d['peak_mem_ratio']:.3f}"),
-                 ("dpo round", "final loss", f"{d['losses']['ours'][-1]:.5f}", f"{d['losses']['baseline'][-1]:.5f}",
-                  f"mean |diff| {d['loss_mean_abs_diff']:.2e}")]
+                 ("dpo round", "loss, same batches", f"{d['losses']['ours'][-1]:.5f}",
+                  f"{d['losses']['same_batches'][-1]:.5f}", f"mean |diff| {d['loss_mean_abs_diff']:.2e}")]
     if r.get("e2e"):
         rows.append(("e2e tiny", f"seconds ({r['e2e']['mode']})", f"{r['e2e']['seconds']:.1f}", "-", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
@@ -597,23 +491,15 @@ def table(r: dict) -> str:
                      f"prompt k={g['k']} times is {g['repeated_prompt_flops_share']:.0%} of them (reading it once "
                      f"bounds a further {g['speedup_bound_from_sharing_prompts']:.2f}x)")
     if d:
-        pad, probe = d["padding"], r.get("dpo_group_by_length", {})
-        lines.append("dpo FLOPs ratio by epochs over the data (precompute cost spread over trained pairs): "
-                     + ", ".join(f"{e}: {v:.3f}" for e, v in d["flops_ratio_by_epochs"].items())
-                     + f"; at the {d['preset']} preset's round 1 ({d['preset_round1_epochs']:.2f} epochs): "
-                       f"{d['flops_ratio_at_preset_round1']:.3f}")
+        pad = d["padding"]
+        lines.append(f"dpo: {d['trained_pairs']} pairs trained of {d['pairs']} ({d['epochs']:.2f} epochs); "
+                     "reference pass over " + ", ".join(f"{a} {d['rows'][a]} rows" for a in d["rows"]))
         lines.append("dpo padding: " + " vs ".join(
-            f"mean width {pad[a]['mean_padded_width']:.1f} (max_length {pad[a]['max_length']})" for a in pad)
-            + f"; truncated pairs {pad['ours']['truncated_pairs']}")
-        if "precompute_pad_share" in probe:
-            pp = probe["precompute_pad_share"]
-            lines.append(f"dpo precompute batches of {pp['batch_size']}: pad share {pp['data_order']:.0%} in data "
-                         f"order, {pp['length_sorted']:.0%} length-sorted; training batches "
-                         f"{pad['ours']['pad_share']:.0%}")
-        for name in ("group_by_length", "group_by_length+length_column"):
-            if name in probe:
-                v = probe[name]
-                lines.append(f"dpo {name}: " + (f"works, pad share {v['pad_share']:.0%}" if v["works"] else v["error"]))
+            f"{a} pad share {pad[a]['pad_share']:.0%}, mean width {pad[a]['mean_padded_width']:.1f} "
+            f"(max_length {pad[a]['max_length']})" for a in pad) + f"; truncated pairs {pad['ours']['truncated_pairs']}")
+        lines.append(f"dpo losses on the same batches (ours vs TRL defaults): mean |diff| "
+                     f"{d['loss_mean_abs_diff']:.2e}; mean loss over the run, different batches: "
+                     + ", ".join(f"{a} {v:.4f}" for a, v in d["mean_loss"].items()))
     if r.get("e2e"):
         lines.append("e2e stage shares: " + ", ".join(f"{k} {v['share']:.0%}" for k, v in r["e2e"]["stages"].items()))
     return "\n".join(lines)
@@ -629,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, help="timed pairs of runs per benchmark (default per model)")
     p.add_argument("--e2e", choices=["quick", "full", "skip"],
                    help="the tiny preset end to end: default full for --model tiny, quick otherwise or with --quick")
+    p.add_argument("--only", choices=["generation", "dpo"], help="run one benchmark (no end-to-end run)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -645,18 +532,17 @@ def main(argv: list[str] | None = None) -> int:
         result["notes"] = st.notes
         sections = {"generation": lambda: bench_generation(st, s, a.seed),
                     "dpo": lambda: bench_dpo(st, s, work, a.seed),
-                    "dpo_group_by_length": lambda: probe_group_by_length(st, s, work, a.seed),
                     "e2e": lambda: bench_e2e(e2e_mode, work)}
         for name, fn in sections.items():
-            if name == "e2e" and e2e_mode == "skip":
+            if (name == "e2e" and e2e_mode == "skip") or (a.only and name != a.only):
                 continue
             result[name] = fn()
             Path(a.out).write_text(json.dumps(result, indent=2))  # a later failure keeps what was measured
             print(f"bench: {name} done after {time.perf_counter() - t0:.0f} s", flush=True)
+    g, d = result.get("generation", {}), result.get("dpo", {})
     result.update(
-        generation_speedup=result["generation"]["speedup"], dpo_wall_ratio=result["dpo"]["wall_ratio"],
-        dpo_flops_ratio=result["dpo"]["flops_ratio"], dpo_peak_mem_ratio=result["dpo"]["peak_mem_ratio"],
-        e2e_tiny_seconds=result["e2e"]["seconds"] if "e2e" in result else None,
+        generation_speedup=g.get("speedup"), dpo_wall_ratio=d.get("wall_ratio"), dpo_flops_ratio=d.get("flops_ratio"),
+        dpo_peak_mem_ratio=d.get("peak_mem_ratio"), e2e_tiny_seconds=result["e2e"]["seconds"] if "e2e" in result else None,
         bench_seconds=time.perf_counter() - t0, load_average_end=os.getloadavg()[0])
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(table(result))

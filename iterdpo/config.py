@@ -191,6 +191,7 @@ class DPORoundConfig(_Section):
     include_seed: bool = F(True, "Also train on the original seed pairs.")
     precompute_ref: bool = F(True, "Compute reference log-probs once per round, before training.")
     gradient_checkpointing: bool = F(False, "Trade compute for memory; off where memory allows.")
+    length_grouped: bool = F(True, "Read exactly the pairs the steps consume, in shuffled micro-batches of similar length (see dpo.batch_plan).")
     schedule: dict = F({}, "Per-round overrides of this section, e.g. {2: {learning_rate: 0.5}} (a stress test, or a warm-up).")
 
     def validate(self) -> None:

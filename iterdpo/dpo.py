@@ -4,39 +4,88 @@ The reference is explicit: ``previous`` means the policy this round starts from 
 disabled gives it back, so no second model is loaded); ``sft`` loads the SFT policy as a separate,
 frozen reference. Reference log-probs are computed once per round, before training
 (``precompute_ref_log_probs``), and max_length is set from the data, not a fixed 1024.
+
+Batches (``batch_plan``): when the data holds more pairs than the round's steps consume
+(max_steps x batch x accumulation), the round draws exactly that many, at random, so the reference
+pass reads no pair that is never trained on; those pairs are sorted by length, cut into
+micro-batches, and the micro-batches shuffled, so each batch pads little, and the trainer reads them
+in that order (``train_sampling_strategy="sequential"``). The reference pass uses the same
+micro-batches. When the steps go round the data more than once, every pair is kept, in length order
+for the reference pass, and the trainer samples at random as usual.
 """
 
 from __future__ import annotations
 
 import shutil
+import random
+from dataclasses import replace
 from pathlib import Path
 
 from .config import DPORoundConfig, ModelConfig
+from .memory import plan_for
 from .models import Precision, free, load_causal_lm, load_tokenizer, lora_config, merge_and_save
 from .training import common_args, save_log
 
 
-def data_max_length(tokenizer, pairs: list[dict]) -> int:
-    """Longest prompt + response (+ EOS) in tokens, so nothing is truncated and nothing is over-padded."""
-    longest = 0
+def pair_lengths(tokenizer, pairs: list[dict]) -> list[int]:
+    """Tokens of each pair's prompt + longer response + EOS: the width it pads a batch to."""
+    out = []
     for p in pairs:
         n_prompt = len(tokenizer(p["prompt"], add_special_tokens=False)["input_ids"])
         n_resp = max(len(tokenizer(p[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected"))
-        longest = max(longest, n_prompt + n_resp + 1)
-    return longest
+        out.append(n_prompt + n_resp + 1)
+    return out
 
 
-def dpo_args(dcfg: DPORoundConfig, precision: Precision, out_dir: Path, seed: int, max_length: int) -> dict:
+def data_max_length(tokenizer, pairs: list[dict]) -> int:
+    """Longest prompt + response (+ EOS) in tokens, so nothing is truncated and nothing is over-padded."""
+    return max(pair_lengths(tokenizer, pairs))
+
+
+def batch_plan(lengths: list[int], batch: int, consumed: int, seed: int) -> tuple[list[int], bool]:
+    """(row indices in the order the trainer should see them, whether it reads them in that order).
+
+    consumed = max_steps x batch x accumulation. With at least that many pairs: `consumed` of them drawn at
+    random, sorted by length, cut into micro-batches of `batch`, the micro-batches shuffled -> (order, True).
+    With fewer: every index sorted by length -> (order, False), for a random sampler (several epochs).
+    """
+    rng = random.Random(seed)
+    if len(lengths) < consumed:
+        return sorted(range(len(lengths)), key=lambda i: lengths[i]), False
+    chosen = sorted(rng.sample(range(len(lengths)), consumed), key=lambda i: (lengths[i], i))
+    chunks = [chosen[i:i + batch] for i in range(0, consumed, batch)]
+    rng.shuffle(chunks)
+    return [i for c in chunks for i in c], True
+
+
+def round_rows(tokenizer, pairs: list[dict], dcfg: DPORoundConfig, seed: int) -> tuple[list[dict], dict]:
+    """The round's training rows in batch_plan order, and the DPOConfig settings that go with them."""
+    lengths = pair_lengths(tokenizer, pairs)
+    consumed = dcfg.max_steps * dcfg.batch_size * dcfg.grad_accum
+    order, in_order = (batch_plan(lengths, dcfg.batch_size, consumed, seed) if dcfg.length_grouped
+                       else (list(range(len(pairs))), False))
+    rows = [{k: pairs[i][k] for k in ("prompt", "chosen", "rejected")} for i in order]
+    settings = {"max_length": max(lengths), "train_sampling_strategy": "sequential" if in_order else "random"}
+    return rows, settings
+
+
+def dpo_args(dcfg: DPORoundConfig, precision: Precision, out_dir: Path, seed: int, max_length: int,
+             sampling: str = "random") -> dict:
     args = common_args(out_dir, precision, dcfg.max_steps, dcfg.learning_rate, dcfg.batch_size, dcfg.grad_accum,
                        seed, checkpointing=dcfg.gradient_checkpointing)
+    # the reference pass reads the data in order, in the training micro-batches (length-grouped by round_rows)
     return dict(args, beta=dcfg.beta, loss_type=list(dcfg.loss_type), loss_weights=list(dcfg.loss_weights) or None,
                 max_length=max_length, precompute_ref_log_probs=dcfg.precompute_ref,
-                precompute_ref_batch_size=dcfg.batch_size * 4, disable_dropout=True)
+                precompute_ref_batch_size=dcfg.batch_size, disable_dropout=True, train_sampling_strategy=sampling)
 
 
 def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: DPORoundConfig, mcfg: ModelConfig,
                 precision: Precision, dest: Path, seed: int, callbacks=None) -> dict:
-    """Train on `pairs`, save the merged policy to `dest/policy`, return {"log": [...], "max_length": n}.
+    """Train on `pairs`, save the merged policy to `dest/policy`; return {"log", "max_length", "rows", "sampling", ...}.
+
+    rows: the pairs the round reads (its reference pass included); sampling: the trainer's sampling strategy.
+    On a GPU, memory.plan_for picks the micro-batch (and 4-bit loading) for the effective batch; the
+    micro-batch, accumulation and the plan's reason are returned.
 
     ref_path None: the reference is the start policy itself.
     """
@@ -44,27 +93,37 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
     from trl import DPOConfig, DPOTrainer
 
     tok = load_tokenizer(start_path, mcfg)
-    model = load_causal_lm(start_path, mcfg, precision, four_bit=mcfg.load_in_4bit)
-    ref = load_causal_lm(ref_path, mcfg, precision, four_bit=mcfg.load_in_4bit) if ref_path else None
+    max_length = data_max_length(tok, pairs)
+    four_bit, fit = mcfg.load_in_4bit, plan_for(start_path, max_length, dcfg.batch_size * dcfg.grad_accum,
+                                                 precision.dtype.itemsize)
+    if fit is not None:  # on a GPU: the largest micro-batch that fits, the effective batch kept
+        dcfg = replace(dcfg, batch_size=fit["micro_batch"], grad_accum=fit["grad_accum"])
+        four_bit = four_bit or fit["load_in_4bit"]
+        print(f"memory plan: micro_batch={fit['micro_batch']} grad_accum={fit['grad_accum']} 4-bit={four_bit}: "
+              f"{fit['reason']}")
+    model = load_causal_lm(start_path, mcfg, precision, four_bit=four_bit)
+    ref = load_causal_lm(ref_path, mcfg, precision, four_bit=four_bit) if ref_path else None
     if ref is not None:
         ref.requires_grad_(False)
-    max_length = data_max_length(tok, pairs)
+    rows, plan = round_rows(tok, pairs, dcfg, seed)
     work = dest / "trainer"
-    conf = DPOConfig(**dpo_args(dcfg, precision, work, seed, max_length))
-    rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+    conf = DPOConfig(**dpo_args(dcfg, precision, work, seed, max_length, plan["train_sampling_strategy"]))
     trainer = DPOTrainer(model=model, ref_model=ref, args=conf, train_dataset=Dataset.from_list(rows),
                          processing_class=tok, peft_config=lora_config(mcfg), callbacks=callbacks)
     trainer.train()
     log = save_log(trainer, dest / "train_log.jsonl")
-    save_policy(trainer.model, tok, dest / "policy", start_path, mcfg, precision)
+    save_policy(trainer.model, tok, dest / "policy", start_path, mcfg, precision, four_bit)
     shutil.rmtree(work, ignore_errors=True)
     free(trainer, model, ref)
-    return {"log": log, "max_length": max_length}
+    return {"log": log, "max_length": max_length, "rows": len(rows), "sampling": plan["train_sampling_strategy"],
+            "micro_batch": dcfg.batch_size, "grad_accum": dcfg.grad_accum, "load_in_4bit": four_bit,
+            "memory_plan": fit["reason"] if fit else "no GPU: the configured batch"}
 
 
-def save_policy(model, tok, dest: Path, start_path: str, mcfg: ModelConfig, precision: Precision) -> None:
+def save_policy(model, tok, dest: Path, start_path: str, mcfg: ModelConfig, precision: Precision,
+                four_bit: bool = False) -> None:
     """Merged weights as safetensors; a 4-bit base is merged into a half-precision reload of the start policy."""
-    if not mcfg.load_in_4bit:
+    if not four_bit:
         merge_and_save(model, tok, dest)
         return
     from peft import PeftModel

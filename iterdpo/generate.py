@@ -1,8 +1,10 @@
 """Batched sampling and batched log-probs for a causal LM.
 
 Sampling sorts prompts by length so each batch pads little, pads on the left so every row ends at
-its prompt's last token, and asks generate() for k sequences per prompt at once. Policies are saved
-with their LoRA adapters already merged, so generation runs on plain weights.
+its prompt's last token, and draws k sequences per prompt at once. Each prompt is read once: its
+key/value cache is computed for one row and repeated k times (``share_prompt``), where generate()
+with num_return_sequences=k would read it k times. Policies are saved with their LoRA adapters
+already merged, so generation runs on plain weights.
 """
 
 from __future__ import annotations
@@ -19,14 +21,33 @@ def _batches(order: list[int], size: int):
         yield order[i:i + size]
 
 
+def left_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) left-padded mask -> (B, T) position ids: 0 at each row's first real token (1 on padding, as generate())."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+
+
+def prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int):
+    """The key/value cache of input_ids (B, T) computed once, repeated to B*k rows in repeat_interleave order."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    model(input_ids=input_ids, attention_mask=attention_mask, position_ids=left_positions(attention_mask),
+          past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(k)
+    return cache
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, temperature: float = 1.0,
            top_p: float = 1.0, batch_size: int = 256, seed: int = 0, greedy: bool = False,
-           desc: str = "sampling") -> list[dict]:
+           desc: str = "sampling", share_prompt: bool = True) -> list[dict]:
     """k responses per prompt: [{"prompt", "responses": [k], "ended": [k], "n_tokens": [k]}], in prompt order.
 
     `batch_size` counts sequences (prompts x k). Batch b is seeded with seed + b, so two models given
-    the same prompts in the same order draw from the same random streams.
+    the same prompts in the same order draw from the same random streams. share_prompt (k > 1): all but
+    each prompt's last token go through the model once, and the cache is repeated k times; False reads
+    every prompt k times (generate() with num_return_sequences=k). The two draw the same samples up to
+    floating-point rounding.
     """
     model.eval()
     tokenizer.padding_side = "left"
@@ -37,12 +58,18 @@ def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, te
     dev = next(model.parameters()).device
     for b, idx in enumerate(tqdm(list(_batches(order, per_batch)), desc=desc, leave=False)):
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
-        torch.manual_seed(seed + b)
-        gen = model.generate(
-            **enc, do_sample=not greedy, temperature=temperature if not greedy else None,
-            top_p=top_p if not greedy else None, top_k=None if not greedy else None,
-            max_new_tokens=max_new_tokens, num_return_sequences=k, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id)
+        kw = dict(do_sample=not greedy, temperature=temperature if not greedy else None,
+                  top_p=top_p if not greedy else None, top_k=None if not greedy else None,
+                  max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        if share_prompt and k > 1 and enc["input_ids"].shape[1] > 1:
+            ids, att = enc["input_ids"], enc["attention_mask"]
+            cache = prompt_cache(model, ids[:, :-1], att[:, :-1], k)
+            torch.manual_seed(seed + b)
+            gen = model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=att.repeat_interleave(k, 0),
+                                 past_key_values=cache, **kw)
+        else:
+            torch.manual_seed(seed + b)
+            gen = model.generate(**enc, num_return_sequences=k, **kw)
         new = gen[:, enc["input_ids"].shape[1]:].cpu()
         for j, i in enumerate(idx):
             rows = new[j * k:(j + 1) * k]

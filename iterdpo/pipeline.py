@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from .dpo import train_round
 from .evaluate import EvalInputs, collapse_check, compare, evaluate
 from .folder import append_jsonl, is_done, read_json, read_jsonl, stage_folder, write_json, write_jsonl
 from .generate import sample
+from .memory import with_oom_retry
 from .models import device, free, import_base, load_causal_lm, load_tokenizer, lora_config, merge_and_save, resolve_precision
 from .pairs import make_pairs
 from .toyworld import ToyWorld, tiny_llama_config, train_tokenizer
@@ -203,7 +205,7 @@ def run_sft(cfg: RunConfig, force: bool = False) -> dict:
         log = save_log(trainer, tmp / "train_log.jsonl")
         from .dpo import save_policy
 
-        save_policy(trainer.model, tok, tmp / "policy", base, cfg.model, precision)
+        save_policy(trainer.model, tok, tmp / "policy", base, cfg.model, precision, cfg.model.load_in_4bit)
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         free(trainer, model)
         write_json(tmp / "metrics.json", {"train_loss": last_logged(log, "loss"), "pairs": len(rows),
@@ -341,17 +343,14 @@ def run_generation(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
                          seed=cfg.seed * 1000 + rnd, desc=f"round {rnd}: sampling")
         free(model)
         rm = loaders.reward(run_dir(cfg) / "reward" / "model")
-        flat = [(i, j) for i, r in enumerate(records) for j in range(g.k)]
-        scores = reward.score(rm, tok, [records[i]["prompt"] for i, _ in flat], [records[i]["responses"][j] for i, j in flat],
-                              [records[i]["ended"][j] for i, j in flat], cfg.reward.score_batch_size, desc=f"round {rnd}: scoring")
+        scores = reward.score_grouped(rm, tok, [r["prompt"] for r in records], [r["responses"] for r in records],
+                                      [r["ended"] for r in records], cfg.reward.score_batch_size, desc=f"round {rnd}: scoring")
         free(rm)
         w = world(cfg)
-        for r in records:
-            r["rewards"] = []
+        for r, s in zip(records, scores):
+            r["rewards"] = s
             if w:
                 r["oracle"] = [w.oracle(r["prompt"], x, e) for x, e in zip(r["responses"], r["ended"])]
-        for (i, _), s in zip(flat, scores):
-            records[i]["rewards"].append(s)
         check_records(records, GEN_KEYS, str(dest / "samples.jsonl"))
         pairs, dropped = make_pairs(records, g.strategy, g.min_reward_gap, g.require_eos, g.length_penalty,
                                     cfg.seed + rnd, source=f"round_{rnd}")
@@ -365,7 +364,7 @@ def run_generation(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
                               "rejected": as_completion(prompt, c["rejected"]), "source": "capability"})
             m["capability_pairs"] = len(cap)
         m.update(start_round=plan["start"], prompts=len(records), hard_prompts=n_hard,
-                 samples=len(flat), wall_seconds=time.perf_counter() - t0)
+                 samples=sum(len(r["responses"]) for r in records), wall_seconds=time.perf_counter() - t0)
         write_jsonl(tmp / "samples.jsonl", records)
         write_jsonl(tmp / "pairs.jsonl", pairs)
         write_json(tmp / "metrics.json", m)
@@ -404,6 +403,23 @@ def _training_pairs(cfg: RunConfig, rnd: int) -> list[dict]:
     return pairs
 
 
+def _train(start: str, ref: str | None, pairs: list[dict], dcfg, cfg: RunConfig, dest: Path, seed: int) -> dict:
+    """dpo.train_round; on out-of-memory, again at half the micro-batch, the effective batch kept."""
+    def attempt(micro: int, accum: int) -> dict:
+        shutil.rmtree(dest / "trainer", ignore_errors=True)
+        return train_round(start, ref, pairs, replace(dcfg, batch_size=micro, grad_accum=accum), cfg.model,
+                           resolve_precision(cfg.model.precision), dest, seed)
+
+    out, micro, accum = with_oom_retry(attempt, dcfg.batch_size, dcfg.grad_accum)
+    if (micro, accum) != (dcfg.batch_size, dcfg.grad_accum):
+        out["memory_plan"] += f"; out of memory at micro_batch={dcfg.batch_size}, retried at {micro} x {accum}"
+    return out
+
+
+def _batch_record(out: dict) -> dict:
+    return {k: out[k] for k in ("rows", "sampling", "micro_batch", "grad_accum", "load_in_4bit", "memory_plan")}
+
+
 def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
     """Train round `rnd`, evaluate it, and record the controller's decision. Returns the eval metrics."""
     from collections import Counter
@@ -420,15 +436,14 @@ def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
             t0 = time.perf_counter()
             set_seed(cfg.seed + rnd)
             pairs = _training_pairs(cfg, rnd)
-            out = train_round(str(policy_path(cfg, plan["start"])), ref, pairs, dcfg, cfg.model,
-                              resolve_precision(cfg.model.precision), tmp, cfg.seed + rnd)
+            out = _train(str(policy_path(cfg, plan["start"])), ref, pairs, dcfg, cfg, tmp, cfg.seed + rnd)
             log = out["log"]
             write_json(tmp / "metrics.json", {
                 "start_round": plan["start"], "reference_round": 0 if ref else plan["start"],
                 "reference": ref or str(policy_path(cfg, plan["start"])),
                 "reference_kind": cfg.dpo.reference, "params": p, "loss_type": dcfg.loss_type,
                 "pairs_by_source": dict(Counter(x.get("source", "seed") for x in pairs)), "max_length": out["max_length"],
-                "train_loss": last_logged(log, "loss"), "train_reward_accuracy": last_logged(log, "rewards/accuracies"),
+                **_batch_record(out), "train_loss": last_logged(log, "loss"), "train_reward_accuracy": last_logged(log, "rewards/accuracies"),
                 "train_reward_margin": last_logged(log, "rewards/margins"), "wall_seconds": time.perf_counter() - t0})
     dm = read_json(dest / "metrics.json")
     m = evaluate_round(cfg, rnd, force, ref=str(policy_path(cfg, dm["reference_round"])), beta=p["beta"])
@@ -497,11 +512,10 @@ def run_offline_baseline(cfg: RunConfig, force: bool = False) -> dict:
             t0 = time.perf_counter()
             set_seed(cfg.seed + 1)
             pairs = [{k: p[k] for k in PAIR_KEYS} for p in _pairs(cfg, "train_pairs")]
-            out = train_round(str(policy_path(cfg, 0)), None, pairs, dcfg, cfg.model,
-                              resolve_precision(cfg.model.precision), tmp, cfg.seed + 1)
+            out = _train(str(policy_path(cfg, 0)), None, pairs, dcfg, cfg, tmp, cfg.seed + 1)
             write_json(tmp / "metrics.json", {"max_steps": steps, "rounds_matched": rounds, "pairs": len(pairs),
                                               "train_loss": last_logged(out["log"], "loss"), "max_length": out["max_length"],
-                                              "wall_seconds": time.perf_counter() - t0})
+                                              **_batch_record(out), "wall_seconds": time.perf_counter() - t0})
     return evaluate_round(cfg, "offline_dpo", force, ref=str(policy_path(cfg, 0)), beta=cfg.dpo.beta)
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .generate import _batches, encode_pairs
+from .generate import _batches, encode_pairs, left_positions
 from .losses import bradley_terry_loss, preference_stats
 
 HEAD_FILE = "head.safetensors"
@@ -102,6 +102,51 @@ def score(model: RewardModel, tokenizer, prompts: list[str], responses: list[str
         ids, att, _ = encode_pairs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], eos)
         for i, r in zip(idx, model.score(ids.to(dev), att.to(dev)).float().cpu().tolist()):
             out[i] = r
+    return out
+
+
+@torch.no_grad()
+def score_grouped(model: RewardModel, tokenizer, prompts: list[str], responses: list[list[str]],
+                  ended: list[list[bool]], batch_size: int = 64, desc: str = "scoring") -> list[list[float]]:
+    """Rewards of the k responses of each prompt, reading each prompt once.
+
+    Equal to ``score`` on the flattened (prompt, response) list up to floating-point rounding: the prompts
+    (left-padded) go through the backbone once, their key/value cache is repeated k times, and the
+    responses (right-padded, EOS where they ended) are read after it; each reward is taken at a response's
+    last token (at the prompt's last token for an empty response). `batch_size` counts responses.
+    """
+    from transformers import DynamicCache
+
+    k = len(responses[0]) if responses else 0
+    if any(len(r) != k for r in responses) or any(len(e) != k for e in ended):
+        raise ValueError("score_grouped: every prompt needs the same number of responses and ended flags")
+    model.eval()
+    dev = next(model.parameters()).device
+    body, pad, eos = model.backbone, tokenizer.pad_token_id, tokenizer.eos_token_id
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[float]] = [[] for _ in prompts]
+    for idx in tqdm(list(_batches(order, max(1, batch_size // k))), desc=desc, leave=False):
+        tokenizer.padding_side = "left"
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        att = enc["attention_mask"]
+        resp = [tokenizer(responses[i][j], add_special_tokens=False)["input_ids"] + ([eos] if ended[i][j] else [])
+                for i in idx for j in range(k)]
+        width = max(1, max(len(r) for r in resp))
+        r_ids = torch.tensor([r + [pad] * (width - len(r)) for r in resp], device=dev)
+        r_att = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in resp], device=dev)
+        cache = DynamicCache(config=body.config)
+        h_prompt = body(input_ids=enc["input_ids"], attention_mask=att, position_ids=left_positions(att),
+                        past_key_values=cache, use_cache=True).last_hidden_state[:, -1].repeat_interleave(k, 0)
+        cache.batch_repeat_interleave(k)
+        start = att.sum(-1).repeat_interleave(k)
+        h = body(input_ids=r_ids, attention_mask=torch.cat([att.repeat_interleave(k, 0), r_att], -1),
+                 position_ids=start[:, None] + torch.arange(width, device=dev), past_key_values=cache,
+                 use_cache=True).last_hidden_state
+        n = r_att.sum(-1)
+        last = torch.where((n > 0)[:, None], h[torch.arange(len(resp), device=dev), (n - 1).clamp(min=0)], h_prompt)
+        r = model.head(last.to(model.head[0].weight.dtype)).squeeze(-1).float().cpu().tolist()
+        for a, i in enumerate(idx):
+            out[i] = r[a * k:(a + 1) * k]
     return out
 
 

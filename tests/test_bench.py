@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 
-from iterdpo import bench
+from iterdpo import bench, memory
 
 GIB = 2 ** 30
 
 
 # plan_memory -----------------------------------------------------------------------------------------------
 def test_plan_keeps_the_effective_batch_and_shrinks_with_memory():
-    roomy = bench.plan_memory(135_000_000, 16 * GIB, 256, 16, 2, layers=30, hidden=576)
-    tight = bench.plan_memory(135_000_000, 1 * GIB, 256, 16, 2, layers=30, hidden=576)
+    roomy = memory.plan_memory(135_000_000, 16 * GIB, 256, 16, 2, layers=30, hidden=576)
+    tight = memory.plan_memory(135_000_000, 1 * GIB, 256, 16, 2, layers=30, hidden=576)
     for plan in (roomy, tight):
         assert plan["micro_batch"] * plan["grad_accum"] == 16
         assert not plan["load_in_4bit"] and plan["reason"]
@@ -27,24 +27,24 @@ def test_plan_keeps_the_effective_batch_and_shrinks_with_memory():
 def test_plan_follows_the_documented_estimate():
     # weights 2e8 B + adapters 16*0.01*1e8 = 1.6e7 B; one example = 2 seqs * 100 tokens * 34*2*64*2/2 B = 870,400 B.
     free = (2e8 + 1.6e7 + 5.5 * 870_400) / 0.9
-    plan = bench.plan_memory(100_000_000, int(free), 100, 12, 2, layers=2, hidden=64)
+    plan = memory.plan_memory(100_000_000, int(free), 100, 12, 2, layers=2, hidden=64)
     assert plan["micro_batch"] == 4 and plan["grad_accum"] == 3  # 5 fit; the largest divisor of 12 up to 5 is 4
 
 
 def test_plan_falls_back_to_4bit_then_refuses():
     n = 1_000_000_000  # 2 GB of 16-bit weights
-    plan = bench.plan_memory(n, int(2.2 * GIB), 128, 8, 2, layers=24, hidden=2048)
+    plan = memory.plan_memory(n, int(2.2 * GIB), 128, 8, 2, layers=24, hidden=2048)
     assert plan["load_in_4bit"] and "4-bit" in plan["reason"]
     assert plan["micro_batch"] * plan["grad_accum"] == 8
     with pytest.raises(ValueError, match="do not fit"):
-        bench.plan_memory(n, int(0.3 * GIB), 128, 8, 2, layers=24, hidden=2048)
+        memory.plan_memory(n, int(0.3 * GIB), 128, 8, 2, layers=24, hidden=2048)
 
 
 def test_plan_estimates_the_shape_and_checks_inputs():
-    plan = bench.plan_memory(500_000_000, 8 * GIB, 512, 8, 2)
+    plan = memory.plan_memory(500_000_000, 8 * GIB, 512, 8, 2)
     assert plan["micro_batch"] * plan["grad_accum"] == 8
     with pytest.raises(ValueError, match="positive"):
-        bench.plan_memory(0, 8 * GIB, 512, 8, 2)
+        memory.plan_memory(0, 8 * GIB, 512, 8, 2)
 
 
 # with_oom_retry ------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def test_oom_retry_halves_micro_batch_and_keeps_effective_batch(error, capsys):
             raise error
         return "trained"
 
-    assert bench.with_oom_retry(fn, 8, 2) == ("trained", 2, 8)
+    assert memory.with_oom_retry(fn, 8, 2) == ("trained", 2, 8)
     assert calls == [(8, 2), (4, 4), (2, 8)]
     err = capsys.readouterr().err
     assert "out of memory at micro_batch=8, grad_accum=2" in err and "micro_batch=4, grad_accum=4" in err
@@ -78,7 +78,7 @@ def test_oom_retry_keeps_an_odd_effective_batch():
             raise torch.cuda.OutOfMemoryError("out of memory")
         return micro * accum
 
-    assert bench.with_oom_retry(fn, 6, 1) == (6, 1, 6)
+    assert memory.with_oom_retry(fn, 6, 1) == (6, 1, 6)
     assert calls == [(6, 1), (3, 2), (1, 6)]
 
 
@@ -87,13 +87,13 @@ def test_oom_retry_gives_up_at_one_and_passes_other_errors():
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        bench.with_oom_retry(always_oom, 4, 1)
+        memory.with_oom_retry(always_oom, 4, 1)
 
     def broken(micro, accum):
         raise ValueError("bad config")
 
     with pytest.raises(ValueError, match="bad config"):
-        bench.with_oom_retry(broken, 4, 1)
+        memory.with_oom_retry(broken, 4, 1)
 
 
 # FLOPs ------------------------------------------------------------------------------------------------------
@@ -104,16 +104,24 @@ def test_attention_flops_are_counted_on_cpu():
 
 
 # arms --------------------------------------------------------------------------------------------------------
-def test_baseline_arm_differs_only_in_what_costs_compute(tmp_path):
+def test_baseline_arm_differs_only_in_what_costs_compute(tmp_path, toy_tokenizer):
     from iterdpo.config import DPORoundConfig
     from iterdpo.models import resolve_precision
 
     prec = resolve_precision("float32", "cpu")
-    ours = bench.arm_args("ours", DPORoundConfig(), prec, tmp_path, 0, 77)
-    base = bench.arm_args("baseline", DPORoundConfig(), prec, tmp_path, 0, 77)
-    assert ours["max_length"] == 77 and ours["precompute_ref_log_probs"] and not ours["gradient_checkpointing"]
-    assert not {"max_length", "precompute_ref_log_probs", "gradient_checkpointing"} & set(base)
-    assert all(base[k] == ours[k] for k in base)
+    pairs = [{"prompt": "user: list 2 fruit\nassistant:", "chosen": " apple" + " pear" * (i % 5), "rejected": " rain"}
+             for i in range(12)]
+    st = bench.Setup("", None, prec, toy_tokenizer, [], pairs, 1.0, DPORoundConfig(), 8, [], "tiny")
+    dcfg = DPORoundConfig(max_steps=2, batch_size=2, grad_accum=1)
+    ours, ours_rows = bench.arm_data("ours", st, dcfg, prec, tmp_path, 0)
+    base, base_rows = bench.arm_data("baseline", st, dcfg, prec, tmp_path, 0)
+    same, same_rows = bench.arm_data("same_batches", st, dcfg, prec, tmp_path, 0)
+    assert ours["precompute_ref_log_probs"] and not ours["gradient_checkpointing"]
+    assert ours["max_length"] == max(len(toy_tokenizer(p["prompt"] + p["chosen"])["input_ids"]) + 1 for p in pairs)
+    assert ours["train_sampling_strategy"] == "sequential" and len(ours_rows) == 4  # 2 steps x 2 pairs, of 12
+    assert not {"max_length", "precompute_ref_log_probs", "gradient_checkpointing", "train_sampling_strategy"} & set(base)
+    assert all(base[k] == ours[k] for k in base) and base_rows == pairs
+    assert same_rows == ours_rows and same == {**base, "train_sampling_strategy": "sequential"}
 
 
 # one quick run -----------------------------------------------------------------------------------------------
@@ -127,7 +135,9 @@ def test_quick_bench_writes_finite_positive_ratios(tmp_path):
     # FLOPs are exact: the reference forward is done once and activations are not recomputed.
     assert d["flops"]["ours"]["precompute"] > 0 and d["flops"]["baseline"]["precompute"] == 0
     assert d["flops"]["ours"]["train"] < d["flops"]["baseline"]["train"]
+    assert d["rows"] == {"ours": d["trained_pairs"], "baseline": d["pairs"]} and d["trained_pairs"] < d["pairs"]
     assert d["padding"]["ours"]["truncated_pairs"] == 0 and d["losses_identical_across_repeats"]
+    assert d["loss_mean_abs_diff"] < 1e-4  # our settings give TRL's default losses on the same batches
     assert d["settings"]["baseline"] == {"gradient_checkpointing": True, "precompute_ref_log_probs": False,
                                          "max_length": 1024}
     assert r["e2e"]["stages"] and abs(sum(v["share"] for v in r["e2e"]["stages"].values()) - 1) < 1e-6

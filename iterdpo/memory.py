@@ -1,0 +1,109 @@
+"""The memory planner: micro-batch, accumulation and 4-bit loading from a model's size and the free GPU memory,
+and a retry that halves the micro-batch on out-of-memory while keeping the effective batch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from .models import free
+
+
+# Activation bytes kept per token, per layer and per unit of hidden size by one transformer layer in 16-bit
+# without recomputation: 34 (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
+# Models", sec. 4.1; the 5·heads·seq/hidden term is left out because SDPA keeps no attention matrix). It is an
+# upper bound for LoRA, where frozen linear layers keep no input for a weight gradient.
+ACT_BYTES = 34
+FOUR_BIT_BYTES = 0.5625  # NF4 weights with double-quantised constants, about 4.5 bits per parameter
+
+
+def plan_memory(n_params: int, gpu_free_bytes: int, seq_len: int, target_batch: int, precision_bytes: int, *,
+                layers: int | None = None, hidden: int | None = None, vocab: int = 0, seqs_per_example: int = 2,
+                lora_fraction: float = 0.01, headroom: float = 0.9) -> dict:
+    """The largest micro-batch that fits, and the accumulation that keeps ``target_batch`` exactly.
+
+    Estimate: weights (n_params x precision_bytes, or 4.5 bits in 4-bit) + LoRA adapters in fp32 with their
+    gradient and two Adam moments (16 bytes x lora_fraction x n_params) + activations per example
+    ``seqs_per_example x seq_len x (34 x layers x hidden x precision_bytes / 2 + 4 x vocab)`` (the last term is
+    the fp32 logits; 2 sequences for a DPO or reward pair), within ``headroom`` of the free memory. Without
+    layers and hidden, they come from n_params ~ 12·layers·hidden² at hidden = 64·layers. 4-bit is chosen
+    only when 16-bit weights leave no room for one example (bitsandbytes: CUDA only). Returns
+    {"micro_batch", "grad_accum", "load_in_4bit", "reason"}; raises ValueError when nothing fits.
+    """
+    if min(n_params, gpu_free_bytes, seq_len, target_batch, precision_bytes) <= 0:
+        raise ValueError("plan_memory: every size must be positive")
+    if not (layers and hidden):
+        hidden = round((64 * n_params / 12) ** (1 / 3))
+        layers = max(1, round(hidden / 64))
+    gib = 2 ** 30
+    usable = headroom * gpu_free_bytes
+    adapters = 16 * lora_fraction * n_params
+    per_example = seqs_per_example * seq_len * (ACT_BYTES * layers * hidden * precision_bytes / 2 + 4 * vocab)
+    for four_bit in (False, True):
+        weights = n_params * (FOUR_BIT_BYTES if four_bit else precision_bytes)
+        room = usable - weights - adapters
+        fits = int(room // per_example) if room > 0 else 0
+        if fits >= 1:
+            micro = max(d for d in range(1, target_batch + 1) if target_batch % d == 0 and d <= fits)
+            kind = "4-bit" if four_bit else f"{precision_bytes}-byte"
+            why = (f"{kind} weights {weights / gib:.2f} GiB + adapters and optimizer {adapters / gib:.2f} GiB + "
+                   f"{per_example / gib:.3f} GiB of activations per example: {fits} example(s) fit in "
+                   f"{usable / gib:.2f} GiB usable")
+            if four_bit:
+                why = f"{precision_bytes}-byte weights leave no room for one example; {why}"
+            return {"micro_batch": micro, "grad_accum": target_batch // micro, "load_in_4bit": four_bit, "reason": why}
+    raise ValueError(f"plan_memory: {n_params / 1e9:.2f}B parameters at seq_len={seq_len} do not fit in "
+                     f"{gpu_free_bytes / gib:.2f} GiB even in 4 bit at micro-batch 1; shorten seq_len or use a "
+                     "larger GPU")
+
+
+def is_oom(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or another backend's RuntimeError that says it ran out of memory."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def with_oom_retry(fn, micro_batch: int, grad_accum: int):
+    """``fn(micro_batch, grad_accum)``; on out-of-memory, halve the micro-batch, raise accumulation, retry.
+
+    The effective batch micro_batch x grad_accum never changes (the new micro-batch is the largest divisor
+    of it at most half the old one). Re-raises at micro-batch 1 and on any other error.
+    Returns (fn's result, micro_batch, grad_accum) as finally used.
+    """
+    effective = micro_batch * grad_accum
+    while True:
+        try:
+            return fn(micro_batch, grad_accum), micro_batch, grad_accum
+        except Exception as e:
+            if not is_oom(e) or micro_batch == 1:
+                raise
+            smaller = max(d for d in range(1, micro_batch // 2 + 1) if effective % d == 0)
+            print(f"WARNING: out of memory at micro_batch={micro_batch}, grad_accum={grad_accum}; retrying with "
+                  f"micro_batch={smaller}, grad_accum={effective // smaller} (effective batch {effective} kept)",
+                  file=sys.stderr)
+            micro_batch, grad_accum = smaller, effective // smaller
+            free()
+
+
+def config_size(config) -> dict:
+    """{n_params, layers, hidden, vocab} of a decoder from its transformers config (an estimate of n_params:
+    attention 4·h², MLP 3·h·intermediate per layer, plus the embedding)."""
+    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    inter = getattr(config, "intermediate_size", None) or 4 * h
+    return {"n_params": layers * (4 * h * h + 3 * h * inter) + vocab * h, "layers": layers, "hidden": h, "vocab": vocab}
+
+
+def plan_for(model_path: str, seq_len: int, target_batch: int, precision_bytes: int) -> dict | None:
+    """plan_memory for a model on the current GPU (its free memory now); None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    from transformers import AutoConfig
+
+    size = config_size(AutoConfig.from_pretrained(model_path))
+    free_bytes, _ = torch.cuda.mem_get_info()
+    return plan_memory(size["n_params"], free_bytes, seq_len, target_batch, precision_bytes,
+                       layers=size["layers"], hidden=size["hidden"], vocab=size["vocab"])

@@ -1,0 +1,86 @@
+"""The fast paths give what the plain paths give: shared-prompt sampling and scoring, and the DPO batch plan."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from iterdpo.dpo import batch_plan
+
+
+# DPO batch plan ------------------------------------------------------------------------------------------------
+def test_batch_plan_reads_exactly_the_consumed_pairs_in_length_grouped_batches():
+    lengths = [random.Random(i).randint(5, 60) for i in range(100)]
+    order, in_order = batch_plan(lengths, batch=4, consumed=40, seed=1)
+    assert in_order and len(order) == 40 and len(set(order)) == 40
+    batches = [order[i:i + 4] for i in range(0, 40, 4)]
+    # micro-batches are runs of the length-sorted draw: no batch overlaps another's length range
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    widths = [max(lengths[i] for i in b) for b in batches]
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)  # batches are shuffled
+    assert batch_plan(lengths, 4, 40, seed=1) == (order, True) and batch_plan(lengths, 4, 40, seed=2)[0] != order
+
+
+def test_batch_plan_keeps_every_pair_when_the_steps_go_round_the_data():
+    lengths = [7, 3, 9, 1, 5]
+    order, in_order = batch_plan(lengths, batch=2, consumed=12, seed=0)
+    assert not in_order and order == [3, 1, 4, 0, 2]  # every pair, length order for the reference pass
+
+
+# shared prompts ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """(policy, reward model, tokenizer, prompts): randomly initialised toy-world models."""
+    from transformers import LlamaForCausalLM
+
+    from iterdpo import reward
+    from iterdpo.config import ToyConfig
+    from iterdpo.toyworld import ToyWorld, tiny_llama_config, train_tokenizer
+
+    w = ToyWorld(ToyConfig())
+    toy_tokenizer = train_tokenizer(w, [d["prompt"] + " " + d["completion"] for d in w.pretrain_docs(300, 0)])
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("toy_model")
+    model = LlamaForCausalLM(tiny_llama_config(ToyConfig(), toy_tokenizer)).eval()
+    model.save_pretrained(path)
+    toy_tokenizer.save_pretrained(path)
+    rm = reward.build(str(path), 32, 0.0, torch.float32, "cpu", mode="frozen").eval()
+    render = lambda p: toy_tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                         add_generation_prompt=True)
+    # prompts of different lengths, so batches are left-padded
+    prompts = [render(p) for p in w.prompts(20, 1)] + [render("add 1 2 and list 3 fruit now")]
+    return model, rm, toy_tokenizer, prompts
+
+
+def test_shared_prompt_sampling_draws_the_same_samples(toy):
+    from iterdpo.generate import sample
+
+    model, _, toy_tokenizer, prompts = toy
+    shared = sample(model, toy_tokenizer, prompts, 4, 10, batch_size=24, seed=3, share_prompt=True)
+    plain = sample(model, toy_tokenizer, prompts, 4, 10, batch_size=24, seed=3, share_prompt=False)
+    assert [r["responses"] for r in shared] == [r["responses"] for r in plain]
+    assert len({x for r in shared for x in r["responses"]}) > len(prompts)  # really sampled, not one reply each
+    greedy = sample(model, toy_tokenizer, prompts, 3, 10, batch_size=24, greedy=True)
+    one = sample(model, toy_tokenizer, prompts, 1, 10, batch_size=24, greedy=True)
+    assert [r["responses"] for r in greedy] == [r["responses"] * 3 for r in one]
+
+
+def test_grouped_scoring_equals_flat_scoring(toy):
+    from iterdpo import reward
+
+    _, rm, toy_tokenizer, prompts = toy
+    rng = random.Random(0)
+    words = ["apple", "pear", "rain", "so", "7"]
+    responses = [[" " + " ".join(rng.choice(words) for _ in range(rng.randint(0, 6))) for _ in range(3)] for _ in prompts]
+    responses[0][1] = ""  # an empty response scores at the prompt's last token
+    ended = [[rng.random() < 0.5 for _ in range(3)] for _ in prompts]
+    ended[0][1] = False
+    grouped = reward.score_grouped(rm, toy_tokenizer, prompts, responses, ended, batch_size=9)
+    flat = reward.score(rm, toy_tokenizer, [p for p in prompts for _ in range(3)], sum(responses, []), sum(ended, []),
+                        batch_size=9)
+    assert torch.allclose(torch.tensor(grouped).flatten(), torch.tensor(flat), atol=1e-5)
+    with pytest.raises(ValueError, match="same number"):
+        reward.score_grouped(rm, toy_tokenizer, prompts[:2], [["a", "b"], ["c"]], [[True, True], [True]])
