@@ -141,3 +141,35 @@ def test_quick_bench_writes_finite_positive_ratios(tmp_path):
     assert d["settings"]["baseline"] == {"gradient_checkpointing": True, "precompute_ref_log_probs": False,
                                          "max_length": 1024}
     assert r["e2e"]["stages"] and abs(sum(v["share"] for v in r["e2e"]["stages"].values()) - 1) < 1e-6
+
+
+# wired into the DPO stage -----------------------------------------------------------------------------------
+def test_dpo_stage_retries_at_half_the_micro_batch_on_oom(monkeypatch, tmp_path, capsys):
+    from iterdpo import pipeline
+    from iterdpo.config import load_preset
+
+    cfg = load_preset("tiny", {"dpo.batch_size": 32, "dpo.grad_accum": 1})
+    seen = []
+
+    def fake_round(start, ref, pairs, dcfg, mcfg, precision, dest, seed):
+        seen.append((dcfg.batch_size, dcfg.grad_accum))
+        if dcfg.batch_size > 8:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"memory_plan": "no GPU: the configured batch"}
+
+    monkeypatch.setattr(pipeline, "train_round", fake_round)
+    out = pipeline._train("start", None, [], cfg.dpo, cfg, tmp_path, 0)
+    assert seen == [(32, 1), (16, 2), (8, 4)]
+    assert "retried at 8 x 4" in out["memory_plan"] and "out of memory" in capsys.readouterr().err
+
+
+def test_config_size_estimates_a_llama(toy_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    conf = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=3,
+                       num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
+    est = memory.config_size(conf)
+    real = LlamaForCausalLM(conf).num_parameters()
+    assert est["layers"] == 3 and est["hidden"] == 128 and abs(est["n_params"] / real - 1) < 0.02
+    if not torch.cuda.is_available():
+        assert memory.plan_for("unused", 128, 8, 2) is None  # no GPU: the configured batch stands
