@@ -26,6 +26,7 @@ from .data import GEN_KEYS, PAIR_KEYS, as_completion, check_records, load_pairs,
 from .dpo import train_round
 from .evaluate import EvalInputs, collapse_check, compare, evaluate
 from .folder import append_jsonl, is_done, read_json, read_jsonl, stage_folder, write_json, write_jsonl
+from .gate import wait_turn
 from .generate import sample
 from .memory import with_oom_retry
 from .models import device, free, import_base, load_causal_lm, load_tokenizer, lora_config, merge_and_save, resolve_precision
@@ -87,6 +88,7 @@ def base_source(cfg: RunConfig) -> str:
 
 def prepare(cfg: RunConfig, force: bool = False) -> dict:
     """Write the run's config, then the base model (trained, converted or referenced) and the data split."""
+    wait_turn()
     root = run_dir(cfg)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "config.json", cfg.to_dict())
@@ -185,6 +187,7 @@ def _prompts(cfg: RunConfig, name: str) -> list[str]:
 # stage: SFT ---------------------------------------------------------------------------------------------
 def run_sft(cfg: RunConfig, force: bool = False) -> dict:
     """LoRA SFT of the base model on the chosen responses; the merged policy goes to sft/policy."""
+    wait_turn()
     from transformers import set_seed
 
     dest = run_dir(cfg) / "sft"
@@ -216,6 +219,7 @@ def run_sft(cfg: RunConfig, force: bool = False) -> dict:
 # stage: reward model --------------------------------------------------------------------------------------
 def run_reward(cfg: RunConfig, force: bool = False) -> dict:
     """Bradley-Terry training of the reward model on the seed pairs, then the SFT baseline's evaluation."""
+    wait_turn()
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, set_seed
 
@@ -324,6 +328,7 @@ def _elapsed(cfg: RunConfig) -> float:
 # stage: synthetic preferences -----------------------------------------------------------------------------------
 def run_generation(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
     """Sample K responses per prompt from the round's start policy, score them, and build pairs."""
+    wait_turn()
     dest = run_dir(cfg) / f"round_{rnd}" / "generate"
     plan = round_plan(cfg, rnd)
     with stage_folder(dest, {"run": cfg.to_dict(), "plan": plan}, force) as tmp:
@@ -422,6 +427,7 @@ def _batch_record(out: dict) -> dict:
 
 def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
     """Train round `rnd`, evaluate it, and record the controller's decision. Returns the eval metrics."""
+    wait_turn()
     from collections import Counter
 
     from transformers import set_seed
@@ -499,6 +505,7 @@ def _collapse_of(d: dict | None) -> dict:
 # the offline-DPO baseline arm ---------------------------------------------------------------------------------------
 def run_offline_baseline(cfg: RunConfig, force: bool = False) -> dict:
     """Seed pairs only, from the SFT policy, for as many DPO steps as all iterative rounds together."""
+    wait_turn()
     from transformers import set_seed
 
     rounds = sorted(decisions(cfg))
@@ -522,6 +529,7 @@ def run_offline_baseline(cfg: RunConfig, force: bool = False) -> dict:
 # summary ---------------------------------------------------------------------------------------------------------------
 def write_summary(cfg: RunConfig) -> dict:
     """summary.json: every round's metrics (eval + generation + training), the best round, the baselines."""
+    wait_turn()
     root = run_dir(cfg)
     done = decisions(cfg)
     offline = _samples(cfg, "offline_dpo")

@@ -8,6 +8,11 @@ into this run's config), so each one rebuilds exactly the config of the run. Exe
 ``<run>/notebooks/`` under a temporary name and are renamed when they finish; with ``resume`` a
 notebook whose executed copy exists is skipped (the stages inside are resumable on their own too).
 A notebook that fails is kept as ``<name>.failed.ipynb`` beside them, with the traceback in it.
+
+Starting a kernel and importing the libraries costs 10-17 s per notebook, so the next notebook's kernel
+starts while the current one runs and waits at its first stage for its turn (``iterdpo.gate``). When the
+controller picks another next step than the one started (it stops early), that kernel is cancelled and
+leaves nothing behind; when a notebook fails, the one waiting behind it is cancelled too.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
+from . import gate
 from .config import ConfigError, RunConfig, load_preset
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -76,9 +83,26 @@ def check_kernel(name: str = KERNEL) -> None:
                            f"`{sys.executable} -m ipykernel install --sys-prefix` (or remove the other kernelspec)")
 
 
+def _kernel_manager(env: dict):
+    """A kernel manager class whose kernels start with `env` added to this process's environment."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelManagerWithEnv(AsyncKernelManager):
+        extra_env = env
+
+        async def start_kernel(self, **kw):
+            kw["env"] = {**os.environ, **kw.get("env", {}), **env}
+            return await super().start_kernel(**kw)
+
+    return KernelManagerWithEnv
+
+
 def execute(name: str, dest: Path, parameters: dict, resume: bool = False, progress: bool = True,
-            notebook_dir: Path = NOTEBOOK_DIR) -> Path:
-    """Execute notebooks/<name>.ipynb into `dest` atomically; with `resume`, skip it if `dest` exists."""
+            notebook_dir: Path = NOTEBOOK_DIR, env: dict | None = None) -> Path:
+    """Execute notebooks/<name>.ipynb into `dest` atomically; with `resume`, skip it if `dest` exists.
+
+    `env` is added to the kernel's environment.
+    """
     import papermill
 
     if resume and dest.exists():
@@ -89,28 +113,96 @@ def execute(name: str, dest: Path, parameters: dict, resume: bool = False, progr
         stale.unlink()
     tmp = dest.with_name(f".{dest.stem}.tmp-{os.getpid()}.ipynb")
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
-    print(f"execute {name} -> {dest}", flush=True)
     t0 = time.perf_counter()
-    # Headless kernels inherit this: per-step progress widgets, recorded into the executed notebook,
-    # cost a quarter of a tiny run's time. The runner prints one line per notebook instead.
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    # Headless kernels: per-step progress widgets, recorded into the executed notebook, cost a quarter of a
+    # tiny run's time. The runner prints one line per notebook instead.
+    extra = {"TQDM_DISABLE": "1", **(env or {})}
     try:
         papermill.execute_notebook(str(notebook_dir / f"{name}.ipynb"), str(tmp), parameters=parameters,
-                                   kernel_name=KERNEL, progress_bar=False, cwd=os.getcwd())
+                                   kernel_name=KERNEL, progress_bar=False, cwd=os.getcwd(),
+                                   kernel_manager_class=_kernel_manager(extra))
     except BaseException:
         if tmp.exists():
             os.replace(tmp, failed)
         raise
-    finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
-    print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not env:  # a runner job prints its own time, from its turn on
+        print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     os.replace(tmp, dest)
     failed.unlink(missing_ok=True)
     return dest
+
+
+class _Job:
+    """One notebook executing in a thread; its stages wait for the gate (iterdpo.gate) to open."""
+
+    def __init__(self, step: tuple, dest: Path, parameters: dict, gate_dir: Path, resume: bool, notebook_dir: Path):
+        self.step, self.dest, self.error = step, dest, None
+        self.key, self.skipped = dest.stem, resume and dest.exists()
+        self.go, self.abort = gate.files(gate_dir, self.key)
+        env = {gate.ENV: f"{gate_dir}|{self.key}"}
+        kw = dict(name=step[0], dest=dest, parameters=parameters, resume=resume, notebook_dir=notebook_dir, env=env)
+        self.thread = threading.Thread(target=self._run, kwargs=kw, daemon=True)
+        self.thread.start()
+
+    def _run(self, **kw) -> None:
+        try:
+            execute(**kw)
+        except BaseException as e:  # re-raised by finish()
+            self.error = e
+
+    def finish(self) -> None:
+        """Open the gate, wait for the notebook, raise its error."""
+        if not self.skipped:
+            print(f"execute {self.step[0]} -> {self.dest}", flush=True)
+        t0 = time.perf_counter()
+        self.go.write_text("go")
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        if not self.skipped:
+            print(f"  done in {time.perf_counter() - t0:.0f} s (its kernel started during the notebook before)",
+                  flush=True)
+
+    def cancel(self, why: str) -> None:
+        """Stop a notebook started ahead of a turn that did not come; leave nothing of it behind."""
+        self.abort.write_text(why)
+        self.thread.join()
+        self.dest.with_name(f"{self.dest.stem}.failed.ipynb").unlink(missing_ok=True)
+
+
+def _next_step(cfg: RunConfig, step: tuple | None, guess: bool = False) -> tuple | None:
+    """The notebook after `step` as (name, suffix, extra parameters); None after the last.
+
+    With `guess`, before `step` has finished: a round's next round is taken to be round + 1 (the
+    controller decides after the round), and the first round 1.
+    """
+    from . import pipeline
+
+    tail = [("04_dpo_round", "_offline_dpo", {"arm": "offline_dpo"})] if cfg.baseline.offline_dpo else []
+    tail.append(("05_compare_iterations", "", {}))
+
+    def round_or_tail(rnd):
+        return ("03_synthetic_preferences", f"_r{rnd}", {"round": rnd}) if rnd is not None else tail[0]
+
+    if step is None:
+        return ("01_sft", "", {})
+    name, extra = step[0], step[2]
+    if name == "01_sft":
+        return ("02_reward_model", "", {})
+    if name == "02_reward_model":
+        return round_or_tail(1 if guess else pipeline.next_round(cfg))
+    if name == "03_synthetic_preferences":
+        return ("04_dpo_round", step[1], {"round": extra["round"], "arm": "iterative"})
+    if extra.get("arm") == "iterative":
+        rnd = extra["round"]
+        if guess:
+            return round_or_tail(rnd + 1 if rnd < cfg.max_rounds else None)
+        nxt = pipeline.next_round(cfg)
+        if nxt is not None and nxt <= rnd:
+            raise RuntimeError(f"round {rnd} ran but the controller asks for round {nxt} next; see decisions.jsonl")
+        return round_or_tail(nxt)
+    i = tail.index(step) + 1
+    return tail[i] if i < len(tail) else None
 
 
 def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None = None,
@@ -119,7 +211,8 @@ def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None
 
     `rounds` (a number or 'auto') replaces cfg.rounds; `overrides` are the command line's --set values,
     shown in each notebook's parameters when they rebuild the config; `progress` shows papermill's
-    progress bar per notebook.
+    progress bar per notebook. While one notebook runs, the next one's kernel starts and imports
+    (iterdpo.gate); its stages wait until the one before has finished.
     """
     from . import pipeline
 
@@ -129,24 +222,32 @@ def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None
     check_kernel()
     params = notebook_parameters(cfg, overrides)
     folder = Path(cfg.out) / "notebooks"
+    gate_dir = Path(cfg.out) / ".runner"
+    shutil.rmtree(gate_dir, ignore_errors=True)
+    gate_dir.mkdir(parents=True)
 
-    def run(name: str, suffix: str = "", **extra) -> None:
-        execute(name, folder / f"{name}{suffix}.ipynb", {**params, **extra}, resume, progress, notebook_dir)
+    def start(step: tuple) -> _Job:
+        return _Job(step, folder / f"{step[0]}{step[1]}.ipynb", {**params, **step[2]}, gate_dir, resume, notebook_dir)
 
-    run("01_sft")
-    run("02_reward_model")
-    rnd = pipeline.next_round(cfg)
-    while rnd is not None:
-        run("03_synthetic_preferences", f"_r{rnd}", round=rnd)
-        run("04_dpo_round", f"_r{rnd}", round=rnd, arm="iterative")
-        print(pipeline.iteration_report(cfg, rnd), flush=True)
-        nxt = pipeline.next_round(cfg)
-        if nxt is not None and nxt <= rnd:
-            raise RuntimeError(f"round {rnd} ran but the controller asks for round {nxt} next; see decisions.jsonl")
-        rnd = nxt
-    if cfg.baseline.offline_dpo:
-        run("04_dpo_round", "_offline_dpo", arm="offline_dpo")
-    run("05_compare_iterations")
+    job = start(_next_step(cfg, None))
+    ahead = None
+    try:
+        while job is not None:
+            guess = _next_step(cfg, job.step, guess=True)
+            ahead = start(guess) if guess is not None else None
+            job.finish()
+            if job.step[2].get("arm") == "iterative":
+                print(pipeline.iteration_report(cfg, job.step[2]["round"]), flush=True)
+            actual = _next_step(cfg, job.step)
+            if ahead is not None and actual != ahead.step:
+                ahead.cancel(f"the next notebook is {actual and actual[0] + actual[1]}, not {guess[0] + guess[1]}")
+                ahead = None
+            job = ahead if ahead is not None else (start(actual) if actual is not None else None)
+            ahead = None
+    finally:
+        if ahead is not None and ahead.thread.is_alive():
+            ahead.cancel("the notebook before it failed")
+        shutil.rmtree(gate_dir, ignore_errors=True)
     return json.loads((Path(cfg.out) / "summary.json").read_text())
 
 

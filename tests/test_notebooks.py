@@ -19,7 +19,7 @@ import nbformat
 import pytest
 
 import iterdpo
-from iterdpo import runner
+from iterdpo import gate, runner
 from iterdpo.config import RunConfig, load_preset
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -134,7 +134,8 @@ def test_notebook_parameters_rebuild_the_config(overrides) -> None:
 
 
 def _fake_papermill(monkeypatch, calls: list):
-    def execute_notebook(input_path, output_path, parameters=None, **kw):
+    def execute_notebook(input_path, output_path, parameters=None, kernel_manager_class=None, **kw):
+        gate.wait_turn(kernel_manager_class.extra_env.get(gate.ENV, ""))  # what the notebook's first stage does
         tmp = re.fullmatch(r"\.(.+)\.tmp-\d+\.ipynb", Path(output_path).name)  # written under a temporary name
         calls.append((Path(input_path).stem, f"{tmp.group(1)}.ipynb", dict(parameters)))
         Path(output_path).write_text("{}")
@@ -169,6 +170,38 @@ def test_run_notebooks_order_names_and_resume(tmp_path: Path, monkeypatch) -> No
     _fake_pipeline(monkeypatch, [None])
     runner.run_notebooks(cfg, resume=True)
     assert [c[1] for c in calls] == ["05_compare_iterations.ipynb"]
+
+
+def test_a_kernel_started_ahead_for_a_turn_that_does_not_come_is_cancelled(tmp_path: Path, monkeypatch) -> None:
+    cfg = load_preset("tiny", {"out": str(tmp_path / "run"), "rounds": 2})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"best_round": 1}))
+    calls: list = []
+    _fake_papermill(monkeypatch, calls)
+    _fake_pipeline(monkeypatch, [1, None])  # the controller stops after round 1: round 2 was started for nothing
+    runner.run_notebooks(cfg)
+    assert [c[1] for c in calls] == ["01_sft.ipynb", "02_reward_model.ipynb", "03_synthetic_preferences_r1.ipynb",
+                                     "04_dpo_round_r1.ipynb", "04_dpo_round_offline_dpo.ipynb",
+                                     "05_compare_iterations.ipynb"]
+    assert sorted(p.name for p in (tmp_path / "run" / "notebooks").iterdir()) == sorted(c[1] for c in calls)
+    assert not (tmp_path / "run" / ".runner").exists()
+
+
+def test_a_failure_cancels_the_notebook_started_ahead(tmp_path: Path, monkeypatch) -> None:
+    cfg = load_preset("tiny", {"out": str(tmp_path / "run")})
+    started: list = []
+
+    def execute_notebook(input_path, output_path, parameters=None, kernel_manager_class=None, **kw):
+        started.append(Path(input_path).stem)
+        gate.wait_turn(kernel_manager_class.extra_env[gate.ENV])
+        Path(output_path).write_text("{}")
+        if Path(input_path).stem == "01_sft":
+            raise RuntimeError("cell failed")
+    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook))
+    with pytest.raises(RuntimeError, match="cell failed"):
+        runner.run_notebooks(cfg)
+    assert sorted(started) == ["01_sft", "02_reward_model"]  # 02 was waiting for its turn, and was stopped
+    assert [p.name for p in (tmp_path / "run" / "notebooks").iterdir()] == ["01_sft.failed.ipynb"]
 
 
 def test_a_failed_notebook_is_kept_aside(tmp_path: Path, monkeypatch) -> None:
@@ -206,3 +239,18 @@ def test_tiny_overrides_are_valid() -> None:
 
 def test_the_python3_kernel_runs_this_environment() -> None:
     runner.check_kernel()
+
+
+def test_gate_waits_for_go_and_raises_on_abort(tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    monkeypatch.delenv(gate.ENV, raising=False)
+    gate.wait_turn()  # outside the runner: no waiting
+    go, abort = gate.files(tmp_path, "04_dpo_round_r2")
+    threading.Timer(0.3, go.write_text, args=("go",)).start()
+    gate.wait_turn(f"{tmp_path}|04_dpo_round_r2", poll_seconds=0.05)
+    assert go.exists()
+    _, abort = gate.files(tmp_path, "03_synthetic_preferences_r3")
+    abort.write_text("the controller stopped")
+    with pytest.raises(RuntimeError, match="controller stopped"):
+        gate.wait_turn(f"{tmp_path}|03_synthetic_preferences_r3", poll_seconds=0.05)
