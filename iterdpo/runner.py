@@ -106,7 +106,7 @@ def execute(name: str, dest: Path, parameters: dict, resume: bool = False, progr
     import papermill
 
     if resume and dest.exists():
-        print(f"skip {dest} (already executed)")
+        sys.stdout.write(f"skip {dest} (already executed)\n")  # one write: runner threads print side by side
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{dest.stem}.tmp-*.ipynb"):  # left by a killed run
