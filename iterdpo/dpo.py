@@ -37,11 +37,6 @@ def pair_lengths(tokenizer, pairs: list[dict]) -> list[int]:
     return out
 
 
-def data_max_length(tokenizer, pairs: list[dict]) -> int:
-    """Longest prompt + response (+ EOS) in tokens, so nothing is truncated and nothing is over-padded."""
-    return max(pair_lengths(tokenizer, pairs))
-
-
 def batch_plan(lengths: list[int], batch: int, consumed: int, seed: int) -> tuple[list[int], bool]:
     """(row indices in the order the trainer should see them, whether it reads them in that order).
 
@@ -58,9 +53,14 @@ def batch_plan(lengths: list[int], batch: int, consumed: int, seed: int) -> tupl
     return [i for c in chunks for i in c], True
 
 
-def round_rows(tokenizer, pairs: list[dict], dcfg: DPORoundConfig, seed: int) -> tuple[list[dict], dict]:
-    """The round's training rows in batch_plan order, and the DPOConfig settings that go with them."""
-    lengths = pair_lengths(tokenizer, pairs)
+def round_rows(tokenizer, pairs: list[dict], dcfg: DPORoundConfig, seed: int,
+               lengths: list[int] | None = None) -> tuple[list[dict], dict]:
+    """The round's training rows in batch_plan order, and the DPOConfig settings that go with them.
+
+    max_length is the longest pair (nothing truncated, nothing over-padded). `lengths`: pair_lengths,
+    when the caller has them already.
+    """
+    lengths = lengths or pair_lengths(tokenizer, pairs)
     consumed = dcfg.max_steps * dcfg.batch_size * dcfg.grad_accum
     order, in_order = (batch_plan(lengths, dcfg.batch_size, consumed, seed) if dcfg.length_grouped
                        else (list(range(len(pairs))), False))
@@ -93,7 +93,8 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
     from trl import DPOConfig, DPOTrainer
 
     tok = load_tokenizer(start_path, mcfg)
-    max_length = data_max_length(tok, pairs)
+    lengths = pair_lengths(tok, pairs)
+    max_length = max(lengths)
     four_bit, fit = mcfg.load_in_4bit, plan_for(start_path, max_length, dcfg.batch_size * dcfg.grad_accum,
                                                  precision.dtype.itemsize)
     if fit is not None:  # on a GPU: the largest micro-batch that fits, the effective batch kept
@@ -105,7 +106,7 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
     ref = load_causal_lm(ref_path, mcfg, precision, four_bit=four_bit) if ref_path else None
     if ref is not None:
         ref.requires_grad_(False)
-    rows, plan = round_rows(tok, pairs, dcfg, seed)
+    rows, plan = round_rows(tok, pairs, dcfg, seed, lengths)
     work = dest / "trainer"
     conf = DPOConfig(**dpo_args(dcfg, precision, work, seed, max_length, plan["train_sampling_strategy"]))
     trainer = DPOTrainer(model=model, ref_model=ref, args=conf, train_dataset=Dataset.from_list(rows),

@@ -61,14 +61,13 @@ def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, te
         kw = dict(do_sample=not greedy, temperature=temperature if not greedy else None,
                   top_p=top_p if not greedy else None, top_k=None if not greedy else None,
                   max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        torch.manual_seed(seed + b)  # the prompt's forward pass (eval mode) draws no random numbers
         if share_prompt and k > 1 and enc["input_ids"].shape[1] > 1:
             ids, att = enc["input_ids"], enc["attention_mask"]
             cache = prompt_cache(model, ids[:, :-1], att[:, :-1], k)
-            torch.manual_seed(seed + b)
             gen = model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=att.repeat_interleave(k, 0),
                                  past_key_values=cache, **kw)
         else:
-            torch.manual_seed(seed + b)
             gen = model.generate(**enc, num_return_sequences=k, **kw)
         new = gen[:, enc["input_ids"].shape[1]:].cpu()
         for j, i in enumerate(idx):

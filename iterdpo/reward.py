@@ -125,8 +125,8 @@ def score_grouped(model: RewardModel, tokenizer, prompts: list[str], responses: 
     body, pad, eos = model.backbone, tokenizer.pad_token_id, tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[float]] = [[] for _ in prompts]
+    tokenizer.padding_side = "left"
     for idx in tqdm(list(_batches(order, max(1, batch_size // k))), desc=desc, leave=False):
-        tokenizer.padding_side = "left"
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
         att = enc["attention_mask"]
         resp = [tokenizer(responses[i][j], add_special_tokens=False)["input_ids"] + ([eos] if ended[i][j] else [])

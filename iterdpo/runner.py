@@ -97,8 +97,8 @@ def _kernel_manager(env: dict):
     return KernelManagerWithEnv
 
 
-def execute(name: str, dest: Path, parameters: dict, resume: bool = False, progress: bool = True,
-            notebook_dir: Path = NOTEBOOK_DIR, env: dict | None = None) -> Path:
+def execute(name: str, dest: Path, parameters: dict, resume: bool = False, notebook_dir: Path = NOTEBOOK_DIR,
+            env: dict | None = None) -> Path:
     """Execute notebooks/<name>.ipynb into `dest` atomically; with `resume`, skip it if `dest` exists.
 
     `env` is added to the kernel's environment.
@@ -113,7 +113,6 @@ def execute(name: str, dest: Path, parameters: dict, resume: bool = False, progr
         stale.unlink()
     tmp = dest.with_name(f".{dest.stem}.tmp-{os.getpid()}.ipynb")
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
-    t0 = time.perf_counter()
     # Headless kernels: per-step progress widgets, recorded into the executed notebook, cost a quarter of a
     # tiny run's time. The runner prints one line per notebook instead.
     extra = {"TQDM_DISABLE": "1", **(env or {})}
@@ -125,8 +124,6 @@ def execute(name: str, dest: Path, parameters: dict, resume: bool = False, progr
         if tmp.exists():
             os.replace(tmp, failed)
         raise
-    if not env:  # a runner job prints its own time, from its turn on
-        print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     os.replace(tmp, dest)
     failed.unlink(missing_ok=True)
     return dest
@@ -206,13 +203,13 @@ def _next_step(cfg: RunConfig, step: tuple | None, guess: bool = False) -> tuple
 
 
 def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None = None,
-                  overrides: dict | None = None, progress: bool = True, notebook_dir: Path = NOTEBOOK_DIR) -> dict:
+                  overrides: dict | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> dict:
     """Run the whole loop as notebooks; returns summary.json.
 
     `rounds` (a number or 'auto') replaces cfg.rounds; `overrides` are the command line's --set values,
-    shown in each notebook's parameters when they rebuild the config; `progress` shows papermill's
-    progress bar per notebook. While one notebook runs, the next one's kernel starts and imports
-    (iterdpo.gate); its stages wait until the one before has finished.
+    shown in each notebook's parameters when they rebuild the config. While one notebook runs, the next
+    one's kernel starts and imports (iterdpo.gate); its stages wait until the one before has finished.
+    Each notebook prints one line when its turn comes and one with its time.
     """
     from . import pipeline
 
