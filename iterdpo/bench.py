@@ -6,7 +6,11 @@
 1. Generation: ``generate.sample`` (length-sorted, left-padded, k sequences per prompt per call) and
    batched ``reward.score``, against one ``generate()`` call per sample and one reward forward per
    response. Same prompts, k, max_new_tokens and temperature. ``generation_speedup`` is the median
-   over repeats of baseline time / our time, the two arms alternating (ABBA) so drift hits both.
+   over repeats of baseline time / our time, the arms alternating (ABBA) so drift hits both. Ours runs
+   in ``generation.precision`` (bf16 on a CPU with AMX), the baseline in the model's precision (what a
+   user loads); when they differ, ours also runs in the model's precision (the batching alone), the
+   baseline is timed in both on the first prompt, and a check reports how far the dtype moves log-probs
+   and the reward model's picks.
 2. DPO round: TRL's DPOTrainer with ``dpo.round_rows`` and ``dpo.dpo_args`` (the pairs the steps
    consume, in length-grouped micro-batches; reference log-probs precomputed for them; max_length from
    the data; no activation checkpointing) against DPOConfig's defaults for the settings that cost
@@ -46,8 +50,9 @@ import torch
 from . import reward
 from .config import DPORoundConfig, ModelConfig, load_preset
 from .dpo import dpo_args, round_rows
-from .generate import encode_pairs, sample
-from .models import Precision, free, import_base, load_causal_lm, load_tokenizer, lora_config, resolve_precision
+from .generate import completion_logprobs, encode_pairs, sample
+from .models import (Precision, free, import_base, inference_precision, load_causal_lm, load_tokenizer, lora_config,
+                     resolve_precision)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +96,7 @@ class Setup:
     head_hidden: int
     notes: list
     preset: str
+    gen_precision: Precision  # ours samples and scores in this (generation.precision); the baseline in `precision`
 
 
 def setup_tiny(work: Path, s: Sizes, seed: int) -> Setup:
@@ -111,7 +117,8 @@ def setup_tiny(work: Path, s: Sizes, seed: int) -> Setup:
              for r in w.seed_pairs(s.dpo_pairs, seed + 1)]
     return Setup(str(work / "model"), cfg.model, resolve_precision(cfg.model.precision), tok,
                  [render(p) for p in w.prompts(s.prompts, seed + 2)], pairs, cfg.generation.temperature, cfg.dpo,
-                 cfg.reward.head_hidden, ["tiny: randomly initialised toy-world Llama (timing only)"], "tiny")
+                 cfg.reward.head_hidden, ["tiny: randomly initialised toy-world Llama (timing only)"], "tiny",
+                 _gen_precision(cfg))
 
 
 def setup_smollm2(work: Path, s: Sizes, seed: int) -> Setup:
@@ -130,18 +137,22 @@ def setup_smollm2(work: Path, s: Sizes, seed: int) -> Setup:
                  cfg.generation.temperature, cfg.dpo, cfg.reward.head_hidden,
                  ["smollm2: reward model = SmolLM2 body + a randomly initialised head (timing only)",
                   f"smollm2: HH-RLHF from {paths[0]}, prompts <= {cfg.data.max_prompt_tokens} tokens, "
-                  f"responses <= {cfg.data.max_response_tokens}"], "smollm2-hh")
+                  f"responses <= {cfg.data.max_response_tokens}"], "smollm2-hh", _gen_precision(cfg))
 
 
-def _paired(run_ours, run_base, repeats: int) -> tuple[list[float], list[float]]:
-    """Seconds of each arm over `repeats` pairs, alternating which arm goes first."""
-    ours, base = [], []
+def _gen_precision(cfg) -> Precision:
+    return inference_precision(cfg.generation.precision, resolve_precision(cfg.model.precision))
+
+
+def _paired(arms: list, repeats: int) -> list[list[float]]:
+    """Seconds of each arm over `repeats` rounds, the order reversed every other round (ABBA)."""
+    times: list[list[float]] = [[] for _ in arms]
     for i in range(repeats):
-        for arm in ((run_ours, ours), (run_base, base))[:: 1 if i % 2 == 0 else -1]:
+        for j in (range(len(arms)) if i % 2 == 0 else reversed(range(len(arms)))):
             t0 = time.perf_counter()
-            arm[0]()
-            arm[1].append(time.perf_counter() - t0)
-    return ours, base
+            arms[j]()
+            times[j].append(time.perf_counter() - t0)
+    return times
 
 
 # 1. generation -------------------------------------------------------------------------------------------
@@ -178,24 +189,76 @@ def naive_generate(model, tok, rm, prompts, k, max_new_tokens, temperature, seed
 
 
 def bench_generation(st: Setup, s: Sizes, seed: int) -> dict:
-    model = load_causal_lm(st.model_dir, st.mcfg, st.precision)
-    rm = reward.build(st.model_dir, st.head_hidden, 0.0, st.precision.dtype, next(model.parameters()).device.type,
-                      mode="frozen")
-    args = (model, st.tok, rm, st.prompts, s.k, s.max_new_tokens, st.temperature)
-    tokens = {}
-    one = (model, st.tok, rm, st.prompts[:1], s.k, s.max_new_tokens, st.temperature)  # FLOPs, and the warm-up
-    flops = {"ours": _flops(lambda: ours_generate(*one, s, seed)),
-             "baseline": _flops(lambda: naive_generate(*one, seed))}
-    ours, base = _paired(lambda: tokens.__setitem__("ours", ours_generate(*args, s, seed)),
-                         lambda: tokens.__setitem__("baseline", naive_generate(*args, seed)), s.repeats)
-    free(model, rm)
+    """Ours (in generation.precision) against the baseline (in the model's precision, what a user loads).
+
+    When the two precisions differ, a third arm runs ours in the model's precision (the batching alone), the
+    baseline is also timed on the first prompt in ours' precision (is it the faster one for a user?), and
+    ours' samples are read back by both precisions' policy and reward model (how far the dtype moves them).
+    """
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    load = lambda prec: (load_causal_lm(st.model_dir, st.mcfg, prec).eval(),
+                         reward.build(st.model_dir, st.head_hidden, 0.0, prec.dtype, dev, mode="frozen").eval())
+    base_m, base_rm = load(st.precision)
+    same = st.gen_precision == st.precision
+    fast_m, fast_rm = (base_m, base_rm) if same else load(st.gen_precision)
+    if not same:
+        fast_rm.head.load_state_dict(base_rm.head.state_dict())  # one random head: the arms score alike
+    ours = lambda m, rm, prompts=st.prompts: ours_generate(m, st.tok, rm, prompts, s.k, s.max_new_tokens,
+                                                           st.temperature, s, seed)
+    base = lambda m=base_m, rm=base_rm, prompts=st.prompts: naive_generate(m, st.tok, rm, prompts, s.k, s.max_new_tokens,
+                                                                            st.temperature, seed)
+    one = st.prompts[:1]  # FLOPs, and the warm-up
+    flops = {"ours": _flops(lambda: ours(fast_m, fast_rm, one)), "baseline": _flops(lambda: base(prompts=one))}
+    tokens: dict = {}
+    arms = {"ours": lambda: tokens.__setitem__("ours", ours(fast_m, fast_rm)),
+            "baseline": lambda: tokens.__setitem__("baseline", base())}
+    out: dict = {}
+    if not same:
+        arms["ours_model_precision"] = lambda: tokens.__setitem__("ours_model_precision", ours(base_m, base_rm))
+        _flops(lambda: base(fast_m, fast_rm, one))  # warm-up
+        first = _paired([lambda: base(prompts=one), lambda: base(fast_m, fast_rm, one)], 1)
+        out["baseline_first_prompt_seconds"] = {st.precision.name: first[0][0], st.gen_precision.name: first[1][0]}
+    times = dict(zip(arms, _paired(list(arms.values()), s.repeats)))
     n = len(st.prompts)
-    return {"prompts": n, "k": s.k, "max_new_tokens": s.max_new_tokens, "temperature": st.temperature,
-            "ours_seconds": ours, "baseline_seconds": base,
-            "ours_pairs_per_s": n / statistics.median(ours), "baseline_pairs_per_s": n / statistics.median(base),
-            "mean_tokens_per_sample": {a: tokens[a] / (n * s.k) for a in tokens},
-            "flops_first_prompt": flops, "flops_ratio_first_prompt": flops["ours"] / flops["baseline"],
-            "speedup": statistics.median(b / o for o, b in zip(ours, base))}
+    speed = lambda arm: statistics.median(b / o for o, b in zip(times[arm], times["baseline"]))
+    out.update({"prompts": n, "k": s.k, "max_new_tokens": s.max_new_tokens, "temperature": st.temperature,
+                "precision": {"ours": st.gen_precision.name, "baseline": st.precision.name},
+                "ours_seconds": times["ours"], "baseline_seconds": times["baseline"],
+                "ours_pairs_per_s": n / statistics.median(times["ours"]),
+                "baseline_pairs_per_s": n / statistics.median(times["baseline"]),
+                "mean_tokens_per_sample": {a: tokens[a] / (n * s.k) for a in tokens},
+                "flops_first_prompt": flops, "flops_ratio_first_prompt": flops["ours"] / flops["baseline"],
+                "speedup": speed("ours")})
+    if not same:
+        out["ours_model_precision_seconds"] = times["ours_model_precision"]
+        out["speedup_model_precision"] = speed("ours_model_precision")
+        out["precision_check"] = precision_check(st, s, (base_m, base_rm), (fast_m, fast_rm), seed)
+    free(base_m, base_rm, fast_m, fast_rm)
+    return out
+
+
+@torch.no_grad()
+def precision_check(st: Setup, s: Sizes, exact: tuple, fast: tuple, seed: int) -> dict:
+    """How far generation.precision moves what the round keeps: ours' samples (drawn in the fast dtype) read
+    by the policy in both dtypes (per-token log-prob gap), and scored by the reward model in both (does it
+    pick the same chosen and rejected response per prompt?)."""
+    recs = sample(fast[0], st.tok, st.prompts, s.k, s.max_new_tokens, st.temperature, batch_size=s.gen_batch_size,
+                  seed=seed, desc="precision check")
+    flat = lambda key: [x for r in recs for x in r[key]]
+    prompts = [r["prompt"] for r in recs for _ in r["responses"]]
+    lp = {}
+    for name, m in (("exact", exact[0]), ("fast", fast[0])):
+        logp, n = completion_logprobs(m, st.tok, prompts, flat("responses"), s.score_batch_size, flat("ended"))
+        lp[name] = logp / n.clamp(min=1)
+    score = lambda rm: reward.score_grouped(rm, st.tok, [r["prompt"] for r in recs], [r["responses"] for r in recs],
+                                            [r["ended"] for r in recs], s.score_batch_size)
+    a, b = score(exact[1]), score(fast[1])
+    pick = lambda x: (max(range(len(x)), key=x.__getitem__), min(range(len(x)), key=x.__getitem__))
+    fa, fb = torch.tensor([v for x in a for v in x]), torch.tensor([v for x in b for v in x])
+    return {"samples": len(prompts), "logp_per_token_exact": lp["exact"].mean().item(),
+            "logp_per_token_mean_abs_gap": (lp["exact"] - lp["fast"]).abs().mean().item(),
+            "reward_same_pair": sum(pick(x) == pick(y) for x, y in zip(a, b)) / len(a),
+            "reward_max_abs_gap": (fa - fb).abs().max().item(), "reward_std": fa.std().item()}
 
 
 def _flops(fn) -> int:
@@ -373,7 +436,7 @@ def bench_dpo(st: Setup, s: Sizes, work: Path, seed: int) -> dict:
     try:
         flops = {arm: run(arm, count_flops=True) for arm in ("ours", "baseline")}  # also the warm-up, untimed
         same = run("same_batches")  # untimed: the loss check
-        _paired(lambda: runs["ours"].append(run("ours")), lambda: runs["baseline"].append(run("baseline")), s.repeats)
+        _paired([lambda: runs["ours"].append(run("ours")), lambda: runs["baseline"].append(run("baseline"))], s.repeats)
     finally:
         for proc, conn in workers.values():
             with contextlib.suppress(OSError):
@@ -464,8 +527,13 @@ def table(r: dict) -> str:
     g, d = r.get("generation"), r.get("dpo")
     rows = [("stage", "measure", "ours", "baseline", "ours vs baseline")]
     if g:
-        rows.append(("generation", "pairs/s", f"{g['ours_pairs_per_s']:.2f}", f"{g['baseline_pairs_per_s']:.2f}",
-                     f"speedup {g['speedup']:.2f}x"))
+        prec = g.get("precision", {})
+        rows.append(("generation", "pairs/s", f"{g['ours_pairs_per_s']:.2f} {prec.get('ours', '')}".strip(),
+                     f"{g['baseline_pairs_per_s']:.2f} {prec.get('baseline', '')}".strip(), f"speedup {g['speedup']:.2f}x"))
+        if "speedup_model_precision" in g:
+            same = g["prompts"] / statistics.median(g["ours_model_precision_seconds"])
+            rows.append(("generation", "pairs/s, one dtype", f"{same:.2f} {prec['baseline']}",
+                         f"{g['baseline_pairs_per_s']:.2f} {prec['baseline']}", f"speedup {g['speedup_model_precision']:.2f}x"))
     if d:
         mb = lambda a: f"{d['peak_bytes'][a] / 2 ** 20:.0f}"
         gf = lambda a: f"{d['flops'][a]['per_trained_pair'] / 1e9:.4g}"
@@ -485,6 +553,14 @@ def table(r: dict) -> str:
         lines.append(f"generation: {gflop['ours']} vs {gflop['baseline']} GFLOP on the first prompt (ratio "
                      f"{g['flops_ratio_first_prompt']:.2f}: the baseline reads the prompt k={g['k']} times in the policy "
                      f"and k times in the reward model, ours once each); torch threads {torch.get_num_threads()}")
+        if "precision_check" in g:
+            c, first = g["precision_check"], g["baseline_first_prompt_seconds"]
+            lines.append(f"generation dtype: ours {prec['ours']}, baseline {prec['baseline']} (a user's default). The baseline "
+                         "on the first prompt: " + ", ".join(f"{a} {v:.1f} s" for a, v in first.items()) +
+                         f". Ours' {c['samples']} samples read by the policy in both dtypes: mean |log-prob gap| "
+                         f"{c['logp_per_token_mean_abs_gap']:.4f} nats/token (log-prob {c['logp_per_token_exact']:.3f}); "
+                         f"reward model in both: same chosen and rejected on {c['reward_same_pair']:.0%} of prompts, "
+                         f"max |reward gap| {c['reward_max_abs_gap']:.4f} (reward std {c['reward_std']:.3f})")
     if d:
         pad = d["padding"]
         lines.append(f"dpo: {d['trained_pairs']} pairs trained of {d['pairs']} ({d['epochs']:.2f} epochs); "

@@ -168,6 +168,7 @@ class GenerationConfig(_Section):
     top_p: float = F(1.0, "Nucleus sampling.", min=0.01, max=1.0)
     max_new_tokens: int = F(16, "Longest sampled response.", min=1)
     batch_size: int = F(256, "Sequences per generate() call (prompts x k).", min=1)
+    precision: str = F("auto", "Sampling and scoring dtype: auto = the model's on a GPU; on a CPU bfloat16 where it has AMX bf16 units, else float32. Training and evaluation keep model.precision.", choices=["auto", "float32", "float16", "bfloat16"])
     prompts_per_round: int = F(512, "Prompts sampled each round (drawn from the training prompts).", min=1)
     strategy: str = F("max_min", "Pairing: max_min, max_random, random, max_min_length (max_min on length-penalised reward).", choices=["max_min", "max_random", "random", "max_min_length"])
     length_penalty: float = F(0.0, "Reward minus this times response tokens, for max_min_length.", min=0.0)

@@ -29,7 +29,8 @@ from .folder import append_jsonl, is_done, read_json, read_jsonl, stage_folder, 
 from .gate import wait_turn
 from .generate import sample
 from .memory import with_oom_retry
-from .models import device, free, import_base, load_causal_lm, load_tokenizer, lora_config, merge_and_save, resolve_precision
+from .models import (Precision, device, free, import_base, inference_precision, load_causal_lm, load_tokenizer, lora_config,
+                     merge_and_save, resolve_precision)
 from .pairs import make_pairs
 from .toyworld import ToyWorld, tiny_llama_config, train_tokenizer
 from .training import common_args, last_logged, save_log, sft_train
@@ -62,11 +63,11 @@ def _timed(fn):
 
 
 class Loaders:
-    """Loads one model at a time in the run's precision; evaluate() takes this."""
+    """Loads one model at a time in the run's precision (or `precision`); evaluate() takes this."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, precision: Precision | None = None):
         self.cfg = cfg
-        self.precision = resolve_precision(cfg.model.precision)
+        self.precision = precision or resolve_precision(cfg.model.precision)
 
     def policy(self, path):
         return load_causal_lm(str(path), self.cfg.model, self.precision), load_tokenizer(str(path), self.cfg.model)
@@ -342,7 +343,7 @@ def run_generation(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
         hard = plan["targeted"].get("hard_prompts") or []
         n_hard = int(len(prompts) * g.targeted_share) if hard else 0
         prompts = prompts[: len(prompts) - n_hard] + [rng.choice(hard) for _ in range(n_hard)]
-        loaders = Loaders(cfg)
+        loaders = Loaders(cfg, inference_precision(g.precision, resolve_precision(cfg.model.precision)))
         model, tok = loaders.policy(policy_path(cfg, plan["start"]))
         records = sample(model, tok, prompts, g.k, g.max_new_tokens, g.temperature, g.top_p, g.batch_size,
                          seed=cfg.seed * 1000 + rnd, desc=f"round {rnd}: sampling")
@@ -368,7 +369,7 @@ def run_generation(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
                 pairs.append({"prompt": prompt, "chosen": as_completion(prompt, c["chosen"]),
                               "rejected": as_completion(prompt, c["rejected"]), "source": "capability"})
             m["capability_pairs"] = len(cap)
-        m.update(start_round=plan["start"], prompts=len(records), hard_prompts=n_hard,
+        m.update(start_round=plan["start"], precision=loaders.precision.name, prompts=len(records), hard_prompts=n_hard,
                  samples=sum(len(r["responses"]) for r in records), wall_seconds=time.perf_counter() - t0)
         write_jsonl(tmp / "samples.jsonl", records)
         write_jsonl(tmp / "pairs.jsonl", pairs)

@@ -111,7 +111,7 @@ def test_baseline_arm_differs_only_in_what_costs_compute(tmp_path, toy_tokenizer
     prec = resolve_precision("float32", "cpu")
     pairs = [{"prompt": "user: list 2 fruit\nassistant:", "chosen": " apple" + " pear" * (i % 5), "rejected": " rain"}
              for i in range(12)]
-    st = bench.Setup("", None, prec, toy_tokenizer, [], pairs, 1.0, DPORoundConfig(), 8, [], "tiny")
+    st = bench.Setup("", None, prec, toy_tokenizer, [], pairs, 1.0, DPORoundConfig(), 8, [], "tiny", prec)
     dcfg = DPORoundConfig(max_steps=2, batch_size=2, grad_accum=1)
     ours, ours_rows = bench.arm_data("ours", st, dcfg, prec, tmp_path, 0)
     base, base_rows = bench.arm_data("baseline", st, dcfg, prec, tmp_path, 0)

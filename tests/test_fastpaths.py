@@ -1,7 +1,9 @@
-"""The fast paths give what the plain paths give: shared-prompt sampling and scoring, and the DPO batch plan."""
+"""The fast paths give what the plain paths give: shared-prompt sampling and scoring, the DPO batch plan, and
+bf16 sampling and scoring where the CPU has AMX."""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -84,3 +86,48 @@ def test_grouped_scoring_equals_flat_scoring(toy):
     assert torch.allclose(torch.tensor(grouped).flatten(), torch.tensor(flat), atol=1e-5)
     with pytest.raises(ValueError, match="same number"):
         reward.score_grouped(rm, toy_tokenizer, prompts[:2], [["a", "b"], ["c"]], [[True, True], [True]])
+
+
+# generation precision ------------------------------------------------------------------------------------------
+def test_inference_precision_picks_bf16_only_where_the_cpu_has_amx(tmp_path, monkeypatch):
+    from iterdpo import models
+    from iterdpo.models import Precision, cpu_has_amx_bf16, inference_precision
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_tile_x\n")
+    assert cpu_has_amx_bf16(str(amx)) and not cpu_has_amx_bf16(str(plain))
+    assert not cpu_has_amx_bf16(str(tmp_path / "missing"))
+    fp32 = Precision(torch.float32, False, False)
+    for has, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(models, "cpu_has_amx_bf16", lambda: has)
+        assert inference_precision("auto", fp32, "cpu").dtype == want
+    assert inference_precision("float32", fp32, "cpu") == fp32
+    t4 = Precision(torch.float16, True, False)
+    assert inference_precision("auto", t4, "cuda") == t4  # a GPU samples in the model's precision
+    with pytest.raises(ValueError, match="float16 needs a GPU"):
+        inference_precision("float16", fp32, "cpu")
+
+
+def test_bf16_sampling_and_scoring_stay_close_to_fp32(toy, tmp_path):
+    """The bf16 path runs end to end (prompt cache, sampling, grouped scoring) and moves rewards and
+    log-probs by bf16 rounding only."""
+    from iterdpo import reward
+    from iterdpo.generate import completion_logprobs, sample
+
+    model, rm, toy_tokenizer, prompts = toy
+    model16 = copy.deepcopy(model).to(torch.bfloat16)
+    rm16 = copy.deepcopy(rm)
+    rm16.backbone.to(torch.bfloat16)  # the head stays fp32, as reward.build leaves it
+    recs = sample(model16, toy_tokenizer, prompts, 3, 8, batch_size=24, seed=1)
+    assert all(len(r["responses"]) == 3 for r in recs)
+    args = ([r["prompt"] for r in recs], [r["responses"] for r in recs], [r["ended"] for r in recs])
+    r32 = torch.tensor(reward.score_grouped(rm, toy_tokenizer, *args, batch_size=9))
+    r16 = torch.tensor(reward.score_grouped(rm16, toy_tokenizer, *args, batch_size=9))
+    assert torch.corrcoef(torch.stack([r32.flatten(), r16.flatten()]))[0, 1] > 0.99
+    flat = lambda key: [x for r in recs for x in r[key]]
+    ps = [r["prompt"] for r in recs for _ in r["responses"]]
+    l32, n = completion_logprobs(model, toy_tokenizer, ps, flat("responses"), 16, flat("ended"))
+    l16, _ = completion_logprobs(model16, toy_tokenizer, ps, flat("responses"), 16, flat("ended"))
+    gap = ((l32 - l16).abs() / n.clamp(min=1)).mean().item()
+    assert 0 < gap < 0.05, gap  # bf16 changed the numbers, by rounding only

@@ -43,6 +43,13 @@ def test_training_changed_the_weights(run):
         (pipeline.run_dir(cfg) / "round_2/dpo/metrics.json").read_text())["start_round"] != 1
 
 
+def test_generation_records_its_precision(run):
+    cfg, _ = run
+    for rnd in (1, 2):  # the tiny preset pins float32, so its figures do not depend on the CPU's AMX units
+        metrics = pipeline.run_dir(cfg) / f"round_{rnd}" / "generate" / "metrics.json"
+        assert json.loads(metrics.read_text())["precision"] == "float32"
+
+
 def test_metrics_moved_the_right_way(run):
     _, s = run
     sft, r1, r2 = (r["metrics"] for r in s["rounds"])
