@@ -143,6 +143,26 @@ def test_quick_bench_writes_finite_positive_ratios(tmp_path):
     assert r["e2e"]["stages"] and abs(sum(v["share"] for v in r["e2e"]["stages"].values()) - 1) < 1e-6
 
 
+def test_generation_bench_reports_the_dtype_when_ours_samples_in_bf16(tmp_path):
+    """generation.precision differing from the model's (bf16 on an AMX CPU): the same-dtype arm, the baseline
+    timed in both dtypes, and the check of what the dtype moves all appear, in bench.json and in the table."""
+    from dataclasses import replace
+
+    from iterdpo.models import Precision
+
+    s = bench.Sizes(4, 2, 6, 8, 8, 8, 1, 2, 2, 1)
+    st = replace(bench.setup_tiny(tmp_path, s, 0), gen_precision=Precision(torch.bfloat16, False, True))
+    g = bench.bench_generation(st, s, 0)
+    assert g["precision"] == {"ours": "bfloat16", "baseline": "float32"}
+    assert g["speedup"] > 0 and g["speedup_model_precision"] > 0
+    assert set(g["baseline_first_prompt_seconds"]) == {"float32", "bfloat16"}
+    c = g["precision_check"]
+    assert c["samples"] == 8 and 0 <= c["reward_same_pair"] <= 1
+    assert 0 < c["logp_per_token_mean_abs_gap"] < 0.1  # bf16 rounding, not a different model
+    text = bench.table({"generation": g})
+    assert "pairs/s, one dtype" in text and "bfloat16" in text
+
+
 # wired into the DPO stage -----------------------------------------------------------------------------------
 def test_dpo_stage_retries_at_half_the_micro_batch_on_oom(monkeypatch, tmp_path, capsys):
     from iterdpo import pipeline
