@@ -156,12 +156,15 @@ def _paired(arms: list, repeats: int) -> list[list[float]]:
 
 
 # 1. generation -------------------------------------------------------------------------------------------
-def ours_generate(model, tok, rm, prompts, k, max_new_tokens, temperature, s: Sizes, seed: int) -> int:
-    """Batched sampling and batched scoring; returns the tokens generated."""
+def ours_generate(model, tok, rm, prompts, k, max_new_tokens, temperature, s: Sizes, seed: int) -> tuple[list, list]:
+    """Batched sampling and batched scoring; returns (sample records, their rewards)."""
     recs = sample(model, tok, prompts, k, max_new_tokens, temperature, batch_size=s.gen_batch_size, seed=seed)
-    reward.score_grouped(rm, tok, [r["prompt"] for r in recs], [r["responses"] for r in recs],
-                         [r["ended"] for r in recs], s.score_batch_size)
-    return sum(n for r in recs for n in r["n_tokens"])
+    return recs, _score(rm, tok, recs, s)
+
+
+def _score(rm, tok, recs: list, s: Sizes) -> list:
+    return reward.score_grouped(rm, tok, [r["prompt"] for r in recs], [r["responses"] for r in recs],
+                                [r["ended"] for r in recs], s.score_batch_size)
 
 
 @torch.no_grad()
@@ -209,50 +212,47 @@ def bench_generation(st: Setup, s: Sizes, seed: int) -> dict:
                                                                             st.temperature, seed)
     one = st.prompts[:1]  # FLOPs, and the warm-up
     flops = {"ours": _flops(lambda: ours(fast_m, fast_rm, one)), "baseline": _flops(lambda: base(prompts=one))}
-    tokens: dict = {}
-    arms = {"ours": lambda: tokens.__setitem__("ours", ours(fast_m, fast_rm)),
-            "baseline": lambda: tokens.__setitem__("baseline", base())}
+    last: dict = {}  # each arm's output in its last timed run
+    arms = {"ours": lambda: last.__setitem__("ours", ours(fast_m, fast_rm)),
+            "baseline": lambda: last.__setitem__("baseline", base())}
     out: dict = {}
     if not same:
-        arms["ours_model_precision"] = lambda: tokens.__setitem__("ours_model_precision", ours(base_m, base_rm))
+        arms["ours_model_precision"] = lambda: last.__setitem__("ours_model_precision", ours(base_m, base_rm))
         _flops(lambda: base(fast_m, fast_rm, one))  # warm-up
         first = _paired([lambda: base(prompts=one), lambda: base(fast_m, fast_rm, one)], 1)
         out["baseline_first_prompt_seconds"] = {st.precision.name: first[0][0], st.gen_precision.name: first[1][0]}
     times = dict(zip(arms, _paired(list(arms.values()), s.repeats)))
     n = len(st.prompts)
+    tokens = lambda v: v if isinstance(v, int) else sum(x for r in v[0] for x in r["n_tokens"])  # baseline: a count
     speed = lambda arm: statistics.median(b / o for o, b in zip(times[arm], times["baseline"]))
     out.update({"prompts": n, "k": s.k, "max_new_tokens": s.max_new_tokens, "temperature": st.temperature,
                 "precision": {"ours": st.gen_precision.name, "baseline": st.precision.name},
                 "ours_seconds": times["ours"], "baseline_seconds": times["baseline"],
                 "ours_pairs_per_s": n / statistics.median(times["ours"]),
                 "baseline_pairs_per_s": n / statistics.median(times["baseline"]),
-                "mean_tokens_per_sample": {a: tokens[a] / (n * s.k) for a in tokens},
+                "mean_tokens_per_sample": {a: tokens(v) / (n * s.k) for a, v in last.items()},
                 "flops_first_prompt": flops, "flops_ratio_first_prompt": flops["ours"] / flops["baseline"],
                 "speedup": speed("ours")})
     if not same:
         out["ours_model_precision_seconds"] = times["ours_model_precision"]
         out["speedup_model_precision"] = speed("ours_model_precision")
-        out["precision_check"] = precision_check(st, s, (base_m, base_rm), (fast_m, fast_rm), seed)
+        out["precision_check"] = precision_check(st, s, *last["ours"], (base_m, base_rm), fast_m)
     free(base_m, base_rm, fast_m, fast_rm)
     return out
 
 
 @torch.no_grad()
-def precision_check(st: Setup, s: Sizes, exact: tuple, fast: tuple, seed: int) -> dict:
-    """How far generation.precision moves what the round keeps: ours' samples (drawn in the fast dtype) read
-    by the policy in both dtypes (per-token log-prob gap), and scored by the reward model in both (does it
-    pick the same chosen and rejected response per prompt?)."""
-    recs = sample(fast[0], st.tok, st.prompts, s.k, s.max_new_tokens, st.temperature, batch_size=s.gen_batch_size,
-                  seed=seed, desc="precision check")
+def precision_check(st: Setup, s: Sizes, recs: list, fast_rewards: list, exact: tuple, fast_policy) -> dict:
+    """How far generation.precision moves what the round keeps: ours' samples and rewards (drawn and scored
+    in the fast dtype) against the policy and reward model in the model's dtype (`exact`): the per-token
+    log-prob gap, and whether the reward model picks the same chosen and rejected response per prompt."""
     flat = lambda key: [x for r in recs for x in r[key]]
     prompts = [r["prompt"] for r in recs for _ in r["responses"]]
     lp = {}
-    for name, m in (("exact", exact[0]), ("fast", fast[0])):
+    for name, m in (("exact", exact[0]), ("fast", fast_policy)):
         logp, n = completion_logprobs(m, st.tok, prompts, flat("responses"), s.score_batch_size, flat("ended"))
         lp[name] = logp / n.clamp(min=1)
-    score = lambda rm: reward.score_grouped(rm, st.tok, [r["prompt"] for r in recs], [r["responses"] for r in recs],
-                                            [r["ended"] for r in recs], s.score_batch_size)
-    a, b = score(exact[1]), score(fast[1])
+    a, b = _score(exact[1], st.tok, recs, s), fast_rewards
     pick = lambda x: (max(range(len(x)), key=x.__getitem__), min(range(len(x)), key=x.__getitem__))
     fa, fb = torch.tensor([v for x in a for v in x]), torch.tensor([v for x in b for v in x])
     return {"samples": len(prompts), "logp_per_token_exact": lp["exact"].mean().item(),

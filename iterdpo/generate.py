@@ -26,15 +26,16 @@ def left_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
 
 
-def prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int):
-    """The key/value cache of input_ids (B, T) computed once, repeated to B*k rows in repeat_interleave order."""
+def prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, **kwargs):
+    """(the key/value cache of left-padded input_ids (B, T) computed once and repeated to B*k rows in
+    repeat_interleave order, the model's output on the B rows); kwargs go to the forward pass."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model(input_ids=input_ids, attention_mask=attention_mask, position_ids=left_positions(attention_mask),
-          past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=left_positions(attention_mask),
+                past_key_values=cache, use_cache=True, **kwargs)
     cache.batch_repeat_interleave(k)
-    return cache
+    return cache, out
 
 
 @torch.no_grad()
@@ -64,7 +65,7 @@ def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, te
         torch.manual_seed(seed + b)  # the prompt's forward pass (eval mode) draws no random numbers
         if share_prompt and k > 1 and enc["input_ids"].shape[1] > 1:
             ids, att = enc["input_ids"], enc["attention_mask"]
-            cache = prompt_cache(model, ids[:, :-1], att[:, :-1], k)
+            cache, _ = prompt_cache(model, ids[:, :-1], att[:, :-1], k, logits_to_keep=1)
             gen = model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=att.repeat_interleave(k, 0),
                                  past_key_values=cache, **kw)
         else:

@@ -69,7 +69,7 @@ def inference_precision(choice: str, model: Precision, device: str | None = None
         choice = "bfloat16" if cpu_has_amx_bf16() else "float32"
     if choice == "float16" and device != "cuda":
         raise ValueError("generation.precision float16 needs a GPU; use auto, float32 or bfloat16 on the CPU")
-    return resolve_precision(choice, device) if device == "cuda" else Precision(getattr(torch, choice), False, choice == "bfloat16")
+    return resolve_precision(choice, device)
 
 
 def device() -> str:

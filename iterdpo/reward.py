@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .generate import _batches, encode_pairs, left_positions
+from .generate import _batches, encode_pairs, prompt_cache
 from .losses import bradley_terry_loss, preference_stats
 
 HEAD_FILE = "head.safetensors"
@@ -115,8 +115,6 @@ def score_grouped(model: RewardModel, tokenizer, prompts: list[str], responses: 
     responses (right-padded, EOS where they ended) are read after it; each reward is taken at a response's
     last token (at the prompt's last token for an empty response). `batch_size` counts responses.
     """
-    from transformers import DynamicCache
-
     k = len(responses[0]) if responses else 0
     if any(len(r) != k for r in responses) or any(len(e) != k for e in ended):
         raise ValueError("score_grouped: every prompt needs the same number of responses and ended flags")
@@ -134,10 +132,8 @@ def score_grouped(model: RewardModel, tokenizer, prompts: list[str], responses: 
         width = max(1, max(len(r) for r in resp))
         r_ids = torch.tensor([r + [pad] * (width - len(r)) for r in resp], device=dev)
         r_att = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in resp], device=dev)
-        cache = DynamicCache(config=body.config)
-        h_prompt = body(input_ids=enc["input_ids"], attention_mask=att, position_ids=left_positions(att),
-                        past_key_values=cache, use_cache=True).last_hidden_state[:, -1].repeat_interleave(k, 0)
-        cache.batch_repeat_interleave(k)
+        cache, prompt_out = prompt_cache(body, enc["input_ids"], att, k)
+        h_prompt = prompt_out.last_hidden_state[:, -1].repeat_interleave(k, 0)
         start = att.sum(-1).repeat_interleave(k)
         h = body(input_ids=r_ids, attention_mask=torch.cat([att.repeat_interleave(k, 0), r_att], -1),
                  position_ids=start[:, None] + torch.arange(width, device=dev), past_key_values=cache,
