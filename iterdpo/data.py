@@ -6,8 +6,9 @@ Record schemas, checked where they are read:
   template; chosen/rejected are completions), plus optional provenance keys.
 - generation record: ``{"prompt", "responses": [K], "rewards": [K], "ended": [K], "n_tokens": [K]}``.
 
-Bad input never disappears: a malformed line or a missing key raises an error naming the file and
-line; an empty, identical or over-long pair is skipped and counted in a :class:`Skips`.
+Bad input never disappears: an unreadable file (truncated gzip, invalid UTF-8, a folder), a malformed
+line or a missing key raises a one-line DataError naming the file and line; an empty, identical,
+duplicate or over-long pair, or one holding a lone surrogate, is skipped and counted in a :class:`Skips`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,39 +54,96 @@ class Skips:
 
 
 # reading -------------------------------------------------------------------------------------------
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".gz", ".txt", ".csv", ".parquet")
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_local(p: str) -> bool:
+    """Whether `p` names a local file rather than a hub dataset. A hub name is exactly ``owner/name``;
+    anything else (an existing path, a path with a data suffix, ./, ~ or more than one separator) is local,
+    so a missing local file is reported at once instead of being looked up on the hub."""
+    path = Path(p)
+    return (path.exists() or p.endswith(DATA_SUFFIXES) or not _HUB_NAME.fullmatch(p) or p.startswith((".", "~"))
+            or path.parent.is_dir() and path.parent != Path("."))
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line, decoded as UTF-8 (a BOM is dropped); unreadable input raises
+    DataError naming the file and, where there is one, the line."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected a .jsonl or .jsonl.gz file")
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == GZIP_MAGIC
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+    if path.suffix == ".gz" and not gz:
+        raise DataError(f"{path}: named .gz but not gzip-compressed (rename it to .jsonl, or compress it)")
+    i = 0
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            for i, raw in enumerate(f, 1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{i}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from e
+                yield i, text.removeprefix("\ufeff") if i == 1 else text
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}:{i + 1}: gzip data is truncated or corrupt ({e})") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
     """(location 'file:line', record) for every non-blank line; a bad line raises DataError."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    with _open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            loc = f"{path}:{i}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{loc}: malformed JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(rec, dict):
-                raise DataError(f"{loc}: expected a JSON object, got {type(rec).__name__}")
-            yield loc, rec
+    for i, line in _lines(path):
+        if not line.strip():
+            continue
+        loc = f"{path}:{i}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            hint = " (a JSON array? expected JSON Lines: one object per line)" if line.lstrip().startswith("[") else ""
+            raise DataError(f"{loc}: malformed JSON ({e.msg} at column {e.colno}){hint}") from e
+        if not isinstance(rec, dict):
+            raise DataError(f"{loc}: expected a JSON object, got {type(rec).__name__}")
+        yield loc, rec
 
 
 def iter_source(paths: list[str], split: str = "train") -> Iterator[tuple[str, dict]]:
-    """Records from local .jsonl/.jsonl.gz files, or from one hub dataset name."""
+    """Records from local .jsonl/.jsonl.gz files, or from hub dataset names (``owner/name``, see is_local)."""
     for p in paths:
-        if Path(p).exists() or p.endswith((".jsonl", ".jsonl.gz", ".json")):
+        if is_local(p):
             yield from iter_jsonl(p)
         else:
-            from datasets import load_dataset
+            yield from _iter_hub(p, split)
 
-            for i, rec in enumerate(load_dataset(p, split=split)):
-                yield f"{p}[{split}]:{i}", dict(rec)
+
+def _iter_hub(name: str, split: str) -> Iterator[tuple[str, dict]]:
+    from datasets import load_dataset
+
+    try:
+        rows = load_dataset(name, split=split)
+    except Exception as e:  # the hub's errors are many (offline, no such dataset, no such split): one line each
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(f"{name}: not a local file, and loading it as a hub dataset failed "
+                        f"({type(e).__name__}: {first})") from e
+    for i, rec in enumerate(rows):
+        yield f"{name}[{split}]:{i}", dict(rec)
+
+
+def count_rows(path: str | Path, stop: int | None = None) -> int:
+    """Non-blank lines of a local data file (no JSON parsing), counting up to `stop`."""
+    n = 0
+    for _, line in _lines(Path(path)):
+        n += bool(line.strip())
+        if stop is not None and n >= stop:
+            break
+    return n
 
 
 def require(rec: dict, keys: tuple[str, ...], loc: str, types=(str,)) -> None:
@@ -156,9 +216,17 @@ def check_pair(prompt: str, chosen: str, rejected: str, tokenizer, max_prompt: i
 
 def load_pairs(source: str, paths: list[str], tokenizer, max_prompt: int, max_response: int,
                split: str = "train", limit: int | None = None) -> tuple[list[dict], Skips]:
-    """Pairs from HH-format (`source='hh'`) or explicit `{prompt, chosen, rejected}` records."""
-    pairs, skips = [], Skips()
+    """Pairs from HH-format (`source='hh'`) or explicit `{prompt, chosen, rejected}` records.
+
+    Raises DataError naming the files, with the skip counts, when no pair is usable.
+    """
+    pairs, skips, seen = [], Skips(), set()
+    keys = ("chosen", "rejected") if source == "hh" else PAIR_KEYS
     for loc, rec in iter_source(paths, split):
+        require(rec, keys, loc)
+        if not all(_utf8(rec[k]) for k in keys):  # "\ud800" is valid JSON but no tokenizer takes it
+            skips.add("lone_surrogate", loc)
+            continue
         if source == "hh":
             got = hh_pair(rec, loc)
             if isinstance(got, str):
@@ -166,18 +234,36 @@ def load_pairs(source: str, paths: list[str], tokenizer, max_prompt: int, max_re
                 continue
             messages, chosen, rejected = got
         else:
-            require(rec, PAIR_KEYS, loc)
             messages, chosen, rejected = [{"role": "user", "content": rec["prompt"]}], rec["chosen"], rec["rejected"]
         prompt = render_prompt(messages, tokenizer)
         reason = check_pair(prompt, chosen, rejected, tokenizer, max_prompt, max_response)
+        if reason is None and (prompt, chosen.strip(), rejected.strip()) in seen:
+            reason = "duplicate_pair"
         if reason:
             skips.add(reason, loc)
             continue
+        seen.add((prompt, chosen.strip(), rejected.strip()))
         pairs.append({"prompt": prompt, "chosen": as_completion(prompt, chosen), "rejected": as_completion(prompt, rejected),
                       "source": "seed", "origin": loc})
         if limit and len(pairs) >= limit:
             break
+    if not pairs:
+        what = f"all {skips.total} records skipped: {describe(skips)}" if skips.total else "no records (empty)"
+        raise DataError(f"{', '.join(map(str, paths))}: no usable pairs; {what}")
     return pairs, skips
+
+
+def describe(skips: Skips) -> str:
+    """One line: each skip reason with its count and first location."""
+    return "; ".join(f"{r} x{n} (first {skips.where[r][0]})" for r, n in skips.counts.most_common())
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_records(rows: list[dict], keys: tuple[str, ...], path: str) -> list[dict]:
@@ -189,16 +275,53 @@ def check_records(rows: list[dict], keys: tuple[str, ...], path: str) -> list[di
     return rows
 
 
-def split_heldout(pairs: list[dict], n_heldout: int, n_train: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """A fixed, seeded split: (train, heldout). Prompts in the held-out pairs never appear in training."""
+def split_heldout(pairs: list[dict], n_heldout: int, n_train: int, seed: int,
+                  skips: Skips | None = None) -> tuple[list[dict], list[dict]]:
+    """A fixed, seeded split: (train, heldout). Prompts in the held-out pairs never appear in training:
+    a training pair that shares one is counted in `skips` as ``prompt_in_heldout``, not dropped silently."""
     if len(pairs) < n_heldout + 1:
-        raise DataError(f"only {len(pairs)} usable pairs; need more than data.heldout_pairs={n_heldout}")
+        files = sorted({p["origin"].rsplit(":", 1)[0] for p in pairs if "origin" in p})
+        skipped = f"; {skips.total} skipped: {describe(skips)}" if skips and skips.total else ""
+        raise DataError(f"{', '.join(files) or 'data'}: only {len(pairs)} usable pairs{skipped}; "
+                        f"need more than data.heldout_pairs={n_heldout}")
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     heldout = [pairs[i] for i in order[:n_heldout]]
     held_prompts = {p["prompt"] for p in heldout}
-    train = [pairs[i] for i in order[n_heldout:] if pairs[i]["prompt"] not in held_prompts][:n_train]
-    return train, heldout
+    train = []
+    for i in order[n_heldout:]:
+        if pairs[i]["prompt"] not in held_prompts:
+            train.append(pairs[i])
+        elif skips is not None:
+            skips.add("prompt_in_heldout", pairs[i].get("origin", f"pair {i}"))
+    return train[:n_train], heldout
+
+
+def preflight(cfg) -> None:
+    """Cheap checks before any model loads: local data files are readable and hold more rows than
+    data.heldout_pairs (rows are counted, not parsed: no tokenizer needed). Hub datasets are not counted."""
+    d = cfg.data
+    if cfg.is_toy:
+        return
+    local = [p for p in d.path if is_local(p)]
+    rows, need = 0, d.heldout_pairs + 1
+    for p in local:  # every file is opened (so a missing or unreadable one is named now); counting stops early
+        rows += count_rows(p, stop=max(need - rows, 1))
+    if local and len(local) == len(d.path) and rows <= d.heldout_pairs:
+        raise DataError(f"{', '.join(local)}: {rows} rows in all, but data.heldout_pairs={d.heldout_pairs} "
+                        "needs more than that (lower data.heldout_pairs, or add data)")
+
+
+class ApproxTokenizer:
+    """A stand-in for check-data when the preset's tokenizer is not at hand: a text counts as
+    max(words and punctuation marks, characters / 4) tokens, near what subword tokenizers give for
+    English. No chat template: prompts are rendered in HH's plain format."""
+
+    chat_template = None
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        n = max(len(re.findall(r"\w+|[^\w\s]", text)), len(text) // 4)
+        return {"input_ids": [0] * n}
 
 
 def unique(items: list[str]) -> list[str]:

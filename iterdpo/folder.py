@@ -8,6 +8,7 @@ removes stale temporary folders. Each finished folder holds ``config.json`` and 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    tmp.write_text(dumps(obj, indent=2))
     os.replace(tmp, path)
 
 
@@ -34,13 +35,13 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         for r in rows:
-            f.write(json.dumps(r, default=_jsonable) + "\n")
+            f.write(dumps(r) + "\n")
     os.replace(tmp, path)
 
 
 def append_jsonl(path: str | Path, row: dict) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(row, default=_jsonable) + "\n")
+        f.write(dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -61,7 +62,40 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def _jsonable(o: Any) -> Any:
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON (no NaN or Infinity tokens, which most JSON readers refuse): see :func:`strict`."""
+    return json.dumps(strict(obj), indent=indent, allow_nan=False)
+
+
+def strict(o: Any) -> Any:
+    """`o` as plain JSON values; a non-finite float becomes null, and in a dict a ``<key>_reason`` beside it
+    says why (``{"kl": nan}`` -> ``{"kl": null, "kl_reason": "non-finite (nan)"}``)."""
+    o = _plain(o)
+    if isinstance(o, dict):
+        out: dict = {}
+        for k, v in o.items():
+            v = _plain(v)
+            if _non_finite(v):
+                out[k] = None
+                out.setdefault(f"{k}_reason", f"non-finite ({v})")
+            else:
+                out[k] = strict(v)
+        return out
+    if isinstance(o, (list, tuple)):
+        return [strict(v) for v in o]
+    return None if _non_finite(o) else o
+
+
+def _non_finite(v: Any) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)
+
+
+def _plain(o: Any) -> Any:
+    """numpy/torch scalars and arrays, objects with to_dict() and paths as plain Python values."""
+    if isinstance(o, (str, int, float, bool, dict, list, tuple)) or o is None:
+        return o
+    if hasattr(o, "tolist") and getattr(o, "ndim", 0) > 0:
+        return o.tolist()
     if hasattr(o, "item"):
         return o.item()
     if hasattr(o, "to_dict"):
