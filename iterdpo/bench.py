@@ -237,7 +237,8 @@ def bench_generation(st: Setup, s: Sizes, seed: int) -> dict:
         out["ours_model_precision_seconds"] = times["ours_model_precision"]
         out["speedup_model_precision"] = speed("ours_model_precision")
         out["precision_check"] = precision_check(st, s, *last["ours"], (base_m, base_rm), fast_m)
-    free(base_m, base_rm, fast_m, fast_rm)
+    del base_m, base_rm, fast_m, fast_rm
+    free()
     return out
 
 
@@ -390,7 +391,8 @@ def _dpo_run(arm: str, st: Setup, dcfg: DPORoundConfig, work: Path, seed: int, c
                max_length=conf.max_length, longest_tokenized=max(lengths),
                truncated_pairs=sum(n > conf.max_length for n in lengths),
                gradient_checkpointing=conf.gradient_checkpointing, precompute=conf.precompute_ref_log_probs)
-    free(trainer, model)
+    del trainer, model
+    free()
     return out
 
 

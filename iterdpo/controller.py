@@ -26,7 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import ControllerConfig
+from .config import ControllerConfig, RunConfig
+from .folder import append_jsonl
+from .runfolder import RunFolder
 
 ADJUSTABLE = ("beta", "learning_rate", "max_steps")
 
@@ -97,7 +99,7 @@ def adjust(params: dict, triggers: list[Trigger], rnd: int, cfg: ControllerConfi
     return new, changes
 
 
-def hard_prompts(generation_records: list[dict], share: float = 0.25) -> list[str]:
+def hard_prompts(generation_records: list[dict], share: float) -> list[str]:
     """Prompts whose best and worst samples the reward model barely separates (the hardest share)."""
     gaps = [(max(r["rewards"]) - min(r["rewards"]), r["prompt"]) for r in generation_records if r["rewards"]]
     gaps.sort(key=lambda g: g[0])
@@ -118,7 +120,7 @@ def decide(history: dict[int, dict], rnd: int, params: dict, cfg: ControllerConf
     if "capability_regression" in names:
         targeted["capability_pairs"] = True
     if "weak_alignment" in names and generation_records:
-        targeted["hard_prompts"] = hard_prompts(generation_records)
+        targeted["hard_prompts"] = hard_prompts(generation_records, cfg.hard_prompt_share)
     out_of_budget = rnd >= max_rounds or elapsed >= cfg.max_seconds
     gates_pass = not triggers
     if degrading:
@@ -157,3 +159,90 @@ def iteration_log(d: dict, m: dict, used: dict) -> str:
             f"  status:   {status}\n"
             f"  decision: {d['decision']} (changes: {changes}; best round {d['best_round']}; "
             f"next starts from round {d['next_start_round']}{'; stop' if d['stop'] else ''})")
+
+
+def collapse_check(chosen_logratios: list[float], rejected_logratios: list[float], mean_length: float,
+                   sft_mean_length: float, cfg: ControllerConfig) -> dict:
+    """Flag a round as collapsing when the log-probs of chosen and rejected both fall steeply, or responses
+    shrink to nothing.
+
+    Args:
+        chosen_logratios, rejected_logratios: per logging step, the batch mean of log pi(y|x) - log pi_ref(y|x)
+            in nats for the chosen / rejected responses (TRL's rewards/chosen and rewards/rejected divided by
+            beta). Measured against the reference on the same batch, so batch-to-batch length noise cancels.
+        cfg: both sides averaging below -collapse_max_drop nats over the last collapse_window logged steps
+            flags; so does a mean response length below collapse_min_length_ratio of the SFT policy's.
+    """
+    reasons, w = [], cfg.collapse_window
+    if chosen_logratios and rejected_logratios:
+        c = sum(chosen_logratios[-w:]) / len(chosen_logratios[-w:])
+        r = sum(rejected_logratios[-w:]) / len(rejected_logratios[-w:])
+        if c < -cfg.collapse_max_drop and r < -cfg.collapse_max_drop:
+            reasons.append(f"log-probs of chosen and rejected both fell below the reference (by {-c:.2f} and {-r:.2f} nats)")
+    if sft_mean_length > 0 and mean_length < cfg.collapse_min_length_ratio * sft_mean_length:
+        reasons.append(f"responses shrank to {mean_length:.1f} tokens (SFT: {sft_mean_length:.1f})")
+    return {"collapsing": bool(reasons), "collapse_reasons": reasons}
+
+
+# the controller's state: decisions.jsonl ----------------------------------------------------------------
+def round_plan(run: RunFolder, cfg: RunConfig, rnd: int) -> dict:
+    """Where round `rnd` starts, its hyper-parameters and targeted data, from the decision after rnd-1.
+
+    Derived once per round, by the generation stage, which stores it in its config.json; the DPO stage
+    reads it from there (RunFolder.plan)."""
+    prev = run.decisions().get(rnd - 1)
+    carried = dict(prev["next_params"]) if prev else {"beta": cfg.dpo.beta, "learning_rate": cfg.dpo.learning_rate,
+                                                      "max_steps": cfg.dpo.max_steps}
+    # A schedule entry changes this round only; the controller adjusts the carried values.
+    params = {**carried, **cfg.dpo.schedule.get(rnd, {})}
+    return {"start": prev["next_start_round"] if prev else 0, "params": params, "carried": carried,
+            "targeted": prev["targeted"] if prev else {}}
+
+
+def next_round(run: RunFolder, cfg: RunConfig) -> int | None:
+    """The next round to run, or None when the controller (or the round budget) says stop."""
+    done = run.decisions()
+    if not done:
+        return 1
+    last = max(done)
+    if done[last]["stop"] or last >= cfg.max_rounds:
+        return None
+    return last + 1
+
+
+def round_collapse(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, beta: float) -> dict:
+    """collapse_check on round `rnd`'s DPO training log and its evaluation `m`."""
+    log = run.train_log_rows(run.dpo(rnd))
+    sft_len = run.metrics(run.eval(0))["mean_length"]
+    return collapse_check([r["rewards/chosen"] / beta for r in log if "rewards/chosen" in r],
+                          [r["rewards/rejected"] / beta for r in log if "rewards/rejected" in r],
+                          m["mean_length"], sft_len, cfg.controller)
+
+
+def record(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dict:
+    """Append the decision after round `rnd` (evaluated as `m`, collapse included) to decisions.jsonl, once."""
+    done = run.decisions()
+    if rnd in done:
+        return done[rnd]
+    history = {0: run.metrics(run.eval(0))}
+    for r in range(1, rnd):
+        history[r] = {**run.metrics(run.eval(r)), "collapsing": done[r].get("collapsing", False) if r in done else False}
+    history[rnd] = m
+    elapsed = run.elapsed()
+    if cfg.controller.enabled:
+        d = decide(history, rnd, plan["carried"], cfg.controller, cfg.max_rounds, elapsed, run.generation_records(rnd))
+    else:
+        d = {"round": rnd, "decision": "continue", "triggers": [], "changes": {}, "params": plan["carried"],
+             "next_params": plan["carried"], "targeted": {}, "best_round": rnd, "next_start_round": rnd,
+             "stop": rnd >= cfg.max_rounds, "score": score(m), "degrading": False, "elapsed_seconds": elapsed}
+    d["collapsing"] = m.get("collapsing", False)
+    d.update(used_params=plan["params"], start_round=plan["start"])
+    append_jsonl(run.decisions_path, d)
+    return d
+
+
+def iteration_report(run: RunFolder, cfg: RunConfig, rnd: int) -> str:
+    """The iteration log for round `rnd`, rebuilt from decisions.jsonl and the round's metrics."""
+    d = run.decisions()[rnd]
+    used = {"start_round": d["start_round"], **d["used_params"], "reference": cfg.dpo.reference}
+    return iteration_log(d, run.metrics(run.eval(rnd)), used)

@@ -16,15 +16,17 @@ for the reference pass, and the trainer samples at random as usual.
 
 from __future__ import annotations
 
-import shutil
 import random
+import shutil
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 from .config import DPORoundConfig, ModelConfig
-from .memory import plan_for
-from .models import Precision, free, load_causal_lm, load_tokenizer, lora_config, merge_and_save
-from .training import common_args, save_log
+from .data import PAIR_KEYS
+from .memory import plan_for, with_oom_retry
+from .models import Precision, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision, save_policy
+from .training import common_args, last_logged, save_log
 
 
 def pair_lengths(tokenizer, pairs: list[dict]) -> list[int]:
@@ -115,24 +117,81 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
     log = save_log(trainer, dest / "train_log.jsonl")
     save_policy(trainer.model, tok, dest / "policy", start_path, mcfg, precision, four_bit)
     shutil.rmtree(work, ignore_errors=True)
-    free(trainer, model, ref)
+    del trainer, model, ref
+    free()
     return {"log": log, "max_length": max_length, "rows": len(rows), "sampling": plan["train_sampling_strategy"],
             "micro_batch": dcfg.batch_size, "grad_accum": dcfg.grad_accum, "load_in_4bit": four_bit,
             "memory_plan": fit["reason"] if fit else "no GPU: the configured batch"}
 
 
-def save_policy(model, tok, dest: Path, start_path: str, mcfg: ModelConfig, precision: Precision,
-                four_bit: bool = False) -> None:
-    """Merged weights as safetensors; a 4-bit base is merged into a half-precision reload of the start policy."""
-    if not four_bit:
-        merge_and_save(model, tok, dest)
-        return
-    from peft import PeftModel
 
-    adapter = dest.with_name(dest.name + "-adapter")
-    model.save_pretrained(adapter)
-    base = load_causal_lm(start_path, mcfg, precision)
-    merge_and_save(PeftModel.from_pretrained(base, adapter), tok, dest)
-    shutil.rmtree(adapter, ignore_errors=True)
-    free(base)
+# the round stage and the offline arm ----------------------------------------------------------------
+def training_pairs(cfg, run, rnd: int) -> list[dict]:
+    """Seed pairs (optional) plus the synthetic sets of rounds 1..rnd (or the last `synthetic_window`)."""
+    pairs = [{k: p[k] for k in PAIR_KEYS} | {"source": "seed"} for p in run.pairs("train_pairs")] if cfg.dpo.include_seed else []
+    first = 1 if not cfg.dpo.synthetic_window else max(1, rnd - cfg.dpo.synthetic_window + 1)
+    for r in range(first, rnd + 1):
+        pairs += run.synthetic_pairs(r)
+    return pairs
 
+
+def train_with_retry(start: str, ref: str | None, pairs: list[dict], dcfg: DPORoundConfig, cfg, dest: Path,
+                     seed: int) -> dict:
+    """train_round; on out-of-memory, again at half the micro-batch, the effective batch kept."""
+    def attempt(micro: int, accum: int) -> dict:
+        shutil.rmtree(dest / "trainer", ignore_errors=True)
+        return train_round(start, ref, pairs, replace(dcfg, batch_size=micro, grad_accum=accum), cfg.model,
+                           resolve_precision(cfg.model.precision), dest, seed)
+
+    out, micro, accum = with_oom_retry(attempt, dcfg.batch_size, dcfg.grad_accum)
+    if (micro, accum) != (dcfg.batch_size, dcfg.grad_accum):
+        out["memory_plan"] += f"; out of memory at micro_batch={dcfg.batch_size}, retried at {micro} x {accum}"
+    return out
+
+
+def _batch_record(out: dict) -> dict:
+    return {k: out[k] for k in ("rows", "sampling", "micro_batch", "grad_accum", "load_in_4bit", "memory_plan")}
+
+
+def reference_round(cfg, plan: dict) -> int:
+    """The round whose policy is the reference: SFT (0) for reference=sft, else the round's start policy."""
+    return 0 if cfg.dpo.reference == "sft" else plan["start"]
+
+
+def round_stage(cfg, run, rnd: int, plan: dict, dest: Path) -> dict:
+    """Round `rnd`'s DPO training, from its plan's start policy, into `dest`. Returns the metrics."""
+    from transformers import set_seed
+
+    p = plan["params"]
+    dcfg = DPORoundConfig.from_dict({**cfg.dpo.to_dict(), **p})
+    ref_round = reference_round(cfg, plan)
+    ref = str(run.policy(0)) if ref_round != plan["start"] else None  # None: the start policy is its own reference
+    set_seed(cfg.seed_for("dpo", rnd))
+    pairs = training_pairs(cfg, run, rnd)
+    out = train_with_retry(str(run.policy(plan["start"])), ref, pairs, dcfg, cfg, dest, cfg.seed_for("dpo", rnd))
+    log = out["log"]
+    return {"start_round": plan["start"], "reference_round": ref_round, "reference": str(run.policy(ref_round)),
+            "reference_kind": cfg.dpo.reference, "params": p, "loss_type": dcfg.loss_type,
+            "pairs_by_source": dict(Counter(x.get("source", "seed") for x in pairs)), "max_length": out["max_length"],
+            **_batch_record(out), "train_loss": last_logged(log, "loss"),
+            "train_reward_accuracy": last_logged(log, "rewards/accuracies"),
+            "train_reward_margin": last_logged(log, "rewards/margins")}
+
+
+def offline_steps(run) -> tuple[int, list[int]]:
+    """(the total DPO steps of every iterative round, those rounds): the offline arm trains as long."""
+    rounds = sorted(run.decisions())
+    return sum(run.metrics(run.dpo(r))["params"]["max_steps"] for r in rounds), rounds
+
+
+def offline_stage(cfg, run, dest: Path) -> dict:
+    """The offline-DPO arm: seed pairs only, from the SFT policy, as many steps as all rounds together."""
+    from transformers import set_seed
+
+    steps, rounds = offline_steps(run)
+    dcfg = DPORoundConfig.from_dict({**cfg.dpo.to_dict(), "max_steps": steps})
+    set_seed(cfg.seed_for("offline_dpo"))
+    pairs = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
+    out = train_with_retry(str(run.policy(0)), None, pairs, dcfg, cfg, dest, cfg.seed_for("offline_dpo"))
+    return {"max_steps": steps, "rounds_matched": rounds, "pairs": len(pairs), "train_loss": last_logged(out["log"], "loss"),
+            "max_length": out["max_length"], **_batch_record(out)}

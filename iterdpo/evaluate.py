@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import capability, reward
-from .generate import completion_logprobs, sample
+from . import capability, reward, sampler
 from .losses import dpo_implicit_rewards, per_token_kl, preference_stats, win_rate
+from .models import free, resolve_precision
 
 
 @dataclass
@@ -35,40 +35,35 @@ class EvalInputs:
     heldout_pairs: list[dict]
     heldout_prompts: list[str]
     world: object | None  # the ToyWorld, or None outside the toy world
-    seed: int
+    seed: int  # of the evaluation samples: the same for every policy, so samples compare prompt by prompt
 
 
-def _policy_pass(model, tok, inputs: EvalInputs, cfg) -> dict:
+def _policy_pass(policy: sampler.Sampler, inputs: EvalInputs, cfg) -> dict:
     """Everything that needs only the policy."""
     g, e = cfg.generation, cfg.eval
     samples = [dict(prompt=r["prompt"], response=r["responses"][0], ended=r["ended"][0], n_tokens=r["n_tokens"][0])
-               for r in sample(model, tok, inputs.heldout_prompts, 1, g.max_new_tokens, g.temperature, g.top_p,
-                               e.batch_size, seed=inputs.seed + 7919, desc="eval samples")]
-    lp_s, _ = completion_logprobs(model, tok, [s["prompt"] for s in samples], [s["response"] for s in samples],
-                                  e.batch_size, add_eos=[s["ended"] for s in samples], desc="policy logp (samples)")
-    pairs = inputs.heldout_pairs
-    prompts = [p["prompt"] for p in pairs]
-    lp_c, n_c = completion_logprobs(model, tok, prompts, [p["chosen"] for p in pairs], e.batch_size, desc="policy logp (chosen)")
-    lp_r, _ = completion_logprobs(model, tok, prompts, [p["rejected"] for p in pairs], e.batch_size, desc="policy logp (rejected)")
-    out = {"samples": samples, "lp_samples": lp_s, "lp_chosen": lp_c, "lp_rejected": lp_r, "n_chosen": n_c}
+               for r in policy.sample(inputs.heldout_prompts, 1, g.max_new_tokens, g.temperature, g.top_p,
+                                      seed=inputs.seed, desc="eval samples")]
+    out = _logprob_pass(policy, samples, inputs, "policy")
     style = "toy" if inputs.world is not None else "chat"
-    out["capability"] = capability.capability_scores(model, tok, e, style, inputs.seed)
+    out["samples"] = samples
+    out["capability"] = capability.capability_scores(policy.model, policy.tokenizer, e, style, cfg.seed)
     if e.greedy:
         out["greedy"] = [dict(prompt=r["prompt"], response=r["responses"][0], ended=r["ended"][0])
-                         for r in sample(model, tok, inputs.heldout_prompts, 1, g.max_new_tokens, batch_size=e.batch_size,
-                                         greedy=True, desc="greedy samples")]
+                         for r in policy.sample(inputs.heldout_prompts, 1, g.max_new_tokens, greedy=True,
+                                                desc="greedy samples")]
     return out
 
 
-def _ref_pass(model, tok, pol: dict, inputs: EvalInputs, cfg) -> dict:
-    e = cfg.eval
-    s = pol["samples"]
-    lp_s, _ = completion_logprobs(model, tok, [x["prompt"] for x in s], [x["response"] for x in s], e.batch_size,
-                                  add_eos=[x["ended"] for x in s], desc="ref logp (samples)")
-    prompts = [p["prompt"] for p in inputs.heldout_pairs]
-    lp_c, _ = completion_logprobs(model, tok, prompts, [p["chosen"] for p in inputs.heldout_pairs], e.batch_size, desc="ref logp (chosen)")
-    lp_r, _ = completion_logprobs(model, tok, prompts, [p["rejected"] for p in inputs.heldout_pairs], e.batch_size, desc="ref logp (rejected)")
-    return {"lp_samples": lp_s, "lp_chosen": lp_c, "lp_rejected": lp_r}
+def _logprob_pass(model: sampler.Sampler, samples: list[dict], inputs: EvalInputs, who: str) -> dict:
+    """Log-probs under `model` of the policy's samples and of the held-out chosen and rejected responses."""
+    lp_s, _ = model.logprobs([x["prompt"] for x in samples], [x["response"] for x in samples],
+                             add_eos=[x["ended"] for x in samples], desc=f"{who} logp (samples)")
+    pairs = inputs.heldout_pairs
+    prompts = [p["prompt"] for p in pairs]
+    lp_c, n_c = model.logprobs(prompts, [p["chosen"] for p in pairs], desc=f"{who} logp (chosen)")
+    lp_r, _ = model.logprobs(prompts, [p["rejected"] for p in pairs], desc=f"{who} logp (rejected)")
+    return {"lp_samples": lp_s, "lp_chosen": lp_c, "lp_rejected": lp_r, "n_chosen": n_c}
 
 
 def length_controlled_win_rate(r_a: list[float], len_a: list[int], r_b: list[float], len_b: list[int]) -> float:
@@ -102,24 +97,28 @@ def compare(samples: list[dict], other: list[dict] | None, name: str, world) -> 
     return out
 
 
-def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, inputs: EvalInputs, cfg, loaders,
+def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, inputs: EvalInputs, cfg,
              sft_samples: list[dict] | None = None, prev_samples: list[dict] | None = None,
-             baseline_capability: float | None = None, others: dict | None = None) -> tuple[dict, list[dict]]:
+             baseline_capability: float | None = None) -> tuple[dict, list[dict]]:
     """Metrics and scored samples of the policy at `policy_path` (ref_path None: it is its own reference).
 
-    `loaders` provides .policy(path) -> (model, tok), .reward(path) -> rm, .free(*objs).
+    Models load one at a time, in model.precision, and each is dropped before the next loads.
     """
-    model, tok = loaders.policy(policy_path)
-    pol = _policy_pass(model, tok, inputs, cfg)
-    loaders.free(model)
+    precision = resolve_precision(cfg.model.precision)
+    policy = sampler.load("hf", policy_path, cfg.model, precision, cfg.eval.batch_size)
+    tok = policy.tokenizer
+    pol = _policy_pass(policy, inputs, cfg)
+    policy.close()
+    del policy
     if ref_path:
-        ref_model, _ = loaders.policy(ref_path)
-        ref = _ref_pass(ref_model, tok, pol, inputs, cfg)
-        loaders.free(ref_model)
+        reference = sampler.load("hf", ref_path, cfg.model, precision, cfg.eval.batch_size)
+        ref = _logprob_pass(reference, pol["samples"], inputs, "ref")
+        reference.close()
+        del reference
     else:
         ref = {k: pol[k] for k in ("lp_samples", "lp_chosen", "lp_rejected")}
     samples = pol["samples"]
-    rm = loaders.reward(rm_path)
+    rm = reward.load(rm_path, cfg.reward.head_hidden, precision.dtype)
     rewards = reward.score(rm, tok, [s["prompt"] for s in samples], [s["response"] for s in samples],
                            [s["ended"] for s in samples], cfg.reward.score_batch_size, desc="RM (eval samples)")
     greedy_rewards = None
@@ -127,7 +126,8 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, 
         gs = pol["greedy"]
         greedy_rewards = reward.score(rm, tok, [s["prompt"] for s in gs], [s["response"] for s in gs], [s["ended"] for s in gs],
                                       cfg.reward.score_batch_size, desc="RM (greedy)")
-    loaders.free(rm)
+    del rm
+    free()
     for s, r in zip(samples, rewards):
         s["reward"] = r
         if inputs.world is not None:
@@ -158,8 +158,6 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, 
                                            for s in pol["greedy"]) / len(pol["greedy"])
     m.update(compare(samples, sft_samples, "sft", inputs.world))
     m.update(compare(samples, prev_samples, "previous", inputs.world))
-    for name, other in (others or {}).items():
-        m.update(compare(samples, other, name, inputs.world))
     if sft_samples:
         m["length_controlled_win_rate_vs_sft"] = length_controlled_win_rate(
             rewards, lengths, [o["reward"] for o in sft_samples], [o["n_tokens"] for o in sft_samples])
@@ -170,24 +168,14 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, 
     return m, samples
 
 
-def collapse_check(chosen_logratios: list[float], rejected_logratios: list[float], mean_length: float,
-                   sft_mean_length: float, max_drop: float = 5.0, min_length_ratio: float = 0.3, window: int = 3) -> dict:
-    """Flag a round as collapsing when the log-probs of chosen and rejected both fall steeply, or responses
-    shrink to nothing.
 
-    Args:
-        chosen_logratios, rejected_logratios: per logging step, the batch mean of log pi(y|x) - log pi_ref(y|x)
-            in nats for the chosen / rejected responses (TRL's rewards/chosen and rewards/rejected divided by
-            beta). Measured against the reference on the same batch, so batch-to-batch length noise cancels.
-        max_drop: both sides averaging below -max_drop nats over the last `window` logged steps flags.
-        min_length_ratio: mean response length below this share of the SFT policy's flags.
-    """
-    reasons = []
-    if chosen_logratios and rejected_logratios:
-        c = sum(chosen_logratios[-window:]) / len(chosen_logratios[-window:])
-        r = sum(rejected_logratios[-window:]) / len(rejected_logratios[-window:])
-        if c < -max_drop and r < -max_drop:
-            reasons.append(f"log-probs of chosen and rejected both fell below the reference (by {-c:.2f} and {-r:.2f} nats)")
-    if sft_mean_length > 0 and mean_length < min_length_ratio * sft_mean_length:
-        reasons.append(f"responses shrank to {mean_length:.1f} tokens (SFT: {sft_mean_length:.1f})")
-    return {"collapsing": bool(reasons), "collapse_reasons": reasons}
+def evaluate_round(cfg, run, rnd, ref: str | None = None, beta: float | None = None) -> tuple[dict, list[dict]]:
+    """(metrics, scored samples) of round `rnd`'s policy against `ref` (a path; None: itself), on the held-out set."""
+    from .toyworld import world_of
+
+    inputs = EvalInputs(run.pairs("heldout_pairs"), run.prompts("heldout_prompts"), world_of(cfg),
+                        cfg.seed_for("eval_sampling"))
+    base_cap = run.metrics(run.eval(0))["capability_score"] if rnd != 0 else None
+    prev = run.samples(rnd - 1) if isinstance(rnd, int) and rnd > 0 else None
+    return evaluate(str(run.policy(rnd)), ref, beta or cfg.dpo.beta, str(run.reward_model()), inputs, cfg,
+                    sft_samples=run.samples(0) if rnd != 0 else None, prev_samples=prev, baseline_capability=base_cap)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .data import as_completion
 from .losses import sequence_logprobs
+from .models import free
 
 
 def _batches(order: list[int], size: int):
@@ -60,7 +61,7 @@ def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, te
     for b, idx in enumerate(tqdm(list(_batches(order, per_batch)), desc=desc, leave=False)):
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
         kw = dict(do_sample=not greedy, temperature=temperature if not greedy else None,
-                  top_p=top_p if not greedy else None, top_k=None if not greedy else None,
+                  top_p=top_p if not greedy else None, top_k=None,
                   max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         torch.manual_seed(seed + b)  # the prompt's forward pass (eval mode) draws no random numbers
         if share_prompt and k > 1 and enc["input_ids"].shape[1] > 1:
@@ -120,3 +121,95 @@ def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[
         logps[idx] = lp
         counts[idx] = comp[:, 1:].sum(-1).float()
     return logps, counts
+
+
+# the synthetic-preference stage ----------------------------------------------------------------------
+def round_prompts(cfg, run, rnd: int, plan: dict) -> tuple[list[str], int]:
+    """(the round's prompts, how many of them are the controller's targeted hard prompts)."""
+    import random
+
+    rng = random.Random(cfg.seed_for("round_prompts", rnd))
+    pool = run.prompts("gen_prompts")
+    prompts = rng.sample(pool, min(cfg.generation.prompts_per_round, len(pool)))
+    hard = plan["targeted"].get("hard_prompts") or []
+    n_hard = int(len(prompts) * cfg.generation.targeted_share) if hard else 0
+    return prompts[: len(prompts) - n_hard] + [rng.choice(hard) for _ in range(n_hard)], n_hard
+
+
+def generate_round(cfg, run, rnd: int, plan: dict, dest) -> dict:
+    """Sample K responses per prompt from the round's start policy, score them, pair them; write into `dest`.
+
+    Writes samples.jsonl (generation records with rewards) and pairs.jsonl; returns the label diagnostics.
+    """
+    from . import reward, sampler
+    from .data import GEN_KEYS, check_records
+    from .folder import write_jsonl
+    from .models import inference_precision, resolve_precision
+    from .pairs import make_pairs
+    from .toyworld import world_of
+
+    g = cfg.generation
+    prompts, n_hard = round_prompts(cfg, run, rnd, plan)
+    precision = inference_precision(g.precision, resolve_precision(cfg.model.precision))
+    policy = sampler.load(g.backend, str(run.policy(plan["start"])), cfg.model, precision, g.batch_size)
+    tok = policy.tokenizer
+    records = policy.sample(prompts, g.k, g.max_new_tokens, g.temperature, g.top_p, seed=cfg.seed_for("sampling", rnd),
+                            desc=f"round {rnd}: sampling")
+    policy.close()
+    del policy
+    rm = reward.load(run.reward_model(), cfg.reward.head_hidden, precision.dtype)
+    scores = reward.score_grouped(rm, tok, [r["prompt"] for r in records], [r["responses"] for r in records],
+                                  [r["ended"] for r in records], cfg.reward.score_batch_size, desc=f"round {rnd}: scoring")
+    del rm
+    free()
+    world = world_of(cfg)
+    for r, s in zip(records, scores):
+        r["rewards"] = s
+        if world:
+            r["oracle"] = [world.oracle(r["prompt"], x, e) for x, e in zip(r["responses"], r["ended"])]
+    check_records(records, GEN_KEYS, str(dest / "samples.jsonl"))
+    pairs, dropped = make_pairs(records, g.strategy, g.min_reward_gap, g.require_eos, g.length_penalty,
+                                cfg.seed_for("pairs", rnd), source=f"round_{rnd}")
+    m = label_diagnostics(pairs, dropped, len(records), cfg, run)
+    if plan["targeted"].get("capability_pairs"):
+        m["capability_pairs"] = _add_capability_pairs(pairs, tok, cfg, rnd)
+    m.update(start_round=plan["start"], precision=precision.name, prompts=len(records), hard_prompts=n_hard,
+             samples=sum(len(r["responses"]) for r in records))
+    write_jsonl(dest / "samples.jsonl", records)
+    write_jsonl(dest / "pairs.jsonl", pairs)
+    return m
+
+
+def _add_capability_pairs(pairs: list[dict], tok, cfg, rnd: int) -> int:
+    """The controller's targeted data after a capability regression: probe-style pairs, appended to `pairs`."""
+    from . import capability
+
+    cap = capability.capability_pairs("toy" if cfg.is_toy else "chat", max(8, len(pairs) // 4),
+                                      cfg.seed_for("capability_pairs", rnd))
+    for c in cap:
+        prompt = tok.apply_chat_template(c["messages"], tokenize=False, add_generation_prompt=True)
+        pairs.append({"prompt": prompt, "chosen": as_completion(prompt, c["chosen"]),
+                      "rejected": as_completion(prompt, c["rejected"]), "source": "capability"})
+    return len(cap)
+
+
+def label_diagnostics(pairs: list[dict], dropped, n_prompts: int, cfg, run) -> dict:
+    """Pair success rate, why pairs were dropped, the reward-gap distribution, and (toy) oracle agreement."""
+    gaps = torch.tensor([p["gap"] for p in pairs]) if pairs else torch.zeros(0)
+    q = [0.1, 0.25, 0.5, 0.75, 0.9]
+    m = {"pairs": len(pairs), "pair_success_rate": len(pairs) / max(n_prompts, 1),
+         "dropped": dict(dropped), "dropped_share": {k: v / max(n_prompts, 1) for k, v in dropped.items()},
+         "reward_gap_quantiles": dict(zip(map(str, q), torch.quantile(gaps, torch.tensor(q)).tolist())) if len(gaps) else {},
+         "reward_gap_mean": gaps.mean().item() if len(gaps) else 0.0}
+    if cfg.is_toy and pairs:
+        agree = [1.0 if p["oracle_chosen"] > p["oracle_rejected"] else 0.5 if p["oracle_chosen"] == p["oracle_rejected"] else 0.0
+                 for p in pairs]
+        m["synthetic_pair_oracle_agreement"] = sum(agree) / len(agree)
+        seed_agree = run.metrics(run.stage("data"))["seed_label_oracle_agreement"]
+        m["seed_label_oracle_agreement"] = seed_agree
+        m["labels_worse_than_seed"] = m["synthetic_pair_oracle_agreement"] < seed_agree
+        if m["labels_worse_than_seed"]:
+            print(f"WARNING: synthetic labels agree with the oracle on {m['synthetic_pair_oracle_agreement']:.3f} of pairs, "
+                  f"below the seed labels' {seed_agree:.3f}")
+    return m
+

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import importlib.metadata
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,14 @@ class Precision:
         return str(self.dtype).removeprefix("torch.")
 
 
+EMULATE_T4 = "ITERDPO_EMULATE_T4"  # "1": treat the CUDA GPU as a T4 (compute capability 7.5), as the device check does
+
+
+def gpu_capability() -> tuple[int, int]:
+    """The GPU's compute capability, or a T4's (7, 5) when ITERDPO_EMULATE_T4=1: fp16 only, never bf16."""
+    return (7, 5) if os.environ.get(EMULATE_T4) == "1" else torch.cuda.get_device_capability()
+
+
 def resolve_precision(choice: str = "auto", device: str | None = None) -> Precision:
     """fp16 on GPUs below compute capability 8 (a T4 is 7.5, no bf16 there), bf16 above, fp32 on CPU."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -37,8 +45,8 @@ def resolve_precision(choice: str = "auto", device: str | None = None) -> Precis
         if device != "cuda":
             choice = "float32"
         else:
-            choice = "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float16"
-    if choice == "bfloat16" and device == "cuda" and torch.cuda.get_device_capability()[0] < 8:
+            choice = "bfloat16" if gpu_capability()[0] >= 8 else "float16"
+    if choice == "bfloat16" and device == "cuda" and gpu_capability()[0] < 8:
         raise ValueError("bfloat16 needs a GPU of compute capability 8 or more; use precision=float16 on a T4")
     if device != "cuda" and choice == "float16":
         raise ValueError("float16 training needs a GPU; use precision=float32 (or auto) on the CPU")
@@ -148,7 +156,8 @@ def import_base(cfg: ModelConfig, dest: Path) -> dict:
     fresh.generation_config = src.generation_config
     fresh.save_pretrained(dest, safe_serialization=True)
     load_tokenizer(path, cfg, gguf).save_pretrained(dest)
-    free(src, fresh)
+    del src, fresh
+    free()
     return {"path": str(dest), "gguf_file": ""}
 
 
@@ -169,19 +178,46 @@ def merge_and_save(model, tokenizer, dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
-def free(*objs) -> None:
-    """Drop references and return cached GPU memory, so the next stage's model fits."""
-    for o in objs:
-        del o
+def save_policy(model, tok, dest: Path, start_path: str, cfg: ModelConfig, precision: Precision,
+                four_bit: bool = False) -> None:
+    """The LoRA adapter to `dest`'s sibling ``adapter/`` (to take away or push), the merged weights to `dest`.
+
+    A 4-bit base cannot be merged into: the adapter is merged into a half-precision reload of the start policy.
+    """
+    from peft import PeftModel
+
+    adapter = dest.with_name("adapter")
+    if isinstance(model, PeftModel):
+        model.save_pretrained(adapter)
+    if not four_bit:
+        merge_and_save(model, tok, dest)
+        return
+    base = load_causal_lm(start_path, cfg, precision)
+    merge_and_save(PeftModel.from_pretrained(base, adapter), tok, dest)
+    del base
+    free()
+
+
+def free() -> None:
+    """Collect garbage and return cached GPU memory, so the next stage's model fits.
+
+    It frees only what nothing references: the caller drops its own references first (``del model``);
+    a helper cannot delete its caller's names.
+    """
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def trainable_fraction(model) -> float:
-    total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad) / max(total, 1)
+def check_lora_targets(model, targets: list[str], where: str) -> None:
+    """Raise ConfigError unless every LoRA target names a linear layer of `model` (matched as PEFT does:
+    the module's name or its dotted suffix), before any training; the error lists the names there are."""
+    from transformers.pytorch_utils import Conv1D
 
+    from .config import ConfigError
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    linear = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]
+    if missing:
+        names = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        raise ConfigError(f"model.lora_targets: {missing} not in {where}; its linear layers are {names}")

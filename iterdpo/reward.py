@@ -81,10 +81,12 @@ def save(model: RewardModel, tokenizer, dest: Path) -> None:
     save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(dest / HEAD_FILE))
 
 
-def load(path: Path, head_hidden: int, dtype, device: str) -> RewardModel:
+def load(path: Path, head_hidden: int, dtype, device: str | None = None) -> RewardModel:
     from safetensors.torch import load_file
 
-    model = build(str(path), head_hidden, 0.0, dtype, device, mode="frozen")
+    from .models import device as default_device
+
+    model = build(str(path), head_hidden, 0.0, dtype, device or default_device(), mode="frozen")
     model.head.load_state_dict(load_file(str(Path(path) / HEAD_FILE)))
     return model.eval()
 
@@ -152,3 +154,56 @@ def pair_accuracy(model: RewardModel, tokenizer, pairs: list[dict], batch_size: 
     r = torch.tensor(score(model, tokenizer, prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs],
                            batch_size=batch_size, desc="RM held-out"))
     return preference_stats(r[: len(pairs)], r[len(pairs):])
+
+
+# the reward-model stage ------------------------------------------------------------------------------
+def train_stage(cfg, run, dest: Path) -> dict:
+    """Bradley-Terry training on the run's seed pairs; the model goes to `dest`/model. Returns the metrics.
+
+    Held-out accuracy is measured against the (noisy) seed labels and, in the toy world, against the oracle.
+    """
+    import shutil
+
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from .data import PAIR_KEYS
+    from .models import device, free, load_tokenizer, lora_config, resolve_precision
+    from .training import common_args, last_logged, save_log
+
+    set_seed(cfg.seed_for("reward"))
+    precision = resolve_precision(cfg.model.precision)
+    base = run.base_source()
+    tok = load_tokenizer(base, cfg.model)
+    r = cfg.reward
+    rm = build(base, r.head_hidden, r.head_dropout, precision.dtype if r.backbone != "full" else torch.float32,
+               device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"))
+    train = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
+    args = common_args(dest / "trainer", precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, cfg.seed)
+    trainer = Trainer(model=rm, args=TrainingArguments(**args, remove_unused_columns=False),
+                      train_dataset=Dataset.from_list(train), data_collator=PairCollator(tok))
+    trainer.train()
+    log = save_log(trainer, dest / "train_log.jsonl")
+    heldout = run.pairs("heldout_pairs")
+    acc = pair_accuracy(rm, tok, heldout, r.score_batch_size)
+    m = {"train_loss": last_logged(log, "loss"), "heldout_accuracy": acc["accuracy"], "heldout_margin": acc["margin"],
+         "train_accuracy": pair_accuracy(rm, tok, train[: r.train_accuracy_pairs], r.score_batch_size)["accuracy"]}
+    if cfg.is_toy:
+        m.update(oracle_agreement(rm, tok, heldout, r.score_batch_size, run))
+    save(rm, tok, dest / "model")
+    shutil.rmtree(dest / "trainer", ignore_errors=True)
+    del trainer, rm
+    free()
+    return m
+
+
+def oracle_agreement(rm: RewardModel, tok, heldout: list[dict], batch_size: int, run) -> dict:
+    """Toy world: the reward model's accuracy on held-out pairs labelled by the oracle, against the seed labels'."""
+    by_oracle = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) if p.get("flipped") else p for p in heldout]
+    m = {"oracle_accuracy": pair_accuracy(rm, tok, by_oracle, batch_size)["accuracy"],
+         "seed_label_oracle_agreement": run.metrics(run.stage("data"))["seed_label_oracle_agreement"]}
+    m["rm_beats_seed_labels"] = m["oracle_accuracy"] > m["seed_label_oracle_agreement"]
+    if not m["rm_beats_seed_labels"]:
+        print(f"WARNING: the reward model agrees with the oracle on {m['oracle_accuracy']:.3f} of held-out pairs, "
+              f"no better than the seed labels ({m['seed_label_oracle_agreement']:.3f})")
+    return m

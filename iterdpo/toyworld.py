@@ -186,6 +186,61 @@ def tiny_llama_config(cfg: ToyConfig, tokenizer):
     return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.hidden_size * 4,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-        max_position_embeddings=64, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=cfg.max_positions, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
     )
+
+
+def world_of(cfg) -> ToyWorld | None:
+    """The run's ToyWorld (its oracle), or None outside the toy world (`cfg`: the RunConfig)."""
+    return ToyWorld(cfg.toy) if cfg.is_toy else None
+
+
+def render(tokenizer, text: str) -> str:
+    """A user turn in the toy chat template, ready for the assistant's reply."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+
+def pretrain_base(cfg, dest) -> dict:
+    """The toy world's base model, trained from scratch (full parameters) into `dest`/model.
+
+    `cfg` is the RunConfig; returns the base stage's metrics.
+    """
+    import shutil
+
+    from transformers import LlamaForCausalLM, set_seed
+
+    from .models import free, resolve_precision
+    from .training import common_args, last_logged, save_log, sft_train
+
+    w = ToyWorld(cfg.toy)
+    docs = w.pretrain_docs(cfg.toy.pretrain_docs, cfg.seed_for("pretrain_docs"))
+    tok = train_tokenizer(w, [d["prompt"] + " " + d["completion"] for d in docs])
+    rows = [{"prompt": render(tok, d["prompt"]), "completion": " " + d["completion"]} for d in docs]
+    set_seed(cfg.seed)
+    model = LlamaForCausalLM(tiny_llama_config(cfg.toy, tok))
+    args = common_args(dest / "trainer", resolve_precision(cfg.model.precision), cfg.toy.pretrain_steps,
+                       cfg.toy.pretrain_lr, 64, 1, cfg.seed)
+    trainer = sft_train(model, tok, rows, args, max_length=cfg.toy.max_positions)
+    log = save_log(trainer, dest / "train_log.jsonl")
+    model.save_pretrained(dest / "model", safe_serialization=True)
+    tok.save_pretrained(dest / "model")
+    shutil.rmtree(dest / "trainer", ignore_errors=True)
+    del trainer, model
+    free()
+    return {"path": "base/model", "in_run": True, "gguf_file": "", "train_loss": last_logged(log, "loss"),
+            "docs": len(docs), "vocab_size": len(tok)}
+
+
+def seed_data(cfg, tokenizer) -> tuple[list[dict], list[dict], list[str], list[str], dict]:
+    """(train pairs, held-out pairs, held-out prompts, generation prompts, metrics) of the toy world, rendered."""
+    w, d = ToyWorld(cfg.toy), cfg.data
+    raw = w.seed_pairs(d.train_pairs + d.heldout_pairs, cfg.seed_for("seed_pairs"))
+    pairs = [dict(r, prompt=render(tokenizer, r["prompt"]), chosen=" " + r["chosen"], rejected=" " + r["rejected"],
+                  source="seed") for r in raw]
+    heldout, train = pairs[: d.heldout_pairs], pairs[d.heldout_pairs:]
+    held_prompts = [render(tokenizer, p) for p in w.prompts(d.heldout_prompts, cfg.seed_for("heldout_prompts"))]
+    gen_prompts = [render(tokenizer, p) for p in w.prompts(d.gen_prompts, cfg.seed_for("gen_prompts"))]
+    m = {"seed_label_oracle_agreement": 1 - sum(p["flipped"] for p in heldout) / len(heldout),
+         "skipped": {"total": 0, "by_reason": {}, "examples": {}}}
+    return train, heldout, held_prompts, gen_prompts, m

@@ -1,0 +1,197 @@
+"""The run folder: every path into a run, and every reader of it, in one place.
+
+A run folder is the only state shared between stages, notebooks, plots and the summary. Nothing else
+in the package builds a path into it; everything asks this type.
+
+    config.json                   the RunConfig the run was started with (the truth on --resume)
+    base/ data/ sft/ reward/      once per run
+    round_0/eval/                 the SFT policy's evaluation
+    round_r/{generate,dpo,eval}/  per round
+    offline_dpo/{dpo,eval}/       the baseline arm
+    best/                         the controller's best round, exported
+    decisions.jsonl               the controller's only state: one line per round
+    summary.json  plots/  notebooks/  logs/
+
+A *round* is an int (0 = SFT) or the name of an arm (``"offline_dpo"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+from .folder import is_done, read_json, read_jsonl
+
+Round = Union[int, str]
+ARMS = ("offline_dpo",)
+
+
+class RunFolder:
+    """Paths and readers of one run folder (`root`)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.root)!r})"
+
+    # paths -----------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def decisions_path(self) -> Path:
+        return self.root / "decisions.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def logs(self) -> Path:
+        """Experiment-tracking logs (TensorBoard), one sub-folder per training stage."""
+        return self.root / "logs"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best"
+
+    def stage(self, name: str) -> Path:
+        """A once-per-run stage folder: base, data, sft or reward."""
+        if name not in ("base", "data", "sft", "reward"):
+            raise ValueError(f"unknown stage {name!r}: expected base, data, sft or reward")
+        return self.root / name
+
+    def round_dir(self, rnd: Round) -> Path:
+        if isinstance(rnd, bool) or not (isinstance(rnd, int) and rnd >= 0 or rnd in ARMS):
+            raise ValueError(f"round {rnd!r}: expected an int >= 0 or one of {ARMS}")
+        return self.root / (f"round_{rnd}" if isinstance(rnd, int) else rnd)
+
+    def generate(self, rnd: int) -> Path:
+        return self.round_dir(rnd) / "generate"
+
+    def dpo(self, rnd: Round) -> Path:
+        return self.round_dir(rnd) / "dpo"
+
+    def eval(self, rnd: Round) -> Path:
+        return self.round_dir(rnd) / "eval"
+
+    def policy(self, rnd: Round) -> Path:
+        """The merged policy of round `rnd` (0 = SFT, 'offline_dpo' = the baseline arm)."""
+        return self.stage("sft") / "policy" if rnd == 0 else self.dpo(rnd) / "policy"
+
+    def adapter(self, rnd: Round) -> Path:
+        """The LoRA adapter that produced `policy(rnd)`, kept beside the merged weights."""
+        return self.policy(rnd).with_name("adapter")
+
+    def reward_model(self) -> Path:
+        return self.stage("reward") / "model"
+
+    def data_file(self, name: str) -> Path:
+        """data/<name>.jsonl: train_pairs, heldout_pairs, heldout_prompts, gen_prompts."""
+        return self.stage("data") / f"{name}.jsonl"
+
+    def pairs_file(self, rnd: int) -> Path:
+        return self.generate(rnd) / "pairs.jsonl"
+
+    def train_log(self, stage_dir: Path) -> Path:
+        return Path(stage_dir) / "train_log.jsonl"
+
+    # readers ---------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def config(self):
+        """The run's own RunConfig, read back from config.json."""
+        from .config import RunConfig
+
+        return RunConfig.from_dict(read_json(self.config_path))
+
+    def done(self, stage_dir: Path) -> bool:
+        return is_done(stage_dir)
+
+    def metrics(self, stage_dir: Path) -> dict:
+        return read_json(Path(stage_dir) / "metrics.json")
+
+    def base_source(self) -> str:
+        """Where the base model loads from: inside the run folder (toy, converted GGUF) or a hub name/path."""
+        m = self.metrics(self.stage("base"))
+        return str(self.root / m["path"]) if m.get("in_run") else m["path"]
+
+    def pairs(self, name: str) -> list[dict]:
+        """Seed pairs (data/<name>.jsonl), checked against the pair schema."""
+        from .data import PAIR_KEYS, check_records
+
+        path = self.data_file(name)
+        return check_records(read_jsonl(path), PAIR_KEYS, str(path))
+
+    def synthetic_pairs(self, rnd: int) -> list[dict]:
+        from .data import PAIR_KEYS, check_records
+
+        path = self.pairs_file(rnd)
+        return check_records(read_jsonl(path), PAIR_KEYS, str(path))
+
+    def prompts(self, name: str) -> list[str]:
+        return [r["prompt"] for r in read_jsonl(self.data_file(name))]
+
+    def samples(self, rnd: Round) -> list[dict] | None:
+        """The scored evaluation samples of round `rnd`, or None before it is evaluated."""
+        path = self.eval(rnd) / "samples.jsonl"
+        return read_jsonl(path) if path.exists() else None
+
+    def generation_records(self, rnd: int) -> list[dict] | None:
+        path = self.generate(rnd) / "samples.jsonl"
+        return read_jsonl(path) if path.exists() else None
+
+    def train_log_rows(self, stage_dir: Path) -> list[dict]:
+        path = self.train_log(stage_dir)
+        return read_jsonl(path) if path.exists() else []
+
+    def plan(self, rnd: int) -> dict:
+        """Round `rnd`'s plan (start round, hyper-parameters, targeted data), as its generation stage derived it."""
+        return read_json(self.generate(rnd) / "config.json")["plan"]
+
+    def decisions(self) -> dict[int, dict]:
+        """The controller's decisions by round (its only state)."""
+        return {d["round"]: d for d in read_jsonl(self.decisions_path)} if self.decisions_path.exists() else {}
+
+    def summary(self) -> dict:
+        return read_json(self.summary_path)
+
+    def evaluated_rounds(self) -> list[int]:
+        """Round numbers with a finished evaluation, in order (0 = SFT)."""
+        out = []
+        for p in self.root.glob("round_*"):
+            tail = p.name.removeprefix("round_")
+            if tail.isdigit() and is_done(p / "eval"):
+                out.append(int(tail))
+        return sorted(out)
+
+    def elapsed(self) -> float:
+        """Wall seconds of every finished stage of the iterative arm (the controller's time budget)."""
+        return sum(read_json(p).get("wall_seconds", 0.0) or 0.0 for p in self.root.glob("**/metrics.json")
+                   if "offline_dpo" not in p.parts and ".tmp-" not in str(p))
+
+    # plots and export ------------------------------------------------------------------------------
+    def plot(self, name: str) -> Path:
+        """plots/<name>.png."""
+        return self.plots / f"{name}.png"
+
+    @property
+    def model_card(self) -> Path:
+        """best/README.md: the exported model's card."""
+        return self.best / "README.md"
+
+    def round_numbers(self) -> list[int]:
+        """Round numbers that have a folder, finished or not, in order (0 = SFT)."""
+        tails = (p.name.removeprefix("round_") for p in self.root.glob("round_*") if p.is_dir())
+        return sorted(int(t) for t in tails if t.isdigit())
