@@ -70,7 +70,7 @@ def _data(cfg: RunConfig, run: RunFolder, tmp: Path) -> dict:
     else:
         pairs, skips = load_pairs(d.source, d.path, tok, d.max_prompt_tokens, d.max_response_tokens, d.hub_split,
                                   limit=(d.train_pairs + d.heldout_pairs) * 2)
-        train, heldout = split_heldout(pairs, d.heldout_pairs, d.train_pairs, cfg.seed_for("split"))
+        train, heldout = split_heldout(pairs, d.heldout_pairs, d.train_pairs, cfg.seed_for("split"), skips)
         held_prompts = unique([p["prompt"] for p in heldout])[: d.heldout_prompts]
         gen_prompts = unique([p["prompt"] for p in train])[: d.gen_prompts]
         m = {"skipped": skips.to_dict()}
