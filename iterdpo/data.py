@@ -108,7 +108,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             hint = " (a JSON array? expected JSON Lines: one object per line)" if line.lstrip().startswith("[") else ""
-            raise DataError(f"{loc}: malformed JSON ({e.msg} at column {e.colno}){hint}") from e
+            raise DataError(f"{loc}: malformed JSON ({e.msg}, column {e.colno}){hint}") from e
         if not isinstance(rec, dict):
             raise DataError(f"{loc}: expected a JSON object, got {type(rec).__name__}")
         yield loc, rec

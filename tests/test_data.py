@@ -93,3 +93,58 @@ def test_real_hh_file_parses(shared_data, toy_tokenizer):
     pairs, skips = load_pairs("hh", [str(path)], toy_tokenizer, 10_000, 10_000, limit=200)
     assert len(pairs) == 200
     assert isinstance(skips, Skips)
+
+
+def test_heldout_split_counts_training_pairs_that_share_a_heldout_prompt():
+    """200 pairs, 4 per prompt, 20 held out: every pair is trained on, held out or counted as a skip."""
+    pairs = [{"prompt": f"p{i // 4}", "chosen": "a", "rejected": "b", "origin": f"f.jsonl:{i + 1}"} for i in range(200)]
+    skips = Skips()
+    train, held = split_heldout(pairs, 20, 1000, seed=3, skips=skips)
+    assert len(train) + len(held) + skips.total == 200
+    assert skips.counts["prompt_in_heldout"] == skips.total > 0
+    assert skips.where["prompt_in_heldout"][0].startswith("f.jsonl:")
+
+
+def test_too_few_pairs_names_the_files_and_the_skips():
+    pairs = [{"prompt": "p", "chosen": "a", "rejected": "b", "origin": "f.jsonl:1"}]
+    skips = Skips()
+    skips.add("identical_responses", "f.jsonl:2")
+    with pytest.raises(DataError, match=r"^f\.jsonl: only 1 usable pairs; 1 skipped: identical_responses x1 .*heldout_pairs=5"):
+        split_heldout(pairs, 5, 10, seed=0, skips=skips)
+
+
+def test_preflight_counts_rows_without_a_tokenizer(tmp_path):
+    from iterdpo.config import load_preset
+    from iterdpo.data import preflight
+
+    path = _write(tmp_path / "few.jsonl", [hh("apple", "um")] * 3)
+    cfg = load_preset("smollm2-hh", {"data.path": [path], "data.heldout_pairs": 3})
+    with pytest.raises(DataError, match=r"few\.jsonl: 3 rows in all, but data\.heldout_pairs=3"):
+        preflight(cfg)
+    preflight(cfg.replace(**{"data.heldout_pairs": 2}))  # 3 rows > 2: passes
+    with pytest.raises(DataError, match="no such file"):
+        preflight(cfg.replace(**{"data.path": [path, str(tmp_path / "gone.jsonl")], "data.heldout_pairs": 1}))
+
+
+def test_json_is_written_strict_with_reasons_for_non_finite_values(tmp_path):
+    import math
+
+    import numpy as np
+    import torch
+
+    from iterdpo.folder import append_jsonl, write_json, write_jsonl
+
+    def strict_load(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
+
+    obj = {"kl_to_reference": float("nan"), "loss": np.float32("inf"), "acc": torch.tensor(0.5), "ok": 1,
+           "curve": [1.0, float("-inf"), np.float64("nan")], "nested": {"x": -math.inf}, "arr": np.array([1.5, 2.5])}
+    write_json(tmp_path / "m.json", obj)
+    got = strict_load((tmp_path / "m.json").read_text())
+    assert got == {"kl_to_reference": None, "kl_to_reference_reason": "non-finite (nan)", "loss": None,
+                   "loss_reason": "non-finite (inf)", "acc": 0.5, "ok": 1, "curve": [1.0, None, None],
+                   "nested": {"x": None, "x_reason": "non-finite (-inf)"}, "arr": [1.5, 2.5]}
+    write_jsonl(tmp_path / "r.jsonl", [{"r": float("nan")}])
+    append_jsonl(tmp_path / "r.jsonl", {"r": float("inf")})
+    rows = [strict_load(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert rows == [{"r": None, "r_reason": "non-finite (nan)"}, {"r": None, "r_reason": "non-finite (inf)"}]
