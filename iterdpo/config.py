@@ -69,8 +69,12 @@ def _coerce_type(section: str, f: dataclasses.Field, v: Any) -> Any:
             pass
     if want is int and isinstance(v, float) and v.is_integer():
         return int(v)
-    if want is int and isinstance(v, str) and v.strip().lstrip("+-").isdigit():
-        return int(v)
+    if want is int and isinstance(v, str):  # '1e12' is a string to YAML 1.1; range checks then apply
+        try:
+            if float(v).is_integer():
+                return int(float(v))
+        except (ValueError, OverflowError):
+            pass
     if want is list and isinstance(v, (str, int, float)):
         return [v]
     raise ConfigError(f"{section}.{f.name}={v!r}: expected {want.__name__}")
