@@ -4,6 +4,11 @@
             --engine notebooks (default): each stage's numbered notebook, executed by papermill and
             kept in the run folder; --engine python: the same stage functions in this process
     show    print a preset's config (after --set overrides) as YAML
+    check-data PATH [PATH...] [--source hh|pairs] [--preset P]
+            validate preference files with the pipeline's own loader and the preset's length limits:
+            usable pairs, skipped pairs by reason with the first file:line of each
+
+Config, data, file and run-folder errors print one line and exit with status 2 (--debug: the traceback).
 """
 
 from __future__ import annotations
@@ -15,7 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, load_preset, parse_override
+from .config import ConfigError, RunConfig, load_preset, parse_override
+from .data import ApproxTokenizer, DataError, load_pairs, preflight
+
+
+class RunFolderError(Exception):
+    """--out cannot be used as asked (a file, not writable, not a run, already a run)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,11 +40,21 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int)
         s.add_argument("--rounds", help="number of DPO rounds, or 'auto' (controller stops on convergence or budget)")
         s.add_argument("--out", help="run folder (default runs/<preset>-s<seed>)")
+        s.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     run = sub.choices["run"]
     run.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished stages")
-    run.add_argument("--fresh", action="store_true", help="delete --out first and start over")
+    run.add_argument("--fresh", action="store_true", help="delete --out first and start over (only a run folder: one "
+                     "with config.json, or an empty one)")
     run.add_argument("--engine", choices=["notebooks", "python"], default="notebooks",
                      help="notebooks: papermill runs the numbered notebooks (kept as records); python: in-process")
+    check = sub.add_parser("check-data", help="validate preference files before a long run")
+    check.add_argument("paths", nargs="+", metavar="PATH", help="local .jsonl/.jsonl.gz files (or a hub dataset name)")
+    check.add_argument("--source", choices=["hh", "pairs"],
+                       help="record format: hh transcripts or {prompt, chosen, rejected}; default: the preset's, else pairs")
+    check.add_argument("--preset", default="tiny", help="whose tokenizer and length limits apply (default tiny)")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="override a field, e.g. --set data.max_prompt_tokens=512")
+    check.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return p
 
 
@@ -43,6 +63,8 @@ def build_config(args):
     if args.seed is not None:
         overrides["seed"] = args.seed
     if args.rounds is not None:
+        if args.rounds != "auto" and not args.rounds.isdigit():
+            raise ConfigError(f"--rounds {args.rounds!r}: expected a positive integer or 'auto'")
         overrides["rounds"] = "auto" if args.rounds == "auto" else int(args.rounds)
     cfg = load_preset(args.preset, overrides)
     if args.out is None and "out" not in overrides:
@@ -55,19 +77,48 @@ def build_config(args):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        cfg, overrides = build_config(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        return {"run": _run, "show": _show, "check-data": _check_data}[args.cmd](args)
+    except Exception as e:
+        if args.debug or not _one_line_error(e):
+            raise
+        print(one_line(e, Path(getattr(args, "out", None) or ".")), file=sys.stderr)
         return 2
-    if args.cmd == "show":
-        print(cfg.to_yaml())
-        return 0
+
+
+def _one_line_error(e: Exception) -> bool:
+    """Errors in what the user gave (config, data, files, the run folder, a notebook): no traceback."""
+    return isinstance(e, (ConfigError, DataError, RunFolderError, OSError)) or type(e).__name__ == "PapermillExecutionError"
+
+
+def one_line(e: Exception, out: Path) -> str:
+    """The error as one line; a failed notebook is named with its exception (the traceback is in the notebook)."""
+    if type(e).__name__ == "PapermillExecutionError":
+        failed = sorted(out.rglob("*.failed.ipynb"), key=lambda p: p.stat().st_mtime) if out.is_dir() else []
+        where = f"{failed[-1]}: " if failed else ""
+        evalue = (str(e.evalue).strip().splitlines() or [""])[0]
+        return f"notebook error: {where}{e.ename}: {evalue} (rerun with --debug for the traceback)"
+    kind = {ConfigError: "config error", DataError: "data error"}.get(type(e), "error")
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = str(e) or type(e).__name__
+    return f"{kind}: {' '.join(text.split())}"
+
+
+def _show(args) -> int:
+    cfg, _ = build_config(args)
+    print(cfg.to_yaml())
+    return 0
+
+
+def _run(args) -> int:
+    cfg, overrides = build_config(args)
     out = Path(cfg.out)
+    args.out = cfg.out  # main()'s error report looks for a failed notebook there
+    check_out(out, fresh=args.fresh, resume=args.resume)
+    preflight(cfg)
     if args.fresh and out.exists():
         shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not args.resume:
-        print(f"{out} already holds a run: add --resume to continue it, or --fresh to start over", file=sys.stderr)
-        return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
     if args.engine == "notebooks":
@@ -79,6 +130,61 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = run_all(cfg)
     print(report(summary, time.perf_counter() - t0, out))
+    return 0
+
+
+def check_out(out: Path, fresh: bool, resume: bool) -> None:
+    """Refuse an --out that cannot be used as asked, before anything is deleted or loaded."""
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out}: is a file, not a folder")
+    used = out.is_dir() and any(out.iterdir())
+    if fresh and used and not (out / "config.json").exists():
+        raise RunFolderError(f"--fresh: {out} holds files but no config.json, so it is not a run folder; "
+                             "refusing to delete it (nothing was changed)")
+    if resume and not fresh and not used:
+        raise RunFolderError(f"--resume: {out} holds no run to continue")
+    if used and not (resume or fresh):
+        raise RunFolderError(f"{out} already holds files: add --resume to continue its run, or --fresh to start over")
+    home = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not home.is_dir():
+        raise RunFolderError(f"--out {out}: {home} is a file, not a folder")
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise RunFolderError(f"--out {out}: {home} is not writable")
+
+
+def check_data_tokenizer(cfg: RunConfig):
+    """(tokenizer, what it is) for check-data's length limits: the preset model's own tokenizer when it is
+    on disk or in the hub cache (no download); otherwise an estimate (data.ApproxTokenizer)."""
+    if cfg.model.name_or_path == "toy":
+        return ApproxTokenizer(), "estimated token counts (the toy tokenizer is trained during a run)"
+    try:
+        from transformers import AutoTokenizer
+
+        from .models import resolve_source
+
+        path, gguf = resolve_source(cfg.model)
+        kw = {"gguf_file": gguf} if gguf else {}
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=cfg.model.trust_remote_code, **kw)
+        return tok, f"the tokenizer of {cfg.model.name_or_path}"
+    except Exception as e:  # not installed, not cached, not a tokenizer: any of these means estimate
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return ApproxTokenizer(), f"estimated token counts ({cfg.model.name_or_path}'s tokenizer is not on disk: {why[:120]})"
+
+
+def _check_data(args) -> int:
+    cfg = load_preset(args.preset, dict(parse_override(o) for o in args.overrides))
+    source = args.source or (cfg.data.source if cfg.data.source != "toy" else "pairs")
+    tok, how = check_data_tokenizer(cfg)
+    d = cfg.data
+    pairs, skips = load_pairs(source, args.paths, tok, d.max_prompt_tokens, d.max_response_tokens, d.hub_split)
+    print(f"source {source}; limits from preset {cfg.preset}: prompt <= {d.max_prompt_tokens} tokens, "
+          f"response <= {d.max_response_tokens} tokens; {how}")
+    print(f"usable pairs: {len(pairs)}")
+    print(f"skipped: {skips.total}")
+    for reason, n in skips.counts.most_common():
+        print(f"  {reason:<22} {n:>7}   first at {skips.where[reason][0]}")
+    if len(pairs) <= d.heldout_pairs:
+        print(f"note: preset {cfg.preset} holds out data.heldout_pairs={d.heldout_pairs}; a run needs more usable pairs")
     return 0
 
 
