@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("run", "show"):
         s = sub.add_parser(name)
-        s.add_argument("--preset", default="tiny", help="tiny (default, offline toy world), smollm2-hh, t4, or a YAML path")
+        s.add_argument("--preset", help="tiny (default, offline toy world), smollm2-hh, t4, or a YAML path; with "
+                       "--resume, the run's own config unless given")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override any config field, e.g. --set dpo.beta=0.2 (repeatable)")
         s.add_argument("--seed", type=int)
@@ -42,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--out", help="run folder (default runs/<preset>-s<seed>)")
         s.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     run = sub.choices["run"]
-    run.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished stages")
+    run.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished stages; its "
+                     "config.json is the truth: a changed field is refused unless --allow-change")
+    run.add_argument("--allow-change", action="store_true", help="with --resume: apply the changed fields to the stages "
+                     "still to run, recorded in decisions.jsonl and summary.json")
     run.add_argument("--fresh", action="store_true", help="delete --out first and start over (only a run folder: one "
                      "with config.json, or an empty one)")
     run.add_argument("--engine", choices=["notebooks", "python"], default="notebooks",
@@ -66,7 +70,7 @@ def build_config(args):
         if args.rounds != "auto" and not args.rounds.isdigit():
             raise ConfigError(f"--rounds {args.rounds!r}: expected a positive integer or 'auto'")
         overrides["rounds"] = "auto" if args.rounds == "auto" else int(args.rounds)
-    cfg = load_preset(args.preset, overrides)
+    cfg = load_preset(args.preset or "tiny", overrides)
     if args.out is None and "out" not in overrides:
         cfg = cfg.replace(out=f"runs/{cfg.preset}-s{cfg.seed}")
     elif args.out is not None:
@@ -87,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line_error(e: Exception) -> bool:
     """Errors in what the user gave (config, data, files, the run folder, a notebook): no traceback."""
-    return isinstance(e, (ConfigError, DataError, RunFolderError, OSError)) or type(e).__name__ == "PapermillExecutionError"
+    from .resume import ResumeError
+
+    return (isinstance(e, (ConfigError, DataError, RunFolderError, ResumeError, OSError))
+            or type(e).__name__ == "PapermillExecutionError")
 
 
 def one_line(e: Exception, out: Path) -> str:
@@ -116,6 +123,15 @@ def _run(args) -> int:
     out = Path(cfg.out)
     args.out = cfg.out  # main()'s error report looks for a failed notebook there
     check_out(out, fresh=args.fresh, resume=args.resume)
+    if args.resume and not args.fresh:
+        from .resume import resume, resumed_config
+        from .runfolder import RunFolder
+
+        run = RunFolder(out)
+        if not run.exists():
+            raise RunFolderError(f"--resume: {out} has no config.json, so it holds no run to continue")
+        cfg = resume(run, resumed_config(run, overrides, args.preset, cfg.out), args.allow_change)
+        overrides = {}  # the notebooks rebuild cfg from its difference to the preset
     preflight(cfg)
     if args.fresh and out.exists():
         shutil.rmtree(out)

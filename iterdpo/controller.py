@@ -137,10 +137,12 @@ def decide(history: dict[int, dict], rnd: int, params: dict, cfg: ControllerConf
         decision, start = "continue", rnd
     # Out of budget stops whatever else was decided; the best round is the result.
     stop = out_of_budget or decision in ("final_evaluation", "stop_converged")
+    stop_reason = ("round_budget" if rnd >= max_rounds else "time_budget" if elapsed >= cfg.max_seconds
+                   else "converged" if stop else None)
     return {
         "round": rnd, "decision": decision, "triggers": [t.to_dict() for t in triggers], "changes": changes,
         "params": params, "next_params": new_params, "targeted": targeted, "best_round": best,
-        "next_start_round": start, "stop": stop, "score": score(m), "degrading": degrading,
+        "next_start_round": start, "stop": stop, "stop_reason": stop_reason, "score": score(m), "degrading": degrading,
         "elapsed_seconds": elapsed,
     }
 
@@ -199,13 +201,23 @@ def round_plan(run: RunFolder, cfg: RunConfig, rnd: int) -> dict:
             "targeted": prev["targeted"] if prev else {}}
 
 
+def stop_reason(d: dict) -> str | None:
+    """Why the run stopped after decision `d` (round_budget, time_budget, converged), or None.
+    Decisions written before stop_reason was recorded: a stop_budget decision is read as the round budget."""
+    if "stop_reason" in d:
+        return d["stop_reason"]
+    return "round_budget" if d.get("stop") and d.get("decision") == "stop_budget" else ("converged" if d.get("stop") else None)
+
+
 def next_round(run: RunFolder, cfg: RunConfig) -> int | None:
     """The next round to run, or None when the controller (or the round budget) says stop."""
     done = run.decisions()
     if not done:
         return 1
     last = max(done)
-    if done[last]["stop"] or last >= cfg.max_rounds:
+    # a stop on the round budget holds only while the budget does: a resumed run with more rounds goes on
+    budget_only = stop_reason(done[last]) == "round_budget"
+    if (done[last]["stop"] and not budget_only) or last >= cfg.max_rounds:
         return None
     return last + 1
 
@@ -234,7 +246,8 @@ def record(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dic
     else:
         d = {"round": rnd, "decision": "continue", "triggers": [], "changes": {}, "params": plan["carried"],
              "next_params": plan["carried"], "targeted": {}, "best_round": rnd, "next_start_round": rnd,
-             "stop": rnd >= cfg.max_rounds, "score": score(m), "degrading": False, "elapsed_seconds": elapsed}
+             "stop": rnd >= cfg.max_rounds, "stop_reason": "round_budget" if rnd >= cfg.max_rounds else None,
+             "score": score(m), "degrading": False, "elapsed_seconds": elapsed}
     d["collapsing"] = m.get("collapsing", False)
     d.update(used_params=plan["params"], start_round=plan["start"])
     append_jsonl(run.decisions_path, d)

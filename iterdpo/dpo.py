@@ -25,7 +25,7 @@ from pathlib import Path
 from .config import DPORoundConfig, ModelConfig
 from .data import PAIR_KEYS
 from .memory import plan_for, with_oom_retry
-from .models import Precision, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision, save_policy
+from .models import Precision, check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision, save_policy
 from .training import common_args, last_logged, save_log
 
 
@@ -105,6 +105,7 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
         print(f"memory plan: micro_batch={fit['micro_batch']} grad_accum={fit['grad_accum']} 4-bit={four_bit}: "
               f"{fit['reason']}")
     model = load_causal_lm(start_path, mcfg, precision, four_bit=four_bit)
+    check_lora_targets(model, mcfg.lora_targets, start_path)
     ref = load_causal_lm(ref_path, mcfg, precision, four_bit=four_bit) if ref_path else None
     if ref is not None:
         ref.requires_grad_(False)

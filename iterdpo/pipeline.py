@@ -169,8 +169,11 @@ def run_offline_baseline(cfg: RunConfig, force: bool = False) -> dict:
     steps, _ = dpo.offline_steps(run)
     if not steps:
         raise RuntimeError("run the iterative rounds first: the baseline matches their total steps")
-    stage(run.dpo("offline_dpo"), {"run": cfg.to_dict(), "max_steps": steps}, force,
-          lambda tmp: dpo.offline_stage(cfg, run, tmp))
+    dest = run.dpo("offline_dpo")
+    if run.done(dest) and run.metrics(dest)["max_steps"] != steps:  # a resumed run added rounds: match them again
+        print(f"offline arm: retrained for {steps} steps (it had {run.metrics(dest)['max_steps']})")
+        force = True
+    stage(dest, {"run": cfg.to_dict(), "max_steps": steps}, force, lambda tmp: dpo.offline_stage(cfg, run, tmp))
     return evaluate_round(cfg, "offline_dpo", force, ref=str(run.policy(0)), beta=cfg.dpo.beta)
 
 
@@ -197,7 +200,8 @@ def write_summary(cfg: RunConfig) -> dict:
                        "decision": done[r]["decision"], "metrics": m})
     summary = {"preset": cfg.preset, "seed": cfg.seed, "rounds": rounds,
                "best_round": done[max(done)]["best_round"] if done else 0,
-               "baselines": {}, "reward_model": run.metrics(run.stage("reward")), "data": run.metrics(run.stage("data"))}
+               "baselines": {}, "reward_model": run.metrics(run.stage("reward")), "data": run.metrics(run.stage("data")),
+               "config_changes": run.events()}
     if offline:
         summary["baselines"]["offline_dpo"] = run.metrics(run.eval("offline_dpo"))
     write_json(run.summary_path, summary)

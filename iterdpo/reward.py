@@ -63,6 +63,10 @@ def build(backbone_path: str, head_hidden: int, dropout: float, dtype, device: s
     if mode == "lora":
         from peft import get_peft_model
 
+        from .models import check_lora_targets
+
+        check_lora_targets(backbone, list(lora.target_modules), backbone_path)
+
         backbone = get_peft_model(backbone, lora)
     elif mode == "frozen":
         backbone.requires_grad_(False)

@@ -162,7 +162,14 @@ class RunFolder:
 
     def decisions(self) -> dict[int, dict]:
         """The controller's decisions by round (its only state)."""
-        return {d["round"]: d for d in read_jsonl(self.decisions_path)} if self.decisions_path.exists() else {}
+        return {d["round"]: d for d in self._decision_lines() if "event" not in d}
+
+    def events(self) -> list[dict]:
+        """Lines of decisions.jsonl that record something other than a round's decision (a resumed config change)."""
+        return [d for d in self._decision_lines() if "event" in d]
+
+    def _decision_lines(self) -> list[dict]:
+        return read_jsonl(self.decisions_path) if self.decisions_path.exists() else []
 
     def summary(self) -> dict:
         return read_json(self.summary_path)

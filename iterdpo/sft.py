@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .models import free, load_causal_lm, load_tokenizer, lora_config, resolve_precision, save_policy
+from .models import check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision, save_policy
 from .training import common_args, last_logged, save_log, sft_train
 
 
@@ -23,6 +23,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
     base = run.base_source()
     tok = load_tokenizer(base, cfg.model)
     model = load_causal_lm(base, cfg.model, precision, four_bit=cfg.model.load_in_4bit)
+    check_lora_targets(model, cfg.model.lora_targets, base)
     rows = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in run.pairs("train_pairs")]
     s = cfg.sft
     max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 1

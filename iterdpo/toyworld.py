@@ -210,7 +210,7 @@ def pretrain_base(cfg, dest) -> dict:
 
     from transformers import LlamaForCausalLM, set_seed
 
-    from .models import free, resolve_precision
+    from .models import check_lora_targets, free, resolve_precision
     from .training import common_args, last_logged, save_log, sft_train
 
     w = ToyWorld(cfg.toy)
@@ -219,6 +219,7 @@ def pretrain_base(cfg, dest) -> dict:
     rows = [{"prompt": render(tok, d["prompt"]), "completion": " " + d["completion"]} for d in docs]
     set_seed(cfg.seed)
     model = LlamaForCausalLM(tiny_llama_config(cfg.toy, tok))
+    check_lora_targets(model, cfg.model.lora_targets, "the toy world's tiny Llama")  # before any training
     args = common_args(dest / "trainer", resolve_precision(cfg.model.precision), cfg.toy.pretrain_steps,
                        cfg.toy.pretrain_lr, 64, 1, cfg.seed)
     trainer = sft_train(model, tok, rows, args, max_length=cfg.toy.max_positions)
