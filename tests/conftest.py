@@ -12,6 +12,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: real-model or long tests (run with -m slow)")
+    config.addinivalue_line("markers", "integration: whole-pipeline tests on the tiny preset (minutes; -m 'not integration' skips them)")
 
 
 @pytest.fixture
@@ -59,12 +60,14 @@ def tiny_run(tiny_stages, tmp_path_factory):
 
     from iterdpo import pipeline
     from iterdpo.config import load_preset
+    from iterdpo.runfolder import RunFolder
 
     def run(name="run", **overrides):
         out = tmp_path_factory.mktemp(name)
+        src = RunFolder(tiny_stages.out)
         for stage in ("base", "data", "sft", "reward", "round_0"):
-            shutil.copytree(pipeline.run_dir(tiny_stages) / stage, out / stage)
-        shutil.copy(pipeline.run_dir(tiny_stages) / "config.json", out / "config.json")
+            shutil.copytree(src.root / stage, out / stage)
+        shutil.copy(src.config_path, out / "config.json")
         cfg = load_preset("tiny", {**QUICK, **{k.replace("__", "."): v for k, v in overrides.items()}, "out": str(out)})
         return cfg, pipeline.run_all(cfg)
 

@@ -165,7 +165,7 @@ def test_generation_bench_reports_the_dtype_when_ours_samples_in_bf16(tmp_path):
 
 # wired into the DPO stage -----------------------------------------------------------------------------------
 def test_dpo_stage_retries_at_half_the_micro_batch_on_oom(monkeypatch, tmp_path, capsys):
-    from iterdpo import pipeline
+    from iterdpo import dpo
     from iterdpo.config import load_preset
 
     cfg = load_preset("tiny", {"dpo.batch_size": 32, "dpo.grad_accum": 1})
@@ -177,8 +177,8 @@ def test_dpo_stage_retries_at_half_the_micro_batch_on_oom(monkeypatch, tmp_path,
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return {"memory_plan": "no GPU: the configured batch"}
 
-    monkeypatch.setattr(pipeline, "train_round", fake_round)
-    out = pipeline._train("start", None, [], cfg.dpo, cfg, tmp_path, 0)
+    monkeypatch.setattr(dpo, "train_round", fake_round)
+    out = dpo.train_with_retry("start", None, [], cfg.dpo, cfg, tmp_path, 0)
     assert seen == [(32, 1), (16, 2), (8, 4)]
     assert "retried at 8 x 4" in out["memory_plan"] and "out of memory" in capsys.readouterr().err
 

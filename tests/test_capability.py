@@ -181,10 +181,19 @@ def test_option_logprobs_match_unpadded_by_hand(toy):
         assert got[i].item() == pytest.approx(want.item(), abs=1e-4)
 
 
-def test_untrained_scores_in_range(toy):
+def test_multiple_choice_score_is_the_share_of_argmax_hits(toy):
     tok, model = toy
-    acc = score_multiple_choice(model, tok, probe_items("toy", 20, seed=0), batch_size=16)
-    assert 0.0 <= acc <= 1.0
+    items = probe_items("toy", 20, seed=0)
+    acc = score_multiple_choice(model, tok, items, batch_size=16)
+    hits = 0
+    for it in items:  # each option scored alone, by hand, as " option <eos>" after the rendered prompt
+        prompt = render_prompt(it["messages"], tok)
+        ids, mask, cmask = _tensors(tok, [prompt] * len(it["options"]), [" " + o for o in it["options"]])
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            lp = sequence_logprobs(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits, ids, cmask)
+        hits += int(lp.argmax()) == it["answer"]
+    assert acc == hits / len(items)
     out = capability_scores(model, tok, EvalConfig(capability=["probes"], capability_n=20, batch_size=16), "toy", seed=0)
     assert out == {"probes": acc, "capability_score": acc}
 

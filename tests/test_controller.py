@@ -1,8 +1,7 @@
 import pytest
 
 from iterdpo.config import ControllerConfig
-from iterdpo.controller import best_round, converged, decide, hard_prompts, weaknesses
-from iterdpo.evaluate import collapse_check
+from iterdpo.controller import best_round, collapse_check, converged, decide, hard_prompts, weaknesses
 
 CFG = ControllerConfig()
 PARAMS = {"beta": 0.1, "learning_rate": 1e-3, "max_steps": 60}
@@ -79,11 +78,11 @@ def test_collapse_flag_on_synthetic_log_prob_trace():
     # log pi - log pi_ref per logging step: both sides sink far below the reference
     falling_c = [-0.5, -2.0, -5.0, -7.0, -9.0]
     falling_r = [-1.0, -4.0, -8.0, -11.0, -14.0]
-    out = collapse_check(falling_c, falling_r, mean_length=5.0, sft_mean_length=5.0)
+    out = collapse_check(falling_c, falling_r, mean_length=5.0, sft_mean_length=5.0, cfg=CFG)
     assert out["collapsing"] and "both fell" in out["collapse_reasons"][0]
-    healthy = collapse_check([0.0, 0.3, 0.5, 0.4], [-1.0, -4.0, -8.0, -11.0], 5.0, 5.0)
+    healthy = collapse_check([0.0, 0.3, 0.5, 0.4], [-1.0, -4.0, -8.0, -11.0], 5.0, 5.0, CFG)
     assert not healthy["collapsing"]  # only the rejected side falls: what DPO should do
-    displaced = collapse_check([-1.0, -2.0, -2.5], [-3.0, -6.0, -9.0], 5.0, 5.0)
+    displaced = collapse_check([-1.0, -2.0, -2.5], [-3.0, -6.0, -9.0], 5.0, 5.0, CFG)
     assert not displaced["collapsing"]  # a modest fall of the chosen side is common in DPO, not a collapse
-    short = collapse_check([0.0, 0.0], [-1.0, -1.0], mean_length=1.0, sft_mean_length=5.0)
+    short = collapse_check([0.0, 0.0], [-1.0, -1.0], mean_length=1.0, sft_mean_length=5.0, cfg=CFG)
     assert short["collapsing"] and "shrank" in short["collapse_reasons"][0]

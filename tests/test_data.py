@@ -92,7 +92,9 @@ def test_real_hh_file_parses(shared_data, toy_tokenizer):
     path = shared_data / "hh-rlhf" / "helpful-base-test.jsonl.gz"
     pairs, skips = load_pairs("hh", [str(path)], toy_tokenizer, 10_000, 10_000, limit=200)
     assert len(pairs) == 200
-    assert isinstance(skips, Skips)
+    # the first 200 usable pairs of the file: every row read before the 200th is one of them or a counted skip
+    assert all(p["prompt"] and p["chosen"] != p["rejected"] for p in pairs)
+    assert pairs[-1]["origin"].endswith(f":{200 + skips.total}")
 
 
 def test_heldout_split_counts_training_pairs_that_share_a_heldout_prompt():

@@ -23,7 +23,7 @@ from iterdpo import gate, runner
 from iterdpo.config import RunConfig, load_preset
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NAMES = ["01_sft", "02_reward_model", "03_synthetic_preferences", "04_dpo_round", "05_compare_iterations"]
+NAMES = ["00_quickstart", "01_sft", "02_reward_model", "03_synthetic_preferences", "04_dpo_round", "05_compare_iterations"]
 NOT_CONFIG = {"preset", "out", "overrides", "round", "arm", "MOUNT_DRIVE"}  # notebook-only parameters
 MAX_LINES = 20
 
@@ -99,13 +99,34 @@ def test_metadata_for_jupyter_and_colab(name: str) -> None:
     assert meta.kernelspec.name == "python3"
     assert meta.accelerator == "GPU" and meta.colab.gpuType == "T4"
     text = "".join(c.source for c in _load(name).cells if c.cell_type == "markdown")
-    assert f"colab.research.google.com/github/iterdpo/iterdpo/blob/main/notebooks/{name}.ipynb" in text
+    gen = _generator()
+    assert gen.colab_url(name) in text
+    boot = next(c.source for c in _code(_load(name)) if "google.colab" in c.source)
+    assert f'"https://github.com/{gen.REPO}", "{gen.REF}"' in boot and '"--branch", REF' in boot
 
 
-def test_notebooks_match_their_generator() -> None:
+def test_committed_notebooks_default_to_auto_and_drive() -> None:
+    for name in NAMES:
+        ns: dict = {}
+        exec(_parameters(_load(name)).source, ns)
+        assert ns["preset"] == "auto" and ns["MOUNT_DRIVE"] is True
+
+
+def test_readme_has_a_badge_per_notebook() -> None:
+    readme = (NOTEBOOKS.parent / "README.md").read_text()
+    for name in NAMES:
+        assert _generator().colab_url(name) in readme, f"README's On Colab table lacks {name}"
+
+
+def _generator():
     spec = importlib.util.spec_from_file_location("build_notebooks", NOTEBOOKS / "build_notebooks.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
+    return gen
+
+
+def test_notebooks_match_their_generator() -> None:
+    gen = _generator()
     for name, cells in gen.NOTEBOOKS.items():
         assert nbformat.writes(gen.build(name, cells)) + "\n" == (NOTEBOOKS / f"{name}.ipynb").read_text(), \
             f"{name}.ipynb differs from notebooks/build_notebooks.py: rerun it"
@@ -134,12 +155,21 @@ def test_notebook_parameters_rebuild_the_config(overrides) -> None:
 
 
 def _fake_papermill(monkeypatch, calls: list):
+    inspect = _real_inspect()
+
     def execute_notebook(input_path, output_path, parameters=None, kernel_manager_class=None, **kw):
         gate.wait_turn(kernel_manager_class.extra_env.get(gate.ENV, ""))  # what the notebook's first stage does
         tmp = re.fullmatch(r"\.(.+)\.tmp-\d+\.ipynb", Path(output_path).name)  # written under a temporary name
         calls.append((Path(input_path).stem, f"{tmp.group(1)}.ipynb", dict(parameters)))
         Path(output_path).write_text("{}")
-    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook))
+    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook,
+                                                                         inspect_notebook=inspect))
+
+
+def _real_inspect():
+    import papermill
+
+    return papermill.inspect_notebook
 
 
 def _fake_pipeline(monkeypatch, answers: list) -> None:
@@ -197,7 +227,8 @@ def test_a_failure_cancels_the_notebook_started_ahead(tmp_path: Path, monkeypatc
         Path(output_path).write_text("{}")
         if Path(input_path).stem == "01_sft":
             raise RuntimeError("cell failed")
-    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook))
+    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook,
+                                                                         inspect_notebook=_real_inspect()))
     with pytest.raises(RuntimeError, match="cell failed"):
         runner.run_notebooks(cfg)
     assert sorted(started) == ["01_sft", "02_reward_model"]  # 02 was waiting for its turn, and was stopped
@@ -208,7 +239,8 @@ def test_a_failed_notebook_is_kept_aside(tmp_path: Path, monkeypatch) -> None:
     def execute_notebook(input_path, output_path, **kw):
         Path(output_path).write_text("{}")
         raise RuntimeError("cell failed")
-    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook))
+    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook,
+                                                                         inspect_notebook=_real_inspect()))
     (tmp_path / ".01_sft.tmp-1.ipynb").write_text("{}")  # left by a killed run
     with pytest.raises(RuntimeError):
         runner.execute("01_sft", tmp_path / "01_sft.ipynb", {})
@@ -220,17 +252,27 @@ def test_a_failed_notebook_is_kept_aside(tmp_path: Path, monkeypatch) -> None:
 
 def test_prepare_for_nbval_injects_one_tiny_run(tmp_path: Path) -> None:
     written = runner.prepare_for_nbval(tmp_path / "nbval")
-    assert [p.name for p in written] == sorted(p.name for p in written) and len(written) == 6
+    assert [p.name for p in written] == sorted(p.name for p in written) and len(written) == 7
+    assert {p.name.split("_", 1)[1][:2] for p in written} == {n[:2] for n in NAMES}  # all six notebooks
+    assert (tmp_path / "nbval" / "conftest.py").exists()
     for path in written:
         nb = nbformat.read(path, as_version=4)
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert len(injected) == 1
         ns: dict = {}
         exec(injected[0].source, ns)
-        assert ns["preset"] == "tiny" and ns["out"] == str(tmp_path / "nbval" / "run")
+        own = "quickstart" if path.name.startswith("a_") else "run"
+        assert ns["preset"] == "tiny" and ns["out"] == str(tmp_path / "nbval" / own)
         assert ns["overrides"] == runner.TINY_OVERRIDES
-        assert ns.get("round") == (1 if path.name[0] in "cd" else None)
-        assert ns.get("arm") == {"d": "iterative", "e": "offline_dpo"}.get(path.name[0])
+        assert ns.get("round") == (1 if path.name[0] in "de" else None)
+        assert ns.get("arm") == {"e": "iterative", "f": "offline_dpo"}.get(path.name[0])
+
+
+def test_a_parameter_typo_is_an_error(tmp_path: Path) -> None:
+    from iterdpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown parameter.*rounds"):
+        runner.execute("03_synthetic_preferences", tmp_path / "x.ipynb", {"preset": "tiny", "rounds": 3})
 
 
 def test_tiny_overrides_are_valid() -> None:

@@ -56,4 +56,14 @@ def test_require_eos_off_keeps_unended():
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="max_min"):
         make_pairs([], "best_of")
-    assert set(STRATEGIES) == {"max_min", "max_random", "random", "max_min_length"}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_orders_its_pair_by_reward(strategy):
+    records = [rec([f"r{i}{j}" for j in range(5)], [(7 * i + 3 * j) % 5 / 4 for j in range(5)], n_tokens=[3] * 5)
+               for i in range(20)]
+    pairs, dropped = make_pairs(records, strategy, seed=1)
+    assert len(pairs) + sum(dropped.values()) == len(records)
+    assert pairs and all(p["reward_chosen"] > p["reward_rejected"] and p["gap"] > 0 for p in pairs)
+    if strategy in ("max_min", "max_min_length"):  # equal lengths: the length penalty changes nothing
+        assert all(p["reward_chosen"] == 1.0 and p["reward_rejected"] == 0.0 for p in pairs)

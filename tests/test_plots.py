@@ -45,7 +45,7 @@ def _dpo(folder: Path, steps: int = 20) -> None:
 def run(tmp_path: Path) -> Path:
     """A run folder with SFT, two DPO rounds, the offline baseline and controller decisions."""
     rng = random.Random(0)
-    _write(tmp_path / "sft" / "train_log.jsonl", [{"step": s, "loss": 3.0 / s, "learning_rate": 1e-3} for s in range(1, 9)])
+    _write(tmp_path / "sft" / "train_log.jsonl", [{"step": s, "loss": 3.0 - 0.001 * s, "learning_rate": 1e-3} for s in range(1, 9)])
     _eval(tmp_path / "round_0" / "eval", 0.0, rng)
     for r in (1, 2):
         _write(tmp_path / f"round_{r}" / "generate" / "samples.jsonl", [
@@ -59,11 +59,11 @@ def run(tmp_path: Path) -> Path:
     _dpo(tmp_path / "offline_dpo" / "dpo", steps=40)
     _eval(tmp_path / "offline_dpo" / "eval", 0.8, rng)
     _write(tmp_path / "decisions.jsonl", [
-        {"round": 1, "decision": "adjust_continue", "triggers": [{"name": "kl_violation", "value": 0.2}],
+        {"round": 1, "decision": "adjust_retry", "triggers": [{"name": "kl_violation", "value": 0.2}],
          "changes": {"beta": [0.1, 0.15]}, "params": {"beta": 0.1}, "targeted": {"hard_prompts": PROMPTS},
-         "stop": False},
+         "stop": False, "best_round": 0, "next_start_round": 0},
         {"round": 2, "decision": "stop_budget", "triggers": [], "changes": {}, "params": {"beta": 0.15},
-         "targeted": {}, "stop": True}])
+         "targeted": {}, "stop": True, "best_round": 2, "next_start_round": 2}])
     return tmp_path
 
 
@@ -100,7 +100,8 @@ def test_comparison_table_rows_metrics_and_trend(run: Path) -> None:
     table = plots.comparison_table(run)
     assert list(table.index) == ["SFT", "round 1", "round 2", "offline DPO"]
     assert "note" not in table.columns and "converged" not in table.columns
-    assert table.columns[:2].tolist() == ["round", "oracle_score"]
+    assert table.columns[:3].tolist() == ["round", "status", "oracle_score"]
+    assert table["status"].tolist() == ["kept", "rejected", "best", "baseline"]
     assert table.loc["round 1", "trend"].startswith("↑") and table.loc["SFT", "trend"] == ""
     assert table.loc["offline DPO", "trend"] == "↑ +0.400"  # against SFT
 
@@ -125,3 +126,35 @@ def test_decisions_table_writes_nested_fields_briefly(run: Path) -> None:
 def test_pairs_table(run: Path) -> None:
     table = plots.pairs_table(run, 1, n=3)
     assert table.shape[0] == 3 and list(table.columns[:3]) == ["prompt", "chosen", "rejected"]
+
+
+def test_the_controller_story_is_drawn(run: Path) -> None:
+    fig = plots.improvement_trajectory(run)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert any("reward model" in t for t in titles) and not any("oracle" in t and "reward model" in t for t in titles)
+    labels = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert {"best round", "rejected round", "chance (0.5)", "offline DPO"} <= labels
+    assert plots.round_status(run) == {0: "kept", 1: "rejected", 2: "best"}
+
+
+def test_reward_and_oracle_judgements_are_on_separate_axes(run: Path) -> None:
+    fig = plots.reward_comparison(run)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2 and "reward model" in axes[0].get_title() and "oracle" in axes[1].get_title()
+    assert any(bar.get_hatch() == "//" for bar in axes[0].patches)  # round 1 was rejected
+
+
+def test_a_flat_training_curve_is_called_out(run: Path) -> None:
+    fig = plots.stage_training_curves(run, "sft")
+    assert any("FLAT" in t.get_text() for t in fig.axes[0].texts)
+    assert plots.training_note(run, "sft").startswith("FLAT")
+    assert plots.flat_note([3.0, 2.0]) is None
+
+
+def test_monitors_are_few_and_keep_flat_lines_flat(run: Path) -> None:
+    fig = plots.eval_metric_grid(run)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) <= 4
+    length = next(ax for ax in axes if ax.get_title() == "mean length")  # 4.0 in every model
+    lo, hi = length.get_ylim()
+    assert hi - lo >= 0.2

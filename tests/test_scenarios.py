@@ -1,12 +1,15 @@
 """The controller's behaviour on real tiny-preset runs: KL violation, rollback, convergence."""
 
-import json
+import pytest
 
 from iterdpo import pipeline
+from iterdpo.runfolder import RunFolder
+
+pytestmark = pytest.mark.integration
 
 
 def _decisions(cfg):
-    return [json.loads(line) for line in (pipeline.run_dir(cfg) / "decisions.jsonl").read_text().splitlines()]
+    return [d for _, d in sorted(RunFolder(cfg.out).decisions().items())]
 
 
 def test_kl_violation_raises_beta_and_cuts_lr(tiny_run, capsys):
