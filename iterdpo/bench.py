@@ -2,6 +2,7 @@
 
     python -m iterdpo.bench --model smollm2 --out bench.json      # the real measurement (~10 min, 2 CPU cores)
     python -m iterdpo.bench --model tiny --quick                  # the CI twin (~1-2 min)
+    python -m iterdpo.bench --device-check [--quick]             # the GPU path with a T4 emulated (devicecheck.py)
 
 1. Generation: ``generate.sample`` (length-sorted, left-padded, k sequences per prompt per call) and
    batched ``reward.score``, against one ``generate()`` call per sample and one reward forward per
@@ -584,7 +585,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", choices=sorted(PRESETS), default="tiny",
                    help="tiny (toy world) or smollm2 (SmolLM2-135M, HH-RLHF)")
     p.add_argument("--quick", action="store_true", help="small sizes and one repeat: a CI smoke run, not a measurement")
-    p.add_argument("--out", default="bench.json", help="where the results go")
+    p.add_argument("--out", help="where the results go (default bench.json; a folder with --device-check, default "
+                                 "device_check/)")
+    p.add_argument("--device-check", action="store_true",
+                   help="the GPU path on CUDA with a T4 emulated, or its CPU dry run (iterdpo/devicecheck.py)")
+    p.add_argument("--checks", help="--device-check: a comma-separated subset, merged into an existing report")
+    p.add_argument("--budget", type=float, default=570.0, help="--device-check: seconds for all checks together")
     p.add_argument("--repeats", type=int, help="timed pairs of runs per benchmark (default per model)")
     p.add_argument("--e2e", choices=["quick", "full", "skip"],
                    help="the tiny preset end to end: default full for --model tiny, quick otherwise or with --quick")
@@ -592,6 +598,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if a.device_check:
+        from .devicecheck import device_check
+        from .devicecheck import table as check_table
+
+        out = a.out or "device_check"
+        report = device_check(out, a.quick, a.checks.split(",") if a.checks else None, a.budget, a.seed)
+        print(check_table(report))
+        print(f"wrote {Path(out) / 'device_check.json'}")
+        return 0 if report["passed"] else 1
+    a.out = a.out or "bench.json"
     s = SIZES[(a.model, a.quick)]
     s = replace(s, repeats=a.repeats) if a.repeats else s
     e2e_mode = a.e2e or ("full" if a.model == "tiny" and not a.quick else "quick")
