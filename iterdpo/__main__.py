@@ -91,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line_error(e: Exception) -> bool:
     """Errors in what the user gave (config, data, files, the run folder, a notebook): no traceback."""
+    from .guard import NonFiniteError
     from .resume import ResumeError
 
-    return (isinstance(e, (ConfigError, DataError, RunFolderError, ResumeError, OSError))
+    return (isinstance(e, (ConfigError, DataError, RunFolderError, ResumeError, NonFiniteError, OSError))
             or type(e).__name__ == "PapermillExecutionError")
 
 

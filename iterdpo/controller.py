@@ -238,7 +238,8 @@ def record(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dic
         return done[rnd]
     history = {0: run.metrics(run.eval(0))}
     for r in range(1, rnd):
-        history[r] = {**run.metrics(run.eval(r)), "collapsing": done[r].get("collapsing", False) if r in done else False}
+        if not done.get(r, {}).get("failed"):  # a round whose training went non-finite has no evaluation
+            history[r] = {**run.metrics(run.eval(r)), "collapsing": done[r].get("collapsing", False) if r in done else False}
     history[rnd] = m
     elapsed = run.elapsed()
     if cfg.controller.enabled:
@@ -254,8 +255,37 @@ def record(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dic
     return d
 
 
+def record_non_finite(run: RunFolder, cfg: RunConfig, rnd: int, plan: dict, error) -> dict:
+    """Round `rnd`'s training went non-finite (guard.NonFiniteError): nothing of it was saved. Record a rollback
+    to the best round with a lower learning rate, or a stop after controller.max_non_finite such rounds in a row."""
+    done = run.decisions()
+    history = {0: run.metrics(run.eval(0))}
+    history.update({r: {**run.metrics(run.eval(r)), "collapsing": d.get("collapsing", False)}
+                    for r, d in done.items() if not d.get("failed")})
+    best = best_round(history, cfg.controller)
+    in_a_row = 1
+    while done.get(rnd - in_a_row, {}).get("failed"):
+        in_a_row += 1
+    params = dict(plan["carried"])
+    new = {**params, "learning_rate": params["learning_rate"] * cfg.controller.non_finite_lr_mult}
+    stop = in_a_row >= cfg.controller.max_non_finite or rnd >= cfg.max_rounds
+    reason = "non_finite" if in_a_row >= cfg.controller.max_non_finite else "round_budget" if stop else None
+    trigger = Trigger("non_finite", error.what, float(error.step), 0.0)
+    d = {"round": rnd, "decision": "rollback", "failed": True, "error": str(error), "triggers": [trigger.to_dict()],
+         "changes": {"learning_rate": [params["learning_rate"], new["learning_rate"]]}, "params": params,
+         "next_params": new, "targeted": {}, "best_round": best, "next_start_round": best, "stop": stop,
+         "stop_reason": reason, "score": None, "degrading": True, "elapsed_seconds": run.elapsed(),
+         "collapsing": False, "used_params": plan["params"], "start_round": plan["start"]}
+    append_jsonl(run.decisions_path, d)
+    print(f"=== Iteration {rnd} ===\n  status:   {error}\n  decision: rollback to round {best}, learning_rate "
+          f"{params['learning_rate']:g} -> {new['learning_rate']:g}" + (f"; stop ({reason})" if stop else ""))
+    return d
+
+
 def iteration_report(run: RunFolder, cfg: RunConfig, rnd: int) -> str:
     """The iteration log for round `rnd`, rebuilt from decisions.jsonl and the round's metrics."""
     d = run.decisions()[rnd]
+    if d.get("failed"):
+        return f"=== Iteration {rnd} ===\n  status:   {d['error']}\n  decision: rollback (best round {d['best_round']})"
     used = {"start_round": d["start_round"], **d["used_params"], "reference": cfg.dpo.reference}
     return iteration_log(d, run.metrics(run.eval(rnd)), used)

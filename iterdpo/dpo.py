@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .config import DPORoundConfig, ModelConfig
 from .data import PAIR_KEYS
+from .guard import NonFiniteGuard
 from .memory import plan_for, with_oom_retry
 from .models import Precision, check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision, save_policy
 from .training import common_args, last_logged, save_log
@@ -137,12 +138,15 @@ def training_pairs(cfg, run, rnd: int) -> list[dict]:
 
 
 def train_with_retry(start: str, ref: str | None, pairs: list[dict], dcfg: DPORoundConfig, cfg, dest: Path,
-                     seed: int) -> dict:
-    """train_round; on out-of-memory, again at half the micro-batch, the effective batch kept."""
+                     seed: int, where: str = "dpo") -> dict:
+    """train_round under the non-finite guard (named `where`); on out-of-memory, again at half the
+    micro-batch, the effective batch kept."""
+    precision = resolve_precision(cfg.model.precision)
+
     def attempt(micro: int, accum: int) -> dict:
         shutil.rmtree(dest / "trainer", ignore_errors=True)
         return train_round(start, ref, pairs, replace(dcfg, batch_size=micro, grad_accum=accum), cfg.model,
-                           resolve_precision(cfg.model.precision), dest, seed)
+                           precision, dest, seed, callbacks=[NonFiniteGuard(where, precision.fp16)])
 
     out, micro, accum = with_oom_retry(attempt, dcfg.batch_size, dcfg.grad_accum)
     if (micro, accum) != (dcfg.batch_size, dcfg.grad_accum):
@@ -169,7 +173,8 @@ def round_stage(cfg, run, rnd: int, plan: dict, dest: Path) -> dict:
     ref = str(run.policy(0)) if ref_round != plan["start"] else None  # None: the start policy is its own reference
     set_seed(cfg.seed_for("dpo", rnd))
     pairs = training_pairs(cfg, run, rnd)
-    out = train_with_retry(str(run.policy(plan["start"])), ref, pairs, dcfg, cfg, dest, cfg.seed_for("dpo", rnd))
+    out = train_with_retry(str(run.policy(plan["start"])), ref, pairs, dcfg, cfg, dest, cfg.seed_for("dpo", rnd),
+                           where=f"dpo_round_{rnd}")
     log = out["log"]
     return {"start_round": plan["start"], "reference_round": ref_round, "reference": str(run.policy(ref_round)),
             "reference_kind": cfg.dpo.reference, "params": p, "loss_type": dcfg.loss_type,
@@ -181,7 +186,7 @@ def round_stage(cfg, run, rnd: int, plan: dict, dest: Path) -> dict:
 
 def offline_steps(run) -> tuple[int, list[int]]:
     """(the total DPO steps of every iterative round, those rounds): the offline arm trains as long."""
-    rounds = sorted(run.decisions())
+    rounds = sorted(r for r, d in run.decisions().items() if not d.get("failed"))
     return sum(run.metrics(run.dpo(r))["params"]["max_steps"] for r in rounds), rounds
 
 
@@ -193,6 +198,7 @@ def offline_stage(cfg, run, dest: Path) -> dict:
     dcfg = DPORoundConfig.from_dict({**cfg.dpo.to_dict(), "max_steps": steps})
     set_seed(cfg.seed_for("offline_dpo"))
     pairs = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
-    out = train_with_retry(str(run.policy(0)), None, pairs, dcfg, cfg, dest, cfg.seed_for("offline_dpo"))
+    out = train_with_retry(str(run.policy(0)), None, pairs, dcfg, cfg, dest, cfg.seed_for("offline_dpo"),
+                           where="offline_dpo")
     return {"max_steps": steps, "rounds_matched": rounds, "pairs": len(pairs), "train_loss": last_logged(out["log"], "loss"),
             "max_length": out["max_length"], **_batch_record(out)}

@@ -26,6 +26,7 @@ from .config import RunConfig
 from .data import load_pairs, split_heldout, unique
 from .folder import read_json, stage_folder, write_json, write_jsonl
 from .gate import wait_turn
+from .guard import NonFiniteError
 from .models import import_base, load_tokenizer
 from .runfolder import RunFolder
 
@@ -143,8 +144,11 @@ def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
     if not run.done(run.generate(rnd)):
         raise RuntimeError(f"round {rnd} has no synthetic pairs yet: run its generation stage (03_synthetic_preferences) first")
     plan = run.plan(rnd)
-    dm = stage(run.dpo(rnd), {"run": cfg.to_dict(), "plan": plan}, force,
-               lambda tmp: dpo.round_stage(cfg, run, rnd, plan, tmp))
+    try:
+        dm = stage(run.dpo(rnd), {"run": cfg.to_dict(), "plan": plan}, force,
+                   lambda tmp: dpo.round_stage(cfg, run, rnd, plan, tmp))
+    except NonFiniteError as e:  # nothing of the round was saved: the controller rolls back and retries gentler
+        return controller.record_non_finite(run, cfg, rnd, plan, e)
     beta = plan["params"]["beta"]
     m = evaluate_round(cfg, rnd, force, ref=str(run.policy(dm["reference_round"])), beta=beta)
     m = {**m, **controller.round_collapse(run, cfg, rnd, m, beta)}
@@ -187,6 +191,10 @@ def write_summary(cfg: RunConfig) -> dict:
     world = toyworld.world_of(cfg)
     rounds = [{"round": 0, "metrics": run.metrics(run.eval(0))}]
     for r in sorted(done):
+        if done[r].get("failed"):  # training went non-finite: no policy, no evaluation
+            rounds.append({"round": r, "params": done[r]["used_params"], "start_round": done[r]["start_round"],
+                           "decision": done[r]["decision"], "failed": True, "error": done[r]["error"], "metrics": {}})
+            continue
         m = dict(run.metrics(run.eval(r)))
         gen, dm = run.metrics(run.generate(r)), run.metrics(run.dpo(r))
         m.update({k: gen[k] for k in ("pair_success_rate", "pairs", "dropped", "reward_gap_mean",

@@ -172,6 +172,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
     from transformers import Trainer, TrainingArguments, set_seed
 
     from .data import PAIR_KEYS
+    from .guard import NonFiniteGuard
     from .models import device, free, load_tokenizer, lora_config, resolve_precision
     from .training import common_args, last_logged, save_log
 
@@ -185,7 +186,8 @@ def train_stage(cfg, run, dest: Path) -> dict:
     train = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
     args = common_args(dest / "trainer", precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, cfg.seed)
     trainer = Trainer(model=rm, args=TrainingArguments(**args, remove_unused_columns=False),
-                      train_dataset=Dataset.from_list(train), data_collator=PairCollator(tok))
+                      train_dataset=Dataset.from_list(train), data_collator=PairCollator(tok),
+                      callbacks=[NonFiniteGuard("reward", precision.fp16)])
     trainer.train()
     log = save_log(trainer, dest / "train_log.jsonl")
     heldout = run.pairs("heldout_pairs")

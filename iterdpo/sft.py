@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from .guard import NonFiniteGuard
 from .models import check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision, save_policy
 from .training import common_args, last_logged, save_log, sft_train
 
@@ -28,7 +29,8 @@ def train_stage(cfg, run, dest: Path) -> dict:
     s = cfg.sft
     max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 1
     args = common_args(dest / "trainer", precision, s.max_steps, s.learning_rate, s.batch_size, s.grad_accum, cfg.seed)
-    trainer = sft_train(model, tok, rows, args, max_length=max_len, peft_config=lora_config(cfg.model))
+    trainer = sft_train(model, tok, rows, args, max_length=max_len, peft_config=lora_config(cfg.model),
+                        callbacks=[NonFiniteGuard("sft", precision.fp16)])
     log = save_log(trainer, dest / "train_log.jsonl")
     save_policy(trainer.model, tok, dest / "policy", base, cfg.model, precision, cfg.model.load_in_4bit)
     shutil.rmtree(dest / "trainer", ignore_errors=True)

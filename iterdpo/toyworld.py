@@ -210,6 +210,7 @@ def pretrain_base(cfg, dest) -> dict:
 
     from transformers import LlamaForCausalLM, set_seed
 
+    from .guard import NonFiniteGuard
     from .models import check_lora_targets, free, resolve_precision
     from .training import common_args, last_logged, save_log, sft_train
 
@@ -220,9 +221,10 @@ def pretrain_base(cfg, dest) -> dict:
     set_seed(cfg.seed)
     model = LlamaForCausalLM(tiny_llama_config(cfg.toy, tok))
     check_lora_targets(model, cfg.model.lora_targets, "the toy world's tiny Llama")  # before any training
-    args = common_args(dest / "trainer", resolve_precision(cfg.model.precision), cfg.toy.pretrain_steps,
-                       cfg.toy.pretrain_lr, 64, 1, cfg.seed)
-    trainer = sft_train(model, tok, rows, args, max_length=cfg.toy.max_positions)
+    precision = resolve_precision(cfg.model.precision)
+    args = common_args(dest / "trainer", precision, cfg.toy.pretrain_steps, cfg.toy.pretrain_lr, 64, 1, cfg.seed)
+    trainer = sft_train(model, tok, rows, args, max_length=cfg.toy.max_positions,
+                        callbacks=[NonFiniteGuard("base", precision.fp16)])
     log = save_log(trainer, dest / "train_log.jsonl")
     model.save_pretrained(dest / "model", safe_serialization=True)
     tok.save_pretrained(dest / "model")

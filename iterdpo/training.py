@@ -6,25 +6,45 @@ and checkpointing explicitly (fp16 on a T4, fp32 on the CPU).
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 from .folder import write_jsonl
 from .models import Precision
 
 
+def resolve_report_to(report_to: str) -> str:
+    """config `export.report_to` for transformers: 'auto' is tensorboard when it is installed, else none."""
+    if report_to != "auto":
+        return report_to
+    return "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+
+
 def common_args(out_dir: Path, precision: Precision, max_steps: int, lr: float, batch: int, accum: int, seed: int,
-                checkpointing: bool = False) -> dict:
-    """TrainingArguments shared by every stage; nothing is checkpointed mid-stage (stages are atomic)."""
+                checkpointing: bool = False, report_to: str = "none", logging_dir: Path | None = None) -> dict:
+    """TrainingArguments shared by every stage; nothing is checkpointed mid-stage (stages are atomic).
+
+    report_to: config `export.report_to` ('auto', 'none', 'tensorboard', ...); logging_dir: where TensorBoard
+    writes, e.g. RunFolder(out).logs / "sft" (transformers 5 takes it only from TENSORBOARD_LOGGING_DIR,
+    read when the trainer is built, so it is set here, just before).
+    """
+    report_to = resolve_report_to(report_to)
+    if logging_dir is not None and "tensorboard" in report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(logging_dir)
+    import torch
+
     return dict(
         output_dir=str(out_dir), max_steps=max_steps, learning_rate=lr, per_device_train_batch_size=batch,
         gradient_accumulation_steps=accum, seed=seed, data_seed=seed, fp16=precision.fp16, bf16=precision.bf16,
-        gradient_checkpointing=checkpointing, logging_steps=max(1, min(10, max_steps // 20)), save_strategy="no",
-        report_to="none", lr_scheduler_type="cosine", warmup_steps=max(1, max_steps // 20), dataloader_num_workers=0,
-        disable_tqdm=False,
+        activation_checkpointing=checkpointing, logging_steps=max(1, min(10, max_steps // 20)), save_strategy="no",
+        report_to=report_to, lr_scheduler_type="cosine", warmup_steps=max(1, max_steps // 20), dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(), disable_tqdm=False,
+        logging_nan_inf_filter=False,  # a NaN loss must show in the log (iterdpo.guard), not be averaged away
     )
 
 
-def sft_train(model, tokenizer, rows: list[dict], args: dict, max_length: int, peft_config=None):
+def sft_train(model, tokenizer, rows: list[dict], args: dict, max_length: int, peft_config=None, callbacks=None):
     """Supervised fine-tuning on {prompt, completion} rows, loss on the completion only. Returns the trainer."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -32,7 +52,7 @@ def sft_train(model, tokenizer, rows: list[dict], args: dict, max_length: int, p
     conf = SFTConfig(**args, max_length=max_length, completion_only_loss=True, packing=False,
                      dataset_num_proc=None)
     trainer = SFTTrainer(model=model, args=conf, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=peft_config)
+                         peft_config=peft_config, callbacks=callbacks)
     trainer.train()
     return trainer
 
