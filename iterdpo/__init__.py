@@ -5,3 +5,12 @@ training, dpo, evaluate, capability, controller, folder, pipeline, runner, plots
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+import warnings as _warnings
+
+# Known-harmless noise of the stack, silenced before anything imports it, so executed notebooks show none:
+# bitsandbytes' CPU backend logs a missing optional 4-bit kernel package at import (4 bit is CUDA-only
+# here), and TRL/PEFT still read transformers' deprecated `is_gradient_checkpointing` property.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda r: "kernels-community" not in r.getMessage())
+_warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

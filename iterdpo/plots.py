@@ -1,18 +1,21 @@
 """Figures and tables of one run, each a function of the run folder.
 
-Everything here reads only the files the stages wrote (``round_*/eval/metrics.json``,
-``samples.jsonl``, ``train_log.jsonl``, ...), so it works on a finished run, a run in progress and a
-run copied from another machine. Each figure is saved as a PNG in ``<run>/plots/`` and returned.
+Everything here reads the run folder through ``RunFolder`` (metrics, samples, train logs,
+decisions), so it works on a finished run, a run in progress and a run copied from another machine.
+Each figure is saved as ``RunFolder.plot(name)`` and returned.
 
 Models are labelled ``SFT`` (round 0), ``round 1`` ... ``round N`` and ``offline DPO``, and keep
 one colour everywhere: grey for SFT, a light-to-dark ramp for the rounds, orange for offline DPO.
+The controller's story is drawn on every per-round figure: the best round gets a gold star, a round
+the controller rejected (``adjust_retry``) a red cross, a rolled-back round (``rollback``) a red ring.
+Figures judged by the reward model and by the toy world's oracle sit on separate axes: the first is
+what the controller sees, the second is the truth it cannot see.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -25,37 +28,49 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .folder import read_json, read_jsonl  # noqa: E402
+from .export import best_round  # noqa: E402
+from .runfolder import RunFolder  # noqa: E402
 
 SFT, OFFLINE = "SFT", "offline DPO"
 # Metrics shown first in tables, in this order; the rest follow alphabetically.
 HEADLINE = ["oracle_score", "mean_reward", "win_rate_vs_sft", "win_rate_vs_previous", "oracle_win_rate_vs_sft",
             "preference_accuracy", "reward_margin", "kl_to_reference", "perplexity", "mean_length",
             "capability_score", "capability_retention"]
-TRAJECTORY = ["win_rate_vs_sft", "oracle_score", "preference_accuracy"]
+# (metric, panel title): judged by the reward model, judged by the oracle, and the held-out pairs.
+TRAJECTORY = [("win_rate_vs_sft", "Win rate vs SFT, judged by the reward model"),
+              ("oracle_win_rate_vs_sft", "Win rate vs SFT, judged by the oracle"),
+              ("preference_accuracy", "Preference accuracy on held-out pairs")]
+# The monitors the controller checks, with the config field that holds each one's threshold.
+MONITORS = [("kl_to_reference", "max_kl"), ("capability_retention", "min_retention"), ("mean_length", None),
+            ("perplexity", None)]
 DPO_CURVES = ["loss", "rewards/accuracies", "rewards/margins"]
+CHANCE = {"win_rate_vs_sft": 0.5, "oracle_win_rate_vs_sft": 0.5, "win_rate_vs_previous": 0.5,
+          "preference_accuracy": 0.5, "rewards/accuracies": 0.5, "loss": math.log(2)}
+FLAT = 0.02  # a training curve whose loss moves less than this share of its start is called flat
+MARKS = {"best": dict(marker="*", s=260, color="gold", edgecolor="black", zorder=4),
+         "rejected": dict(marker="X", s=120, color="tab:red", zorder=4),
+         "rolled back": dict(marker="o", s=190, facecolor="none", edgecolor="tab:red", linewidth=2, zorder=4)}
 
 
 # ---------------------------------------------------------------- reading the run folder
 
-def model_folders(run: str | Path) -> list[tuple[str, int | None, Path]]:
+def model_folders(run: str | Path) -> list[tuple[str, int | str, Path]]:
     """(label, round, folder) for SFT, every round and the offline baseline that exist, in order."""
-    run = Path(run)
-    found = [(int(m.group(1)), p) for p in run.glob("round_*") if (m := re.fullmatch(r"round_(\d+)", p.name))]
-    out = [(SFT if r == 0 else f"round {r}", r, p) for r, p in sorted(found)]
-    if (run / "offline_dpo").is_dir():
-        out.append((OFFLINE, None, run / "offline_dpo"))
+    rf = RunFolder(run)
+    out = [(SFT if r == 0 else f"round {r}", r, rf.round_dir(r)) for r in rf.round_numbers()]
+    if rf.round_dir("offline_dpo").is_dir():
+        out.append((OFFLINE, "offline_dpo", rf.round_dir("offline_dpo")))
     return out
 
 
 def eval_metrics(run: str | Path) -> pd.DataFrame:
     """One row per evaluated model (index = label), a `round` column and every scalar metric."""
+    rf = RunFolder(run)
     rows = {}
-    for label, r, folder in model_folders(run):
-        path = folder / "eval" / "metrics.json"
-        if path.exists():
-            m = read_json(path)
-            rows[label] = {"round": r, **{k: v for k, v in m.items() if _is_number(v)}}
+    for label, r, _ in model_folders(run):
+        if (rf.eval(r) / "metrics.json").exists():
+            m = rf.metrics(rf.eval(r))
+            rows[label] = {"round": r if isinstance(r, int) else None, **{k: v for k, v in m.items() if _is_number(v)}}
     df = pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
     if "round" in df.columns:
         df["round"] = df["round"].astype("Int64")
@@ -64,23 +79,37 @@ def eval_metrics(run: str | Path) -> pd.DataFrame:
 
 def eval_samples(run: str | Path) -> pd.DataFrame:
     """Every evaluated model's held-out samples: model, round, prompt_id, prompt, response, reward, ..."""
+    rf = RunFolder(run)
     frames = []
-    for label, r, folder in model_folders(run):
-        path = folder / "eval" / "samples.jsonl"
-        if path.exists():
-            df = pd.DataFrame(read_jsonl(path))
+    for label, r, _ in model_folders(run):
+        rows = rf.samples(r)
+        if rows:
+            df = pd.DataFrame(rows)
             frames.append(df.assign(model=label, round=r, prompt_id=range(len(df))))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def train_logs(run: str | Path, stage: str = "dpo") -> pd.DataFrame:
-    """The `stage` train_log.jsonl of every model that has one, with a `model` column."""
+    """The DPO train_log.jsonl of every round (and the offline arm) that has one, with a `model` column."""
+    rf = RunFolder(run)
     frames = []
-    for label, r, folder in model_folders(run):
-        path = folder / stage / "train_log.jsonl"
-        if path.exists():
-            frames.append(pd.DataFrame(read_jsonl(path)).assign(model=label, round=r))
+    for label, r, _ in model_folders(run):
+        if r == 0:
+            continue
+        rows = rf.train_log_rows(rf.dpo(r))
+        if rows:
+            frames.append(pd.DataFrame(rows).assign(model=label, round=r))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def round_status(run: str | Path) -> dict[int, str]:
+    """Round -> 'best', 'rejected' (adjust_retry), 'rolled back' (rollback) or 'kept', from decisions.jsonl."""
+    decisions = RunFolder(run).decisions()
+    status = {0: "kept"}
+    status.update({r: {"rollback": "rolled back", "adjust_retry": "rejected"}.get(d["decision"], "kept")
+                   for r, d in decisions.items()})
+    status[best_round(run)] = "best"
+    return status
 
 
 def _is_number(v) -> bool:
@@ -102,9 +131,9 @@ def palette(labels) -> dict[str, tuple]:
 
 
 def _save(fig, run: str | Path, name: str):
-    out = Path(run) / "plots"
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+    path = RunFolder(run).plot(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)  # returned for display; closing keeps notebooks from drawing it twice
     return fig
 
@@ -121,7 +150,7 @@ def _grid(n: int, ncols: int, size=(4.2, 3.2)):
 
 def _pretty(name: str) -> str:
     words = name.replace("/", ": ").split("_")
-    return " ".join({"sft": "SFT", "kl": "KL", "dpo": "DPO"}.get(w, w) for w in words)
+    return " ".join({"sft": "SFT", "kl": "KL", "dpo": "DPO", "vs": "vs"}.get(w, w) for w in words)
 
 
 def _empty(run, name: str, title: str, why: str):
@@ -131,17 +160,40 @@ def _empty(run, name: str, title: str, why: str):
     return _save(fig, run, name)
 
 
+def _chance(ax, metric: str, horizontal: bool = True) -> None:
+    if metric in CHANCE:
+        label = "ln 2 (no preference learned)" if metric == "loss" else "chance (0.5)"
+        (ax.axhline if horizontal else ax.axvline)(CHANCE[metric], color="0.4", ls=":", lw=1.2, label=label)
+
+
+def _honest_ylim(ax, values, metric: str) -> None:
+    """Keep a flat series flat: at least ±5% of its level (or ±0.05 on a 0-1 scale) around it, never a zoom on noise."""
+    v = pd.Series(values, dtype=float).dropna()
+    if v.empty:
+        return
+    lo, hi = v.min(), v.max()
+    if metric in CHANCE and metric != "loss":
+        lo, hi = min(lo, CHANCE[metric]), max(hi, CHANCE[metric])
+    pad = max(0.05 * abs(v.mean()), 0.05 if hi <= 1.5 else 0.0, 1e-3)
+    mid = (lo + hi) / 2
+    half = max((hi - lo) / 2 * 1.15, pad)
+    ax.set_ylim(mid - half, mid + half)
+
+
 # ---------------------------------------------------------------- tables
 
 def comparison_table(run: str | Path, trend_metric: str | None = None) -> pd.DataFrame:
-    """Eval metrics per model (rows SFT, round 1..N, offline DPO) and a `trend` column.
+    """Eval metrics per model (rows SFT, round 1..N, offline DPO), a `status` and a `trend` column.
 
-    `trend` shows how the headline metric (oracle_score in the toy world, else mean_reward) moved:
-    against the previous round for rounds, against SFT for the offline baseline.
+    `status` is the controller's view of each round (best, rejected, rolled back, kept); `trend` shows how
+    the headline metric (oracle_score in the toy world, else mean_reward) moved: against the previous
+    round for rounds, against SFT for the offline baseline.
     """
     df = eval_metrics(run)
     if df.empty:
         return df
+    status = round_status(run)
+    df.insert(1, "status", [status.get(int(r), "") if pd.notna(r) else "baseline" for r in df["round"]])
     metric = trend_metric or next((m for m in ("oracle_score", "mean_reward") if m in df.columns), None)
     if metric is None:
         return df
@@ -175,10 +227,11 @@ def responses_table(run: str | Path, n_prompts: int = 8, width: int = 80) -> pd.
 
 def decisions_table(run: str | Path) -> pd.DataFrame:
     """The controller's decisions (decisions.jsonl), one row per round, nested fields written out briefly."""
-    path = Path(run) / "decisions.jsonl"
-    if not path.exists():
+    decisions = RunFolder(run).decisions()
+    if not decisions:
         return pd.DataFrame()
-    rows = [{k: _brief(k, v) for k, v in d.items() if k != "params"} for d in read_jsonl(path)]
+    rows = [{k: _brief(k, v) for k, v in d.items() if k not in ("params", "next_params", "used_params")}
+            for _, d in sorted(decisions.items())]
     return pd.DataFrame(rows).set_index("round")
 
 
@@ -196,26 +249,24 @@ def _brief(key: str, v):
 
 def pairs_table(run: str | Path, round: int, n: int = 5, width: int = 80) -> pd.DataFrame:
     """The first `n` pairs built for round `round`: prompt, chosen, rejected and their rewards."""
-    path = Path(run) / f"round_{round}" / "generate" / "pairs.jsonl"
-    if not path.exists():
+    rf = RunFolder(run)
+    if not rf.pairs_file(round).exists():
         return pd.DataFrame()
-    df = pd.DataFrame(read_jsonl(path)[:n])
+    df = pd.DataFrame(rf.synthetic_pairs(round)[:n])
     text = [c for c in ("prompt", "chosen", "rejected") if c in df.columns]
     df[text] = df[text].apply(lambda col: col.str.slice(0, width))
     return df[[c for c in [*text, "reward_chosen", "reward_rejected", "gap", "source"] if c in df.columns]]
 
 
 def response_viewer(run: str | Path, n_prompts: int = 32):
-    """A prompt picker (ipywidgets) showing every model's response; the table when not in a notebook."""
+    """A prompt picker (ipywidgets) showing every model's response; the table when not in a live notebook."""
+    from .notebook import live
+
     table = responses_table(run, n_prompts, width=400)
-    try:
-        import ipywidgets as w
-        from IPython import get_ipython
-        from IPython.display import display
-        if get_ipython() is None or "ipykernel" not in sys.modules or table.empty:
-            raise ImportError
-    except ImportError:
+    if table.empty or not live():
         return table
+    import ipywidgets as w
+
     pick = w.Dropdown(options=[(p[:80], i) for i, p in enumerate(table.index)], description="prompt",
                       layout=w.Layout(width="95%"))
     # An HTML widget, not an Output widget: capturing output into a widget hung a headless papermill run.
@@ -228,21 +279,55 @@ def response_viewer(run: str | Path, n_prompts: int = 32):
     return w.VBox([pick, view])
 
 
+def label_quality_table(run: str | Path) -> pd.DataFrame:
+    """Per round: pairs kept and dropped (by reason), the reward gap, and in the toy world how often the
+    reward model's choice agrees with the oracle, next to the seed labels' agreement."""
+    rf = RunFolder(run)
+    rows = []
+    for r in rf.round_numbers():
+        if r == 0 or not rf.done(rf.generate(r)):
+            continue
+        m = rf.metrics(rf.generate(r))
+        row = {"round": r, "pairs": m["pairs"], "pair_success_rate": m["pair_success_rate"],
+               "reward_gap_mean": m["reward_gap_mean"]}
+        row.update({f"dropped_{k}": v for k, v in m.get("dropped", {}).items()})
+        for k in ("synthetic_pair_oracle_agreement", "seed_label_oracle_agreement", "labels_worse_than_seed"):
+            if k in m:
+                row[k] = m[k]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("round") if rows else pd.DataFrame()
+
+
 # ---------------------------------------------------------------- figures
 
+def _mark_bars(ax, labels, status_of: dict) -> None:
+    """Hatch the bars of rejected and rolled-back rounds, star the best one."""
+    for bar, label in zip(ax.patches, labels):
+        st = status_of.get(label, "")
+        if st in ("rejected", "rolled back"):
+            bar.set_hatch("//")
+            bar.set_edgecolor("tab:red")
+        if st == "best":
+            ax.scatter(bar.get_x() + bar.get_width() / 2, bar.get_height(), **MARKS["best"])
+
+
 def reward_comparison(run: str | Path):
-    """Bars of mean reward (and oracle score in the toy world) for SFT, each round and offline DPO."""
+    """Per model: mean reward (judged by the reward model) and, in the toy world, oracle score, on separate axes."""
     df = eval_metrics(run)
-    metrics = [m for m in ("mean_reward", "oracle_score") if m in df.columns]
-    if not metrics:
+    panels = [(m, t) for m, t in (("mean_reward", "Judged by the reward model: mean reward"),
+                                  ("oracle_score", "Judged by the oracle: mean score")) if m in df.columns]
+    if not panels:
         return _empty(run, "reward_comparison", "Reward by model", "no eval metrics yet")
-    fig, axes = _grid(len(metrics), 2)
+    fig, axes = _grid(len(panels), 2, size=(5, 3.6))
     colours = palette(df.index)
-    for ax, m in zip(axes, metrics):
+    status = round_status(run)
+    status_of = {lab: status.get(int(r), "") for lab, r in df["round"].items() if pd.notna(r)}
+    for ax, (m, title) in zip(axes, panels):
         sns.barplot(x=df.index, y=df[m], hue=df.index, palette=colours, legend=False, ax=ax)
         for bars in ax.containers:
             ax.bar_label(bars, fmt="%.2f", fontsize=8)
-        ax.set(xlabel="model", ylabel=_pretty(m), title=f"{_pretty(m)} on held-out prompts")
+        _mark_bars(ax, list(df.index), status_of)
+        ax.set(xlabel="model (★ best round, hatched: rejected or rolled back)", ylabel=_pretty(m), title=title)
         ax.tick_params(axis="x", rotation=30)
     return _save(fig, run, "reward_comparison")
 
@@ -261,54 +346,91 @@ def reward_distributions(run: str | Path):
                      fill=False, bins=20, linewidth=1.6, ax=ax)
         for label, mean in s.groupby("model", sort=False)[m].mean().items():
             ax.axvline(mean, color=colours[label], ls=":", lw=1.4)  # each model's mean, dotted
-        ax.set(xlabel=f"{names[m]} of a held-out sample", ylabel="density", title=f"Distribution of the {names[m]} (dotted: means)")
+        ax.set(xlabel=f"{names[m]} of a held-out sample", ylabel="density",
+               title=f"Distribution of the {names[m]} (dotted: means)")
     return _save(fig, run, "reward_distributions")
 
 
-def improvement_trajectory(run: str | Path, metrics: list[str] = TRAJECTORY):
-    """Headline metrics against the round (0 = SFT); the offline-DPO arm as a dashed line."""
+def improvement_trajectory(run: str | Path, metrics: list[tuple[str, str]] = TRAJECTORY):
+    """Win rates and preference accuracy by round (0 = SFT): chance at 0.5, the controller's marks, offline DPO dashed."""
     df = eval_metrics(run)
-    metrics = [m for m in metrics if m in df.columns]
-    if not metrics:
+    panels = [(m, t) for m, t in metrics if m in df.columns and df[m].notna().any()]
+    if not panels:
         return _empty(run, "trajectory", "Improvement by round", "no eval metrics yet")
-    fig, axes = _grid(len(metrics), 3)
-    _lines(df, metrics, axes)
-    fig.suptitle("Improvement over rounds (round 0 = SFT)")
+    fig, axes = _grid(len(panels), 3, size=(4.6, 3.6))
+    _lines(run, df, panels, axes)
+    fig.suptitle("Improvement over rounds (round 0 = SFT). What the controller sees is the reward model's judgement.")
     return _save(fig, run, "trajectory")
 
 
 def eval_metric_grid(run: str | Path):
-    """Every numeric eval metric against the round, one small panel each."""
+    """The controller's monitors by round: KL to the reference, capability retention, length, perplexity,
+    each with its threshold where the controller has one, on axes that keep a flat line flat."""
     df = eval_metrics(run)
-    metrics = [c for c in df.columns if c != "round" and not c.endswith("seconds") and df[c].notna().any()]
-    if not metrics:
-        return _empty(run, "eval_metrics", "Eval metrics by round", "no eval metrics yet")
-    fig, axes = _grid(len(metrics), 4, size=(3.6, 2.8))
-    _lines(df, metrics, axes)
-    fig.suptitle("Every eval metric by round (round 0 = SFT)")
+    panels = [(m, _pretty(m)) for m, _ in MONITORS if m in df.columns and df[m].notna().any()]
+    if not panels:
+        return _empty(run, "eval_metrics", "Monitors by round", "no eval metrics yet")
+    fig, axes = _grid(len(panels), 4, size=(3.8, 3.2))
+    _lines(run, df, panels, axes)
+    limits = _controller_limits(run)
+    for ax, (m, _) in zip(axes, panels):
+        field = dict(MONITORS)[m]
+        if field and field in limits:
+            ax.axhline(limits[field], color="tab:red", ls="--", lw=1, label=f"controller limit ({field})")
+    fig.suptitle("What the controller watches, by round (dashed red: its limits)")
     return _save(fig, run, "eval_metrics")
 
 
-def _lines(df: pd.DataFrame, metrics: list[str], axes) -> None:
-    """Metric against round on each axis, points coloured per model, offline DPO dashed; one figure legend."""
+def _controller_limits(run) -> dict:
+    rf = RunFolder(run)
+    return rf.config().controller.to_dict() if rf.exists() else {}
+
+
+def _lines(run, df: pd.DataFrame, panels: list[tuple[str, str]], axes) -> None:
+    """Metric against round on each axis, points coloured per model, the controller's marks, offline DPO dashed."""
     rounds = df[df["round"].notna()].sort_values("round")
     colours = palette(df.index)
-    for ax, m in zip(axes, metrics):
+    status = round_status(run)
+    for ax, (m, title) in zip(axes, panels):
         ax.plot(rounds["round"], rounds[m], color="0.35", zorder=1)
         for label, row in rounds.iterrows():
             ax.scatter(row["round"], row[m], color=colours[label], s=45, zorder=2, label=label)
+            st = status.get(int(row["round"]), "")
+            if st in MARKS and pd.notna(row[m]) and (st != "best" or int(row["round"]) > 0 or len(rounds) > 1):
+                ax.scatter(row["round"], row[m], label=f"{st} round", **MARKS[st])
         if OFFLINE in df.index and pd.notna(df.loc[OFFLINE, m]):
             ax.axhline(df.loc[OFFLINE, m], ls="--", color=colours[OFFLINE], label=OFFLINE)
-        ax.set(xlabel="round", ylabel=_pretty(m), title=_pretty(m))
+        _chance(ax, m)
+        _honest_ylim(ax, [*rounds[m], *([df.loc[OFFLINE, m]] if OFFLINE in df.index else [])], m)
+        ax.set(xlabel="round", ylabel=_pretty(m), title=title)
+        ax.title.set_fontsize(9)
         ax.set_xticks(rounds["round"].astype(int).tolist())
         ax.set_xlim(rounds["round"].min() - 0.3, rounds["round"].max() + 0.3)
-    handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
-    axes[0].figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 6),
-                          frameon=False)
+    handles = {h: a for ax in axes for a, h in zip(*ax.get_legend_handles_labels())}
+    axes[0].figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 5),
+                          frameon=False, fontsize=8)
+
+
+def flat_note(series: pd.Series, what: str = "loss") -> str | None:
+    """'flat: ...' when a training curve's `what` moved less than FLAT of its first value, else None."""
+    v = pd.Series(series, dtype=float).dropna()
+    if len(v) < 2 or v.iloc[0] == 0:
+        return None
+    moved = (v.iloc[0] - v.iloc[-1]) / abs(v.iloc[0])
+    if abs(moved) >= FLAT:
+        return None
+    return (f"FLAT: the {what} moved {moved:+.1%} from {v.iloc[0]:.3f} to {v.iloc[-1]:.3f}, "
+            "so this stage learned little; more steps or a higher learning rate may help")
+
+
+def _call_out(ax, note: str | None) -> None:
+    if note:
+        ax.text(0.5, 0.96, note.split(", so")[0], transform=ax.transAxes, ha="center", va="top", fontsize=8,
+                color="tab:red", bbox=dict(facecolor="white", edgecolor="tab:red", alpha=0.9))
 
 
 def dpo_training_curves(run: str | Path, keys: list[str] = DPO_CURVES):
-    """DPO loss, preference accuracy and margin against the step, one colour per round."""
+    """DPO loss (ln 2 where it starts), preference accuracy (chance 0.5) and margin against the step, one colour per round."""
     log = train_logs(run, "dpo")
     keys = [k for k in keys if k in log.columns]
     if not keys:
@@ -318,35 +440,51 @@ def dpo_training_curves(run: str | Path, keys: list[str] = DPO_CURVES):
     for ax, k in zip(axes, keys):
         sns.lineplot(log.dropna(subset=[k]), x="step", y=k, hue="model", palette=colours, marker="o",
                      markersize=3, ax=ax)
+        _chance(ax, k)
         ax.set(xlabel="optimizer step", ylabel=_pretty(k), title=f"DPO {_pretty(k)}")
         ax.legend(fontsize=7, title=None)
+    flat = [m for m, g in log.dropna(subset=["loss"]).groupby("model", sort=False)
+            if flat_note(g["loss"])] if "loss" in log.columns else []
+    _call_out(axes[0], f"FLAT loss: {', '.join(flat)}" if flat else None)
     return _save(fig, run, "dpo_training_curves")
 
 
 def stage_training_curves(run: str | Path, stage: str = "sft"):
-    """Every numeric series of `<run>/<stage>/train_log.jsonl` (e.g. sft, reward) against the step."""
-    path = Path(run) / stage / "train_log.jsonl"
-    log = pd.DataFrame(read_jsonl(path)) if path.exists() else pd.DataFrame()
-    if "step" not in log.columns:
+    """The loss of the `stage` (sft or reward) against the step; a flat curve is called out on the figure."""
+    rf = RunFolder(run)
+    log = pd.DataFrame(rf.train_log_rows(rf.stage(stage)))
+    if "step" not in log.columns or "loss" not in log.columns:
         return _empty(run, f"{stage}_training_curves", f"{stage} training", "no train log yet")
-    skip = {"step", "epoch"}
-    keys = [c for c in log.columns if c not in skip and not c.startswith("train_")
-            and pd.api.types.is_numeric_dtype(log[c]) and log[c].notna().sum() > 1]
-    fig, axes = _grid(max(len(keys), 1), 3)
-    for ax, k in zip(axes, keys):
-        sns.lineplot(log.dropna(subset=[k]), x="step", y=k, marker="o", markersize=3, ax=ax)
-        ax.set(xlabel="optimizer step", ylabel=_pretty(k), title=_pretty(k))
-    fig.suptitle({"sft": "SFT training", "reward": "Reward-model training"}.get(stage, f"{stage} training"))
+    log = log.dropna(subset=["loss"])
+    name = {"sft": "SFT", "reward": "Reward-model"}.get(stage, stage)
+    fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
+    sns.lineplot(log, x="step", y="loss", marker="o", markersize=3, ax=ax)
+    if stage == "reward":
+        _chance(ax, "loss")  # Bradley-Terry loss of a reward model that cannot tell the two apart
+        ax.legend(fontsize=8)
+    _call_out(ax, flat_note(log["loss"]))
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=f"{name} training loss")
     return _save(fig, run, f"{stage}_training_curves")
+
+
+def training_note(run: str | Path, stage: str = "sft") -> str:
+    """One sentence on a stage's training curve: flat (and what to try) or how far the loss fell."""
+    rf = RunFolder(run)
+    log = pd.DataFrame(rf.train_log_rows(rf.stage(stage)))
+    if "loss" not in log.columns:
+        return f"{stage}: no training log yet"
+    loss = log["loss"].dropna()
+    return flat_note(loss) or f"{stage}: the loss fell from {loss.iloc[0]:.3f} to {loss.iloc[-1]:.3f}"
 
 
 def generation_summary(run: str | Path, round: int):
     """Round `round`'s sampled rewards (all K per prompt) and its pairs' chosen-minus-rejected gap."""
-    folder = Path(run) / f"round_{round}" / "generate"
-    if not (folder / "samples.jsonl").exists():
+    rf = RunFolder(run)
+    records = rf.generation_records(round)
+    if records is None:
         return _empty(run, f"generation_r{round}", f"Round {round} generation", "no samples yet")
-    rewards = [r for row in read_jsonl(folder / "samples.jsonl") for r in row["rewards"]]
-    pairs = read_jsonl(folder / "pairs.jsonl") if (folder / "pairs.jsonl").exists() else []
+    rewards = [r for row in records for r in row["rewards"]]
+    pairs = rf.synthetic_pairs(round) if rf.pairs_file(round).exists() else []
     gaps = [p["reward_chosen"] - p["reward_rejected"] for p in pairs if "reward_chosen" in p]
     fig, axes = _grid(2, 2, size=(5, 3.4))
     sns.histplot(x=rewards, bins=30, ax=axes[0])
@@ -362,17 +500,18 @@ def all_figures(run: str | Path) -> dict:
                                         dpo_training_curves, eval_metric_grid)}
 
 
-def label_quality_table(run: str | Path) -> pd.DataFrame:
-    """Per round: pairs kept and dropped (by reason), the reward gap, and in the toy world how often the
-    reward model's choice agrees with the oracle, next to the seed labels' agreement."""
-    rows = []
-    for folder in sorted(Path(run).glob("round_*/generate"), key=lambda p: int(p.parent.name.split("_")[1])):
-        m = read_json(folder / "metrics.json")
-        row = {"round": int(folder.parent.name.split("_")[1]), "pairs": m["pairs"],
-               "pair_success_rate": m["pair_success_rate"], "reward_gap_mean": m["reward_gap_mean"]}
-        row.update({f"dropped_{k}": v for k, v in m.get("dropped", {}).items()})
-        for k in ("synthetic_pair_oracle_agreement", "seed_label_oracle_agreement", "labels_worse_than_seed"):
-            if k in m:
-                row[k] = m[k]
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("round") if rows else pd.DataFrame()
+def tensorboard(run: str | Path, live: bool | None = None):
+    """TensorBoard on the run's logs in a live notebook (Colab included); the command to run it otherwise."""
+    from .notebook import live as is_live
+
+    logs = RunFolder(run).logs
+    if not logs.exists():
+        return f"no TensorBoard logs in {logs}: set export.report_to to tensorboard (or auto, with tensorboard installed)"
+    if (is_live() if live is None else live):
+        try:
+            from tensorboard import notebook as tb
+        except ImportError:
+            return f"tensorboard is not installed: pip install tensorboard, then tensorboard --logdir {logs}"
+        tb.start(f"--logdir {logs}")
+        return None
+    return f"TensorBoard logs: {logs}; view them with: tensorboard --logdir {logs}"

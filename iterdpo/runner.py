@@ -30,6 +30,10 @@ from .config import ConfigError, RunConfig, load_preset
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "python3"
+# Kernels nobody watches: no progress widgets (saved, they show a frozen 0%, and they cost a quarter of a
+# tiny run's time; the runner prints one line per notebook instead); chat and pickers show tables.
+HEADLESS_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+                "ITERDPO_HEADLESS": "1"}
 # Settings for executing every notebook quickly (CI, nbval): the toy world, one round, few steps.
 TINY_OVERRIDES = {"rounds": 1, "toy.pretrain_steps": 60, "sft.max_steps": 20, "reward.max_steps": 30,
                   "dpo.max_steps": 10, "generation.prompts_per_round": 64, "data.heldout_prompts": 32,
@@ -83,12 +87,30 @@ def check_kernel(name: str = KERNEL) -> None:
                            f"`{sys.executable} -m ipykernel install --sys-prefix` (or remove the other kernelspec)")
 
 
+def check_parameters(name: str, parameters: dict, notebook_dir: Path = NOTEBOOK_DIR) -> None:
+    """Refuse a parameter the notebook's `parameters` cell does not define (papermill itself only warns)."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook_dir / f"{name}.ipynb"))
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ConfigError(f"{name}: unknown parameter(s) {unknown}; it takes {sorted(declared)}")
+
+
 def _kernel_manager(env: dict):
-    """A kernel manager class whose kernels start with `env` added to this process's environment."""
+    """A kernel manager class whose kernels start with `env` added to this process's environment.
+
+    The kernels talk over IPC sockets: over TCP each kernel logs an 'unencrypted TCP' warning to the terminal.
+    """
     from jupyter_client.manager import AsyncKernelManager
 
     class KernelManagerWithEnv(AsyncKernelManager):
         extra_env = env
+
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            if os.name == "posix":
+                self.transport = "ipc"
 
         async def start_kernel(self, **kw):
             kw["env"] = {**os.environ, **kw.get("env", {}), **env}
@@ -108,14 +130,13 @@ def execute(name: str, dest: Path, parameters: dict, resume: bool = False, noteb
     if resume and dest.exists():
         sys.stdout.write(f"skip {dest} (already executed)\n")  # one write: runner threads print side by side
         return dest
+    check_parameters(name, parameters, notebook_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{dest.stem}.tmp-*.ipynb"):  # left by a killed run
         stale.unlink()
     tmp = dest.with_name(f".{dest.stem}.tmp-{os.getpid()}.ipynb")
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
-    # Headless kernels: per-step progress widgets, recorded into the executed notebook, cost a quarter of a
-    # tiny run's time. The runner prints one line per notebook instead.
-    extra = {"TQDM_DISABLE": "1", **(env or {})}
+    extra = {**HEADLESS_ENV, **(env or {})}
     try:
         papermill.execute_notebook(str(notebook_dir / f"{name}.ipynb"), str(tmp), parameters=parameters,
                                    kernel_name=KERNEL, progress_bar=False, cwd=os.getcwd(),
@@ -217,7 +238,8 @@ def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None
         cfg = cfg.replace(rounds=rounds)
         overrides = {**(overrides or {}), "rounds": rounds}
     check_kernel()
-    params = notebook_parameters(cfg, overrides)
+    # Notebooks anchor a relative run folder to the repository root; the command line means the working directory.
+    params = {**notebook_parameters(cfg, overrides), "out": str(Path(cfg.out).resolve())}
     folder = Path(cfg.out) / "notebooks"
     gate_dir = Path(cfg.out) / ".runner"
     shutil.rmtree(gate_dir, ignore_errors=True)
@@ -248,12 +270,38 @@ def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None
     return json.loads((Path(cfg.out) / "summary.json").read_text())
 
 
+NBVAL_CONFTEST = '''"""Written by iterdpo.runner.prepare_for_nbval: headless kernels, each executed notebook kept in executed/."""
+import os
+from pathlib import Path
+
+import nbformat
+
+os.environ.update({headless!r})  # the kernels nbval starts inherit this environment
+_NOTEBOOKS = {{}}
+
+
+def pytest_runtest_teardown(item):
+    if getattr(item, "test_outputs", None) is not None and hasattr(item, "cell"):
+        item.cell.outputs = [nbformat.from_dict(o) for o in item.test_outputs]
+        _NOTEBOOKS[str(item.parent.fspath)] = item.parent.nb
+
+
+def pytest_sessionfinish(session):
+    for path, nb in _NOTEBOOKS.items():
+        dest = Path(path).parent / "executed" / Path(path).name
+        dest.parent.mkdir(exist_ok=True)
+        nbformat.write(nb, str(dest))
+'''
+
+
 def prepare_for_nbval(dest: str | Path, run: str | Path | None = None, preset: str = "tiny",
                       overrides: dict | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     """Parameter-injected copies of every notebook in `dest`, in execution order, for `pytest --nbval-lax`.
 
-    All copies share one run folder (`dest`/run unless given), so executed in file-name order they
-    form one tiny run: 01, 02, 03 and 04 for round 1, 04 for the offline baseline, 05.
+    00_quickstart runs the whole loop in its own run folder (`dest`/quickstart). The others share one
+    run folder (`dest`/run unless given), so executed in file-name order they form one tiny run: 01, 02,
+    03 and 04 for round 1, 04 for the offline baseline, 05. `dest`/conftest.py makes the kernels
+    headless and keeps each executed notebook in `dest`/executed/ (tests/test_notebooks.py reads them).
     """
     import papermill
 
@@ -261,14 +309,16 @@ def prepare_for_nbval(dest: str | Path, run: str | Path | None = None, preset: s
     run = Path(run).resolve() if run else dest / "run"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
+    (dest / "conftest.py").write_text(NBVAL_CONFTEST.format(headless=HEADLESS_ENV))
     base = {"preset": preset, "out": str(run), "seed": 0,
             "overrides": TINY_OVERRIDES if overrides is None else overrides}
-    plan = [("01_sft", "", {}), ("02_reward_model", "", {}), ("03_synthetic_preferences", "_r1", {"round": 1}),
-            ("04_dpo_round", "_r1", {"round": 1, "arm": "iterative"}),
+    plan = [("00_quickstart", "", {"out": str(dest / "quickstart")}), ("01_sft", "", {}), ("02_reward_model", "", {}),
+            ("03_synthetic_preferences", "_r1", {"round": 1}), ("04_dpo_round", "_r1", {"round": 1, "arm": "iterative"}),
             ("04_dpo_round", "_offline_dpo", {"arm": "offline_dpo"}), ("05_compare_iterations", "", {})]
     written = []
-    for step, (name, suffix, extra) in zip("abcdef", plan):  # the letter makes file-name order the run order
+    for step, (name, suffix, extra) in zip("abcdefg", plan):  # the letter makes file-name order the run order
         out = dest / f"{step}_{name}{suffix}.ipynb"
+        check_parameters(name, {**base, **extra}, notebook_dir)
         papermill.execute_notebook(str(notebook_dir / f"{name}.ipynb"), str(out), parameters={**base, **extra},
                                    prepare_only=True, kernel_name=KERNEL, progress_bar=False)
         written.append(out)

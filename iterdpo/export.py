@@ -1,0 +1,256 @@
+"""The model to take away: the controller's best round as ``<run>/best/``, its model card, the hub, a chat.
+
+    best/                 the merged policy of the best round (safetensors + tokenizer), loadable with
+                          plain transformers: AutoModelForCausalLM.from_pretrained("<run>/best")
+    best/adapter/         the LoRA adapter that produced it, when the round kept one
+    best/README.md        the model card: base model, data, rounds, every decision, metrics, config, usage
+    best/export.json      which round and folder it came from
+
+``export_best(cfg)`` writes all of it (files are hard-linked where the file system allows, else copied,
+so deleting a round folder never breaks ``best/``) and pushes to the hub when ``export.push_to_hub`` is on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from .config import RunConfig
+from .folder import read_json, write_json
+from .runfolder import RunFolder
+
+CARD_METRICS = ["oracle_score", "mean_reward", "win_rate_vs_sft", "win_rate_vs_previous", "preference_accuracy",
+                "kl_to_reference", "capability_retention", "mean_length"]
+
+
+def best_round(run: str | Path) -> int:
+    """The controller's best round: summary.json's, else the last decision's, else 0 (SFT)."""
+    rf = RunFolder(run)
+    if rf.summary_path.exists():
+        return int(rf.summary()["best_round"])
+    decisions = rf.decisions()
+    return int(decisions[max(decisions)]["best_round"]) if decisions else 0
+
+
+def export_best(cfg: RunConfig) -> Path:
+    """Write ``<run>/best/`` (model, adapter, model card) for the best round; push it when configured."""
+    rf = RunFolder(cfg.out)
+    rnd = best_round(rf.root)
+    source = rf.policy(rnd)
+    if not (source / "config.json").exists():
+        raise FileNotFoundError(f"round {rnd} has no merged policy at {source}; run the stages first")
+    record = {"round": rnd, "policy": str(source), "adapter": str(rf.adapter(rnd)) if rf.adapter(rnd).exists() else None}
+    marker = rf.best / "export.json"
+    if not (marker.exists() and read_json(marker) == record):
+        tmp = rf.best.with_name(f"best.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp, copy_function=_link_or_copy)
+        if record["adapter"]:
+            shutil.copytree(rf.adapter(rnd), tmp / "adapter", copy_function=_link_or_copy)
+        write_json(tmp / "export.json", record)
+        shutil.rmtree(rf.best, ignore_errors=True)
+        os.replace(tmp, rf.best)
+    rf.model_card.write_text(model_card(cfg))
+    if cfg.export.push_to_hub:
+        print(push_to_hub(cfg))
+    return rf.best
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system (Drive), or links not allowed
+        shutil.copy2(src, dst)
+    return dst
+
+
+# ---------------------------------------------------------------- the model card
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else "" if v is None else str(v).replace("|", "/")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _metric_rows(rf: RunFolder) -> list[dict]:
+    rows = []
+    for rnd in [*rf.evaluated_rounds(), *(["offline_dpo"] if (rf.eval("offline_dpo") / "metrics.json").exists() else [])]:
+        m = rf.metrics(rf.eval(rnd))
+        label = "SFT" if rnd == 0 else "offline DPO" if rnd == "offline_dpo" else f"round {rnd}"
+        rows.append({"model": label, **{k: m.get(k) for k in CARD_METRICS}})
+    return rows
+
+
+def _decision_rows(rf: RunFolder) -> list[dict]:
+    rows = []
+    for rnd, d in sorted(rf.decisions().items()):
+        triggers = ", ".join(f"{t['name']} ({t['metric']}={t['value']:.3f} vs {t['threshold']})" for t in d["triggers"])
+        changes = ", ".join(f"{k}: {a:g} -> {b:g}" for k, (a, b) in d["changes"].items())
+        rows.append({"round": rnd, "decision": d["decision"], "triggers": triggers or "none",
+                     "changes": changes or "none", "next starts from": d["next_start_round"],
+                     "best so far": d["best_round"]})
+    return rows
+
+
+def model_card(cfg: RunConfig) -> str:
+    """best/README.md: what the model is, how it was made, how it scored, and how to load it."""
+    rf = RunFolder(cfg.out)
+    rnd = best_round(rf.root)
+    toy = cfg.is_toy
+    base = ("a tiny Llama trained from scratch on the toy world (`list N <topic>` prompts, scored by an oracle)"
+            if toy else f"`{cfg.model.name_or_path}`")
+    data = rf.metrics(rf.stage("data")) if rf.done(rf.stage("data")) else {}
+    source = "the toy world's noisy seed writer" if toy else ", ".join(cfg.data.path) or cfg.data.source
+    front = {"library_name": "transformers", "tags": ["dpo", "iterative-dpo", "iterdpo"]}
+    if not toy and not Path(cfg.model.name_or_path).exists():
+        front["base_model"] = cfg.model.name_or_path
+    where = cfg.export.hub_model_id or str(rf.best)
+    n_rounds = len(rf.decisions())
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+        f"# iterdpo: {cfg.preset}, round {rnd} of {n_rounds}", "",
+        f"The policy of round {rnd}{' (the SFT policy)' if rnd == 0 else ''}, the controller's best round of an iterative "
+        "DPO run: SFT, a Bradley-Terry reward model, then rounds of sampling from the current policy, pairing its "
+        "samples by reward and training DPO on them, with a controller that adjusts, rolls back or stops.", "",
+        "## Base model and data", "",
+        f"- **base model**: {base}",
+        f"- **seed pairs**: {source}" + (f"; {data.get('train_pairs', '?')} for training, {data.get('heldout_pairs', '?')} "
+                                         "held out" if data else ""),
+        f"- **rounds**: {n_rounds} ({cfg.rounds} asked), best round **{rnd}**, seed {cfg.seed}", "",
+        "## Every decision of the controller", "",
+        _table(_decision_rows(rf), ["round", "decision", "triggers", "changes", "next starts from", "best so far"])
+        if rf.decisions() else "No DPO round ran.", "",
+        "## Metrics on held-out prompts", "",
+        "Win rates are judged by the run's reward model; `oracle_score` exists only in the toy world.", "",
+        _table(_metric_rows(rf), ["model", *CARD_METRICS]), "",
+        "## How to load it", "",
+        "With plain transformers, no iterdpo needed:", "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'tok = AutoTokenizer.from_pretrained("{where}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{where}")',
+        f'prompt = tok.apply_chat_template([{{"role": "user", "content": "{"list 3 fruit" if toy else "Hello!"}"}}], '
+        'add_generation_prompt=True, return_dict=True, return_tensors="pt")',
+        "out = model.generate(**prompt, max_new_tokens=64, do_sample=True)",
+        'print(tok.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True))',
+        "```", "",
+        "`adapter/` holds the LoRA adapter of the last training step (load it with `peft.PeftModel.from_pretrained` "
+        "on the policy the round started from)." if (rf.best / "adapter").exists() else "", "",
+        "## Config", "",
+        "<details><summary>The run's full config</summary>", "", "```yaml", cfg.to_yaml().strip(), "```", "", "</details>", "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the hub
+
+def push_to_hub(cfg: RunConfig) -> str:
+    """Upload best/ to the hub; a one-line note instead when offline or not logged in. Returns that line."""
+    rf = RunFolder(cfg.out)
+    if not rf.best.exists():
+        return f"push_to_hub skipped: {rf.best} does not exist yet (export_best first)"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return "push_to_hub skipped: HF_HUB_OFFLINE=1"
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        user = api.whoami()["name"]
+        repo = cfg.export.hub_model_id or f"{user}/iterdpo-{cfg.preset}-s{cfg.seed}"
+        api.create_repo(repo, exist_ok=True, private=True)
+        api.upload_folder(folder_path=str(rf.best), repo_id=repo, ignore_patterns=["export.json"])
+    except Exception as e:  # no network, no token, no permission: the run itself is complete
+        return f"push_to_hub skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return f"pushed {rf.best} to https://huggingface.co/{repo} (private)"
+
+
+def push_note(cfg: RunConfig) -> str:
+    """What the quickstart's hub cell does: push when export.push_to_hub is on, else say how to turn it on."""
+    if not cfg.export.push_to_hub:
+        return 'push_to_hub is off: set overrides {"export.push_to_hub": True} (and log in with huggingface_hub) to upload best/'
+    return push_to_hub(cfg)
+
+
+# ---------------------------------------------------------------- chatting with it
+
+class Chat:
+    """The exported model with plain transformers: ``Chat(path).reply("list 3 fruit")``."""
+
+    def __init__(self, path: str | Path, max_new_tokens: int = 64, temperature: float = 0.7, seed: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(str(path))
+        dtype = torch.float16 if torch.cuda.is_available() else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+        if torch.cuda.is_available():
+            self.model.to("cuda")
+        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
+
+    def reply(self, text: str) -> str:
+        """The model's answer to one user message (its chat template, sampled)."""
+        import torch
+
+        if getattr(self.tok, "chat_template", None):
+            enc = self.tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                               return_dict=True, return_tensors="pt")
+        else:
+            enc = self.tok(f"\n\nHuman: {text}\n\nAssistant:", return_tensors="pt")
+        enc = {k: v.to(self.model.device) for k, v in enc.items()}
+        torch.manual_seed(self.seed)
+        with torch.no_grad():
+            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=True,
+                                      temperature=self.temperature, pad_token_id=self.tok.pad_token_id)
+        return self.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def example_prompts(cfg: RunConfig, n: int = 5) -> list[str]:
+    """User messages to try: the toy world's task, or a few general ones."""
+    if cfg.is_toy:
+        from .toyworld import ToyWorld
+
+        w = ToyWorld(cfg.toy)
+        span = cfg.toy.max_n - cfg.toy.min_n + 1
+        return [w.prompt_text(cfg.toy.min_n + i % span, t) for i, t in enumerate(list(w.topics)[:n])]
+    return ["What is direct preference optimization, in two sentences?", "Give me three tips for a job interview.",
+            "How do I politely decline an invitation?", "Explain photosynthesis to a child.",
+            "Write a haiku about the sea."][:n]
+
+
+def chat(cfg: RunConfig, prompts: list[str] | None = None, live: bool | None = None):
+    """An input box to chat with best/ when the notebook is live; replies to fixed prompts (a table) otherwise."""
+    import pandas as pd
+
+    from . import notebook
+
+    bot = Chat(RunFolder(cfg.out).best, seed=cfg.seed)
+    live = notebook.live() if live is None else live
+    if not live:
+        prompts = prompts or example_prompts(cfg)
+        return pd.DataFrame({"you": prompts, "model": [bot.reply(p) for p in prompts]}).set_index("you")
+    import html
+
+    import ipywidgets as w
+
+    box = w.Text(placeholder="Type a message and press Enter", continuous_update=False, layout=w.Layout(width="95%"))
+    log = w.HTML()
+
+    def send(change):
+        text = change["new"].strip()
+        if text:
+            box.value = ""
+            log.value += f"<p><b>you</b>: {html.escape(text)}<br><b>model</b>: {html.escape(bot.reply(text))}</p>"
+
+    box.observe(send, names="value")
+    return w.VBox([box, log])
+
+
+if __name__ == "__main__":  # python -m iterdpo.export <run folder>: export a finished run
+    sys.exit(print(export_best(RunFolder(sys.argv[1]).config())))
