@@ -296,3 +296,46 @@ def test_gate_waits_for_go_and_raises_on_abort(tmp_path: Path, monkeypatch) -> N
     abort.write_text("the controller stopped")
     with pytest.raises(RuntimeError, match="controller stopped"):
         gate.wait_turn(f"{tmp_path}|03_synthetic_preferences_r3", poll_seconds=0.05)
+
+
+# ------------------------------------------------------------------ executed notebooks
+
+ROOT = NOTEBOOKS.parent
+EXECUTED = sorted([*ROOT.glob("build/*/executed/*.ipynb"), *ROOT.glob("runs/*/notebooks/*.ipynb")])
+
+
+@pytest.mark.skipif(not EXECUTED, reason="no executed notebooks yet: run nbval (README's test command) or a run first")
+@pytest.mark.parametrize("path", EXECUTED, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_executed_notebooks_have_no_stderr_and_no_traceback(path: Path) -> None:
+    if path.name.endswith(".failed.ipynb"):
+        pytest.skip("a failed notebook is kept aside on purpose")
+    for i, cell in enumerate(_code(nbformat.read(path, as_version=4))):
+        for out in cell.get("outputs", []):
+            where = f"{path.name} cell {i} ({cell.source.splitlines()[0][:50] if cell.source else ''})"
+            assert not (out.output_type == "stream" and out.name == "stderr"), f"{where}: stderr {out.text[:300]!r}"
+            assert out.output_type != "error", f"{where}: {out.ename}: {out.evalue[:300]}"
+            text = str(out.get("data", {}).get("text/plain", "")) + str(out.get("text", ""))
+            assert "Traceback (most recent call last)" not in text, f"{where}: a traceback"
+
+
+@pytest.mark.xfail(reason="iterdpo's own tqdm bars (generate.py, reward.py, evaluate/capability) still render as "
+                          "widgets in headless kernels: TQDM_DISABLE does not reach tqdm.notebook", strict=False)
+@pytest.mark.skipif(not EXECUTED, reason="no executed notebooks yet")
+def test_executed_notebooks_hold_no_frozen_progress_bars() -> None:
+    frozen = [(p.name, out["data"]["text/plain"][:40]) for p in EXECUTED for c in _code(nbformat.read(p, as_version=4))
+              for out in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in out.get("data", {})
+              and re.search(r"\d+%\|", out["data"].get("text/plain", ""))]
+    assert not frozen, f"{len(frozen)} progress bars saved frozen, e.g. {frozen[:3]}"
+
+
+def test_02_on_an_empty_run_folder_says_in_one_line_to_run_01_first(tmp_path: Path) -> None:
+    import papermill
+
+    dest = tmp_path / "02.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(NOTEBOOKS / "02_reward_model.ipynb"), str(dest), kernel_name=runner.KERNEL,
+                                   parameters={"preset": "tiny", "out": str(tmp_path / "empty")}, progress_bar=False)
+    assert err.value.ename == "NotReady"
+    errors = [o for c in _code(nbformat.read(dest, as_version=4)) for o in c.outputs if o.output_type == "error"]
+    assert len(errors) == 1 and len(errors[0].traceback) == 1
+    assert errors[0].traceback[0].startswith("NotReady: run 01_sft first")
