@@ -27,7 +27,7 @@ from .data import PAIR_KEYS
 from .guard import NonFiniteGuard
 from .memory import plan_for, with_oom_retry
 from .models import Precision, check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision, save_policy
-from .training import common_args, last_logged, save_log
+from .training import common_args, fp16_safe_adapters, last_logged, save_log
 
 
 def pair_lengths(tokenizer, pairs: list[dict]) -> list[int]:
@@ -115,6 +115,7 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
     conf = DPOConfig(**dpo_args(dcfg, precision, work, seed, max_length, plan["train_sampling_strategy"]))
     trainer = DPOTrainer(model=model, ref_model=ref, args=conf, train_dataset=Dataset.from_list(rows),
                          processing_class=tok, peft_config=lora_config(mcfg), callbacks=callbacks)
+    fp16_safe_adapters(trainer)
     trainer.train()
     log = save_log(trainer, dest / "train_log.jsonl")
     save_policy(trainer.model, tok, dest / "policy", start_path, mcfg, precision, four_bit)

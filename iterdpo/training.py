@@ -44,6 +44,24 @@ def common_args(out_dir: Path, precision: Precision, max_steps: int, lr: float, 
     )
 
 
+def fp16_safe_adapters(trainer) -> int:
+    """Under fp16 mixed precision, put trainable weights back in fp32; returns how many were recast.
+
+    TRL 1.16's SFT and DPO trainers cast QLoRA adapters (4-bit base) to bf16, which a T4 lacks and fp16's
+    gradient scaler cannot unscale ("_amp_foreach_non_finite_check_and_unscale_cuda not implemented for
+    'BFloat16'", seen on the device check). fp32 master weights are what fp16 autocast expects; under bf16
+    the trainer's choice stands. Call it after the trainer is built and before train() makes the optimizer.
+    """
+    import torch
+
+    if not trainer.args.fp16:
+        return 0
+    recast = [p for p in trainer.model.parameters() if p.requires_grad and p.dtype != torch.float32]
+    for p in recast:
+        p.data = p.data.float()
+    return len(recast)
+
+
 def sft_train(model, tokenizer, rows: list[dict], args: dict, max_length: int, peft_config=None, callbacks=None):
     """Supervised fine-tuning on {prompt, completion} rows, loss on the completion only. Returns the trainer."""
     from datasets import Dataset
@@ -53,6 +71,7 @@ def sft_train(model, tokenizer, rows: list[dict], args: dict, max_length: int, p
                      dataset_num_proc=None)
     trainer = SFTTrainer(model=model, args=conf, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=peft_config, callbacks=callbacks)
+    fp16_safe_adapters(trainer)
     trainer.train()
     return trainer
 

@@ -67,3 +67,25 @@ def test_kill_mid_dpo_round_then_resume_matches_an_uninterrupted_run(tmp_path):
     for a, b in zip(whole["rounds"], resumed["rounds"]):
         a["metrics"].pop("wall_seconds"), b["metrics"].pop("wall_seconds")
         assert a == b
+
+
+def test_fp16_training_keeps_trainable_weights_in_fp32():
+    """TRL casts QLoRA adapters to bf16; under fp16 (a T4) the gradient scaler cannot unscale bf16 gradients
+    (found by the device check on a GPU). training.fp16_safe_adapters puts them back in fp32 under fp16 only."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from iterdpo.training import fp16_safe_adapters
+
+    def trainer(fp16):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).to(torch.bfloat16)
+        model[0].requires_grad_(False)  # a frozen base layer keeps its dtype
+        return SimpleNamespace(args=SimpleNamespace(fp16=fp16), model=model)
+
+    t = trainer(fp16=True)
+    assert fp16_safe_adapters(t) == 2
+    assert [p.dtype for p in t.model[1].parameters()] == [torch.float32] * 2
+    assert t.model[0].weight.dtype == torch.bfloat16
+    t = trainer(fp16=False)  # bf16 or fp32 training: the trainer's choice stands
+    assert fp16_safe_adapters(t) == 0 and t.model[1].weight.dtype == torch.bfloat16
