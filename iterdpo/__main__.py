@@ -136,6 +136,11 @@ def _run(args) -> int:
     preflight(cfg)
     if args.fresh and out.exists():
         shutil.rmtree(out)
+    if not (out / "config.json").exists():  # first, so a run that fails in its first stage is still a run folder
+        from .folder import write_json
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", cfg.to_dict())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
     if args.engine == "notebooks":

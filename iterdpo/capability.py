@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from .progress import bar
 
 from .config import EvalConfig
 from .data import DataError, iter_jsonl, render_prompt
@@ -267,7 +267,7 @@ def score_multiple_choice(model, tokenizer, items: list[dict], batch_size: int) 
     was_training = model.training
     model.eval()
     try:
-        for s in tqdm(range(0, len(flat), batch_size), desc=f"{items[0]['suite']} log-probs", leave=False):
+        for s in bar(range(0, len(flat), batch_size), f"{items[0]['suite']} log-probs"):
             chunk = flat[s: s + batch_size]
             scores[s: s + len(chunk)] = option_logprobs(model, tokenizer, [c[1] for c in chunk], [c[2] for c in chunk])
     finally:
@@ -304,7 +304,7 @@ def score_gsm8k(model, tokenizer, items: list[dict], max_new_tokens: int, batch_
     was_training = model.training
     model.eval()
     try:
-        for s in tqdm(range(0, len(items), batch_size), desc="gsm8k generation", leave=False):
+        for s in bar(range(0, len(items), batch_size), "gsm8k generation"):
             batch = items[s: s + batch_size]
             ids, mask = left_pad([_prompt_ids(tokenizer, it["messages"]) for it in batch], pad)
             out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,

@@ -73,9 +73,10 @@ def round_rows(tokenizer, pairs: list[dict], dcfg: DPORoundConfig, seed: int,
 
 
 def dpo_args(dcfg: DPORoundConfig, precision: Precision, out_dir: Path, seed: int, max_length: int,
-             sampling: str = "random") -> dict:
+             sampling: str = "random", tracking: dict | None = None) -> dict:
+    """DPOConfig's arguments; `tracking`: common_args' report_to and logging_dir."""
     args = common_args(out_dir, precision, dcfg.max_steps, dcfg.learning_rate, dcfg.batch_size, dcfg.grad_accum,
-                       seed, checkpointing=dcfg.gradient_checkpointing)
+                       seed, checkpointing=dcfg.gradient_checkpointing, **(tracking or {}))
     # the reference pass reads the data in order, in the training micro-batches (length-grouped by round_rows)
     return dict(args, beta=dcfg.beta, loss_type=list(dcfg.loss_type), loss_weights=list(dcfg.loss_weights) or None,
                 max_length=max_length, precompute_ref_log_probs=dcfg.precompute_ref,
@@ -83,7 +84,7 @@ def dpo_args(dcfg: DPORoundConfig, precision: Precision, out_dir: Path, seed: in
 
 
 def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: DPORoundConfig, mcfg: ModelConfig,
-                precision: Precision, dest: Path, seed: int, callbacks=None) -> dict:
+                precision: Precision, dest: Path, seed: int, callbacks=None, tracking: dict | None = None) -> dict:
     """Train on `pairs`, save the merged policy to `dest/policy`; return {"log", "max_length", "rows", "sampling", ...}.
 
     rows: the pairs the round reads (its reference pass included); sampling: the trainer's sampling strategy.
@@ -112,7 +113,7 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
         ref.requires_grad_(False)
     rows, plan = round_rows(tok, pairs, dcfg, seed, lengths)
     work = dest / "trainer"
-    conf = DPOConfig(**dpo_args(dcfg, precision, work, seed, max_length, plan["train_sampling_strategy"]))
+    conf = DPOConfig(**dpo_args(dcfg, precision, work, seed, max_length, plan["train_sampling_strategy"], tracking))
     trainer = DPOTrainer(model=model, ref_model=ref, args=conf, train_dataset=Dataset.from_list(rows),
                          processing_class=tok, peft_config=lora_config(mcfg), callbacks=callbacks)
     fp16_safe_adapters(trainer)
@@ -139,15 +140,16 @@ def training_pairs(cfg, run, rnd: int) -> list[dict]:
 
 
 def train_with_retry(start: str, ref: str | None, pairs: list[dict], dcfg: DPORoundConfig, cfg, dest: Path,
-                     seed: int, where: str = "dpo") -> dict:
-    """train_round under the non-finite guard (named `where`); on out-of-memory, again at half the
-    micro-batch, the effective batch kept."""
+                     seed: int, where: str = "dpo", logs: Path | None = None) -> dict:
+    """train_round under the non-finite guard (named `where`), tracked into `logs`/`where`; on out-of-memory,
+    again at half the micro-batch, the effective batch kept."""
     precision = resolve_precision(cfg.model.precision)
+    tracking = {"report_to": cfg.export.report_to, "logging_dir": logs / where} if logs is not None else None
 
     def attempt(micro: int, accum: int) -> dict:
         shutil.rmtree(dest / "trainer", ignore_errors=True)
         return train_round(start, ref, pairs, replace(dcfg, batch_size=micro, grad_accum=accum), cfg.model,
-                           precision, dest, seed, callbacks=[NonFiniteGuard(where, precision.fp16)])
+                           precision, dest, seed, callbacks=[NonFiniteGuard(where, precision.fp16)], tracking=tracking)
 
     out, micro, accum = with_oom_retry(attempt, dcfg.batch_size, dcfg.grad_accum)
     if (micro, accum) != (dcfg.batch_size, dcfg.grad_accum):
@@ -175,7 +177,7 @@ def round_stage(cfg, run, rnd: int, plan: dict, dest: Path) -> dict:
     set_seed(cfg.seed_for("dpo", rnd))
     pairs = training_pairs(cfg, run, rnd)
     out = train_with_retry(str(run.policy(plan["start"])), ref, pairs, dcfg, cfg, dest, cfg.seed_for("dpo", rnd),
-                           where=f"dpo_round_{rnd}")
+                           where=f"dpo_round_{rnd}", logs=run.logs)
     log = out["log"]
     return {"start_round": plan["start"], "reference_round": ref_round, "reference": str(run.policy(ref_round)),
             "reference_kind": cfg.dpo.reference, "params": p, "loss_type": dcfg.loss_type,
@@ -200,6 +202,6 @@ def offline_stage(cfg, run, dest: Path) -> dict:
     set_seed(cfg.seed_for("offline_dpo"))
     pairs = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
     out = train_with_retry(str(run.policy(0)), None, pairs, dcfg, cfg, dest, cfg.seed_for("offline_dpo"),
-                           where="offline_dpo")
+                           where="offline_dpo", logs=run.logs)
     return {"max_steps": steps, "rounds_matched": rounds, "pairs": len(pairs), "train_loss": last_logged(out["log"], "loss"),
             "max_length": out["max_length"], **_batch_record(out)}

@@ -3,7 +3,8 @@
 Starting a kernel and importing torch, transformers, TRL and PEFT takes 10-17 s, a third of a tiny
 run when eight notebooks run one after another. The runner therefore starts the next notebook while
 the current one runs; that kernel gets ``ITERDPO_GATE=<folder>|<key>`` in its environment, imports
-what the stages need, and waits in ``wait_turn`` (called by every stage function) until the runner
+what the stages need, and waits in ``wait_turn`` (called by ``notebook.ready`` in every notebook's setup cell,
+before it reads the run folder) until the runner
 writes ``<folder>/<key>.go``, when the notebook before it has finished. ``<key>.abort`` makes it
 raise instead (the notebook before failed, or the controller chose another next step). Without the
 variable (Colab, nbval, the python engine) ``wait_turn`` returns at once.

@@ -10,7 +10,7 @@ already merged, so generation runs on plain weights.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from .progress import bar
 
 from .data import as_completion
 from .losses import sequence_logprobs
@@ -58,7 +58,7 @@ def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, te
     per_batch = max(1, batch_size // k)
     out: dict[int, dict] = {}
     dev = next(model.parameters()).device
-    for b, idx in enumerate(tqdm(list(_batches(order, per_batch)), desc=desc, leave=False)):
+    for b, idx in enumerate(bar(list(_batches(order, per_batch)), desc)):
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
         kw = dict(do_sample=not greedy, temperature=temperature if not greedy else None,
                   top_p=top_p if not greedy else None, top_k=None,
@@ -113,7 +113,7 @@ def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[
     dev = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
     logps, counts = torch.zeros(len(prompts)), torch.zeros(len(prompts))
-    for idx in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
+    for idx in bar(list(_batches(order, batch_size)), desc):
         eos = [add_eos[i] for i in idx] if add_eos is not None else None
         ids, att, comp = encode_pairs(tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], eos)
         logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits

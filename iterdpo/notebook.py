@@ -109,7 +109,11 @@ def round_problem(cfg: RunConfig, rnd) -> str | None:
 
 
 def ready(cfg: RunConfig, name: str, round: int | None = None, arm: str = "iterative") -> None:
-    """Raise NotReady (shown as one line) when this notebook's parameters or the run folder are not right for it."""
+    """Wait for this notebook's turn when the runner started it ahead (iterdpo.gate), then raise NotReady (shown
+    as one line) when its parameters or the run folder are not right for it."""
+    from .gate import wait_turn
+
+    wait_turn()
     check_parameters()
     why = missing(cfg, name, round, arm)
     if why:
@@ -190,18 +194,7 @@ def run_rounds(cfg: RunConfig) -> dict:
     """Generation and DPO rounds until the controller stops (finished rounds are skipped); the last decision."""
     from . import pipeline
 
-    rnd = pipeline.next_round(cfg)
-    while rnd is not None:
-        print(f"round {rnd}: sampling, scoring and pairing", flush=True)
-        pipeline.run_generation(cfg, rnd)
-        print(f"round {rnd}: DPO and evaluation", flush=True)
-        pipeline.run_dpo_round(cfg, rnd)
-        rnd = pipeline.next_round(cfg)
-    decisions = RunFolder(cfg.out).decisions()
-    last = decisions[max(decisions)] if decisions else {}
-    print(f"stopped after round {last.get('round', 0)}: {last.get('decision', 'no round ran')}; "
-          f"best round {last.get('best_round', 0)}")
-    return last
+    return pipeline.run_rounds(cfg)
 
 
 def run_baseline(cfg: RunConfig) -> dict | None:

@@ -25,7 +25,6 @@ from . import controller, dpo, evaluate, generate, reward, sft, toyworld
 from .config import RunConfig
 from .data import load_pairs, split_heldout, unique
 from .folder import read_json, stage_folder, write_json, write_jsonl
-from .gate import wait_turn
 from .guard import NonFiniteError
 from .models import import_base, load_tokenizer
 from .runfolder import RunFolder
@@ -45,7 +44,6 @@ def stage(dest: Path, config: dict, force: bool, work: Callable[[Path], dict]) -
 # once per run ----------------------------------------------------------------------------------------
 def prepare(cfg: RunConfig, force: bool = False) -> dict:
     """Write the run's config, then the base model (trained, converted or referenced) and the data split."""
-    wait_turn()
     run = RunFolder(cfg.out)
     run.root.mkdir(parents=True, exist_ok=True)
     write_json(run.config_path, cfg.to_dict())
@@ -87,14 +85,12 @@ def _data(cfg: RunConfig, run: RunFolder, tmp: Path) -> dict:
 
 def run_sft(cfg: RunConfig, force: bool = False) -> dict:
     """LoRA SFT of the base model on the chosen responses; the merged policy goes to sft/policy."""
-    wait_turn()
     run = RunFolder(cfg.out)
     return stage(run.stage("sft"), cfg.to_dict(), force, lambda tmp: sft.train_stage(cfg, run, tmp))
 
 
 def run_reward(cfg: RunConfig, force: bool = False) -> dict:
     """Bradley-Terry training of the reward model on the seed pairs, then the SFT baseline's evaluation."""
-    wait_turn()
     run = RunFolder(cfg.out)
     m = stage(run.stage("reward"), cfg.to_dict(), force, lambda tmp: reward.train_stage(cfg, run, tmp))
     evaluate_round(cfg, 0, force)
@@ -129,7 +125,6 @@ def run_generation(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
 
     The round's plan (start policy, hyper-parameters, targeted data) is derived here, once, and kept in
     the stage's config.json for the DPO stage."""
-    wait_turn()
     run = RunFolder(cfg.out)
     dest = run.generate(rnd)
     plan = run.plan(rnd) if run.done(dest) and not force else controller.round_plan(run, cfg, rnd)
@@ -139,7 +134,6 @@ def run_generation(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
 
 def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
     """Train round `rnd`, evaluate it, and record the controller's decision. Returns the eval metrics."""
-    wait_turn()
     run = RunFolder(cfg.out)
     if not run.done(run.generate(rnd)):
         raise RuntimeError(f"round {rnd} has no synthetic pairs yet: run its generation stage (03_synthetic_preferences) first")
@@ -168,7 +162,6 @@ def iteration_reports(cfg: RunConfig) -> str:
 
 def run_offline_baseline(cfg: RunConfig, force: bool = False) -> dict:
     """Seed pairs only, from the SFT policy, for as many DPO steps as all iterative rounds together."""
-    wait_turn()
     run = RunFolder(cfg.out)
     steps, _ = dpo.offline_steps(run)
     if not steps:
@@ -184,7 +177,6 @@ def run_offline_baseline(cfg: RunConfig, force: bool = False) -> dict:
 # summary ---------------------------------------------------------------------------------------------
 def write_summary(cfg: RunConfig) -> dict:
     """summary.json: every round's metrics (eval + generation + training), the best round, the baselines."""
-    wait_turn()
     run = RunFolder(cfg.out)
     done = run.decisions()
     offline = run.samples("offline_dpo")
@@ -216,16 +208,33 @@ def write_summary(cfg: RunConfig) -> dict:
     return summary
 
 
+def run_rounds(cfg: RunConfig, force: bool = False) -> dict:
+    """Generation and DPO rounds until the controller stops (finished rounds are skipped); the last decision."""
+    rnd = next_round(cfg)
+    while rnd is not None:
+        print(f"round {rnd}: sampling, scoring and pairing", flush=True)
+        run_generation(cfg, rnd, force)
+        print(f"round {rnd}: DPO and evaluation", flush=True)
+        run_dpo_round(cfg, rnd, force)
+        rnd = next_round(cfg)
+    done = decisions(cfg)
+    last = done[max(done)] if done else {}
+    print(f"stopped after round {last.get('round', 0)}: {last.get('decision', 'no round ran')}; "
+          f"best round {last.get('best_round', 0)}")
+    return last
+
+
 def run_all(cfg: RunConfig, force: bool = False) -> dict:
-    """Every stage in-process: prepare, SFT, reward model, rounds until the controller stops, baseline, summary."""
+    """Every stage in-process: prepare, SFT, reward model, rounds until the controller stops, baseline,
+    summary, and the best round exported to best/ with its model card."""
+    from . import export
+
     prepare(cfg, force)
     run_sft(cfg, force)
     run_reward(cfg, force)
-    rnd = next_round(cfg)
-    while rnd is not None:
-        run_generation(cfg, rnd, force)
-        run_dpo_round(cfg, rnd, force)
-        rnd = next_round(cfg)
+    run_rounds(cfg, force)
     if cfg.baseline.offline_dpo:
         run_offline_baseline(cfg, force)
-    return write_summary(cfg)
+    summary = write_summary(cfg)
+    export.export_best(cfg)
+    return summary

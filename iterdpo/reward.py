@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import bar
 
 from .generate import _batches, encode_pairs, prompt_cache
 from .losses import bradley_terry_loss, preference_stats
@@ -103,7 +103,7 @@ def score(model: RewardModel, tokenizer, prompts: list[str], responses: list[str
     dev = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
     out = [0.0] * len(prompts)
-    for idx in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
+    for idx in bar(list(_batches(order, batch_size)), desc):
         eos = [ended[i] for i in idx] if ended is not None else None
         ids, att, _ = encode_pairs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], eos)
         for i, r in zip(idx, model.score(ids.to(dev), att.to(dev)).float().cpu().tolist()):
@@ -130,7 +130,7 @@ def score_grouped(model: RewardModel, tokenizer, prompts: list[str], responses: 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[float]] = [[] for _ in prompts]
     tokenizer.padding_side = "left"
-    for idx in tqdm(list(_batches(order, max(1, batch_size // k))), desc=desc, leave=False):
+    for idx in bar(list(_batches(order, max(1, batch_size // k))), desc):
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
         att = enc["attention_mask"]
         resp = [tokenizer(responses[i][j], add_special_tokens=False)["input_ids"] + ([eos] if ended[i][j] else [])
@@ -184,7 +184,8 @@ def train_stage(cfg, run, dest: Path) -> dict:
     rm = build(base, r.head_hidden, r.head_dropout, precision.dtype if r.backbone != "full" else torch.float32,
                device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"))
     train = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
-    args = common_args(dest / "trainer", precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, cfg.seed)
+    args = common_args(dest / "trainer", precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, cfg.seed,
+                       report_to=cfg.export.report_to, logging_dir=run.logs / "reward")
     trainer = Trainer(model=rm, args=TrainingArguments(**args, remove_unused_columns=False),
                       train_dataset=Dataset.from_list(train), data_collator=PairCollator(tok),
                       callbacks=[NonFiniteGuard("reward", precision.fp16)])

@@ -110,7 +110,12 @@ def _kernel_manager(env: dict):
         def __init__(self, **kw):
             super().__init__(**kw)
             if os.name == "posix":
+                # Each kernel its own socket prefix: IPC "ports" are numbered files next to the prefix, and two
+                # kernels starting at once (the runner starts the next one ahead) would otherwise pick the same.
+                import tempfile
+
                 self.transport = "ipc"
+                self.ip = os.path.join(tempfile.mkdtemp(prefix="iterdpo-kernel-"), "kernel")
 
         async def start_kernel(self, **kw):
             kw["env"] = {**os.environ, **kw.get("env", {}), **env}

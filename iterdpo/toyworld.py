@@ -222,7 +222,8 @@ def pretrain_base(cfg, dest) -> dict:
     model = LlamaForCausalLM(tiny_llama_config(cfg.toy, tok))
     check_lora_targets(model, cfg.model.lora_targets, "the toy world's tiny Llama")  # before any training
     precision = resolve_precision(cfg.model.precision)
-    args = common_args(dest / "trainer", precision, cfg.toy.pretrain_steps, cfg.toy.pretrain_lr, 64, 1, cfg.seed)
+    args = common_args(dest / "trainer", precision, cfg.toy.pretrain_steps, cfg.toy.pretrain_lr, 64, 1, cfg.seed,
+                       report_to=cfg.export.report_to, logging_dir=dest.parent / "logs" / "base")
     trainer = sft_train(model, tok, rows, args, max_length=cfg.toy.max_positions,
                         callbacks=[NonFiniteGuard("base", precision.fp16)])
     log = save_log(trainer, dest / "train_log.jsonl")

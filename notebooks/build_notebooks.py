@@ -330,6 +330,11 @@ def tutorials(ref: str) -> dict:
                "TensorBoard is installed, as on Colab) or `tensorboard`. Live, this opens TensorBoard here; "
                "otherwise it prints the command."),
             code("plots.tensorboard(cfg.out)"),
+            md("## Take the model away\n\nThe controller's best round goes to `<out>/best/`: merged weights, its LoRA "
+               "adapter and a model card with every decision and the metrics. It loads with plain `transformers` "
+               "(`AutoModelForCausalLM.from_pretrained(\"<out>/best\")`), no iterdpo needed. Set "
+               "`{\"export.push_to_hub\": True}` to upload it as well."),
+            code("best = export.export_best(cfg)\nprint(best, sorted(p.name for p in best.iterdir()))"),
         ],
     }
 

@@ -171,7 +171,7 @@ def test_dpo_stage_retries_at_half_the_micro_batch_on_oom(monkeypatch, tmp_path,
     cfg = load_preset("tiny", {"dpo.batch_size": 32, "dpo.grad_accum": 1})
     seen = []
 
-    def fake_round(start, ref, pairs, dcfg, mcfg, precision, dest, seed, callbacks=None):
+    def fake_round(start, ref, pairs, dcfg, mcfg, precision, dest, seed, callbacks=None, tracking=None):
         seen.append((dcfg.batch_size, dcfg.grad_accum))
         if dcfg.batch_size > 8:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

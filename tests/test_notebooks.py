@@ -318,8 +318,7 @@ def test_executed_notebooks_have_no_stderr_and_no_traceback(path: Path) -> None:
             assert "Traceback (most recent call last)" not in text, f"{where}: a traceback"
 
 
-@pytest.mark.xfail(reason="iterdpo's own tqdm bars (generate.py, reward.py, evaluate/capability) still render as "
-                          "widgets in headless kernels: TQDM_DISABLE does not reach tqdm.notebook", strict=False)
+
 @pytest.mark.skipif(not EXECUTED, reason="no executed notebooks yet")
 def test_executed_notebooks_hold_no_frozen_progress_bars() -> None:
     frozen = [(p.name, out["data"]["text/plain"][:40]) for p in EXECUTED for c in _code(nbformat.read(p, as_version=4))
