@@ -23,24 +23,20 @@ import csv
 import math
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
-from .progress import bar
 
 from .config import EvalConfig
 from .data import DataError, iter_jsonl, render_prompt
 from .losses import sequence_logprobs
+from .progress import bar
 from .toyworld import NUMBERS, WORDS
 
-SUITES = ("probes", "gsm8k", "mmlu", "arc")
 LETTERS = "ABCDEFGH"
 MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
-HUB = {  # suite -> (config, split) when the source is a hub dataset name
-    "gsm8k": ("main", "test"),
-    "mmlu": ("all", "test"),
-    "arc": ("ARC-Challenge", "test"),
-}
 PAIR_SEED_OFFSET = 10_000  # training pairs never share a seed with the evaluation probes
 
 
@@ -99,17 +95,19 @@ def _user(text: str) -> list[dict]:
 
 # loaders -----------------------------------------------------------------------------------------
 def load_suite(name: str, source: str, n: int, seed: int) -> list[dict]:
-    """n items of suite gsm8k, mmlu or arc from a local file/folder or a hub dataset name.
+    """n items of a file-backed suite (gsm8k, mmlu, arc) from a local file/folder or a hub dataset name.
 
     A seeded sample of the test split (MMLU: round-robin over shuffled subjects). A malformed record
-    raises ValueError naming file and line.
+    raises DataError naming file and line.
     """
-    if name not in HUB:
-        raise ValueError(f"unknown suite {name!r}: expected one of {sorted(HUB)}")
-    rows = _read_local(name, Path(source)) if _is_local(source) else _read_hub(name, source)
-    rng = random.Random(seed)
-    if name == "mmlu":
-        return _round_robin(rows, n, rng)
+    suite = SUITES.get(name)
+    if suite is None or suite.read_local is None:
+        raise ValueError(f"unknown suite {name!r}: expected one of {sorted(k for k, v in SUITES.items() if v.read_local)}")
+    rows = suite.read_local(Path(source)) if _is_local(source) else _read_hub(suite, source)
+    return suite.draw(rows, n, random.Random(seed))
+
+
+def _sample(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
     return rng.sample(rows, min(n, len(rows)))
 
 
@@ -121,34 +119,32 @@ def _is_local(source: str) -> bool:
     return False  # a hub name such as openai/gsm8k
 
 
-def _read_local(name: str, path: Path) -> list[dict]:
-    if name == "gsm8k":
-        return [_gsm8k_item(rec, loc) for loc, rec in iter_jsonl(path)]
-    if name == "arc":
-        return [_arc_item(rec, loc) for loc, rec in iter_jsonl(path)]
+def _read_jsonl_items(make):
+    return lambda path: [make(rec, loc) for loc, rec in iter_jsonl(path)]
+
+
+def _read_mmlu_folder(path: Path) -> list[dict]:
     files = sorted((path / "test").glob("*.csv"))
     if not files:
         raise DataError(f"{path}: no test/*.csv files (expected the MMLU folder with dev/ and test/)")
     return [item for f in files for item in _read_mmlu_csv(f)]
 
 
-def _read_hub(name: str, source: str) -> list[dict]:
+def _read_hub(suite: "Suite", source: str) -> list[dict]:
     from datasets import load_dataset
 
-    config, split = HUB[name]
+    config, split = suite.hub
     ds = load_dataset(source, config, split=split)
-    rows = []
-    for i, r in enumerate(ds):
-        loc = f"{source}[{split}]:{i}"
-        if name == "gsm8k":
-            rows.append(_gsm8k_item(r, loc))
-        elif name == "arc":
-            ch = r["choices"]
-            opts = [{"label": lab, "text": t} for lab, t in zip(ch["label"], ch["text"])]
-            rows.append(_arc_item({"question": r["question"], "options": opts, "answer": r["answerKey"]}, loc))
-        else:
-            rows.append(_mmlu_item(r["question"], list(r["choices"]), int(r["answer"]), r["subject"], loc))
-    return rows
+    return [suite.hub_item(r, f"{source}[{split}]:{i}") for i, r in enumerate(ds)]
+
+
+def _arc_hub_item(r: dict, loc: str) -> dict:
+    opts = [{"label": lab, "text": t} for lab, t in zip(r["choices"]["label"], r["choices"]["text"])]
+    return _arc_item({"question": r["question"], "options": opts, "answer": r["answerKey"]}, loc)
+
+
+def _mmlu_hub_item(r: dict, loc: str) -> dict:
+    return _mmlu_item(r["question"], list(r["choices"]), int(r["answer"]), r["subject"], loc)
 
 
 def _gsm8k_item(rec: dict, loc: str) -> dict:
@@ -322,27 +318,56 @@ def _decode_until(tokenizer, ids: list[int], stop: set[int]) -> str:
     return tokenizer.decode(ids[:cut], skip_special_tokens=False)
 
 
-# the suite of suites -----------------------------------------------------------------------------
+# the registry: one entry per suite ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Suite:
+    """How one suite's items are had and scored. Adding a suite is one entry in SUITES (and its name in
+    config.CAPABILITY_SUITES, which a test keeps equal, so a misspelt suite fails when the config is built)."""
+
+    score: Callable  # (model, tokenizer, items, EvalConfig) -> accuracy in [0, 1]
+    read_local: Callable | None = None  # (path) -> items; None: generated here (no file)
+    hub: tuple[str, str] | None = None  # (config, split) when the source is a hub dataset name
+    hub_item: Callable | None = None  # (hub row, location) -> item
+    draw: Callable = _sample  # (items, n, Random) -> the n items scored
+
+
+def _score_mc(model, tokenizer, items, cfg: EvalConfig) -> float:
+    return score_multiple_choice(model, tokenizer, items, cfg.batch_size)
+
+
+def _score_gsm8k(model, tokenizer, items, cfg: EvalConfig) -> float:
+    return score_gsm8k(model, tokenizer, items, cfg.gsm8k_max_new_tokens, cfg.batch_size)
+
+
+SUITES = {
+    "probes": Suite(score=_score_mc),
+    "gsm8k": Suite(score=_score_gsm8k, read_local=_read_jsonl_items(_gsm8k_item), hub=("main", "test"),
+                   hub_item=_gsm8k_item),
+    "mmlu": Suite(score=_score_mc, read_local=_read_mmlu_folder, hub=("all", "test"), hub_item=_mmlu_hub_item,
+                  draw=_round_robin),
+    "arc": Suite(score=_score_mc, read_local=_read_jsonl_items(_arc_item), hub=("ARC-Challenge", "test"),
+                 hub_item=_arc_hub_item),
+}
+
+
+def suite_items(name: str, cfg: EvalConfig, style: str, seed: int) -> list[dict]:
+    """The items suite `name` scores: generated probes, or a seeded sample of its file or hub dataset."""
+    if name not in SUITES:
+        raise ValueError(f"eval.capability: unknown suite {name!r}; expected some of {list(SUITES)}")
+    if SUITES[name].read_local is None:
+        return probe_items(style, cfg.capability_n, seed)
+    if style == "toy":
+        raise ValueError(f"eval.capability: suite {name!r} needs a real model; the toy world has only 'probes'")
+    if name not in cfg.capability_paths:
+        raise ValueError(f"eval.capability includes {name!r} but eval.capability_paths has no {name!r} key; "
+                         f"set eval.capability_paths.{name} to a local file/folder or a hub dataset name")
+    return load_suite(name, str(cfg.capability_paths[name]), cfg.capability_n, seed)
+
+
 def capability_scores(model, tokenizer, cfg: EvalConfig, style: str, seed: int) -> dict:
     """{suite: accuracy for each suite in cfg.capability, "capability_score": their mean}."""
-    scores = {}
-    for suite in cfg.capability:
-        if suite not in SUITES:
-            raise ValueError(f"eval.capability: unknown suite {suite!r}; expected some of {list(SUITES)}")
-        if suite == "probes":
-            items = probe_items(style, cfg.capability_n, seed)
-            scores[suite] = score_multiple_choice(model, tokenizer, items, cfg.batch_size)
-            continue
-        if style == "toy":
-            raise ValueError(f"eval.capability: suite {suite!r} needs a real model; the toy world has only 'probes'")
-        if suite not in cfg.capability_paths:
-            raise ValueError(f"eval.capability includes {suite!r} but eval.capability_paths has no {suite!r} key; "
-                             f"set eval.capability_paths.{suite} to a local file/folder or a hub dataset name")
-        items = load_suite(suite, str(cfg.capability_paths[suite]), cfg.capability_n, seed)
-        if suite == "gsm8k":
-            scores[suite] = score_gsm8k(model, tokenizer, items, cfg.gsm8k_max_new_tokens, cfg.batch_size)
-        else:
-            scores[suite] = score_multiple_choice(model, tokenizer, items, cfg.batch_size)
+    scores = {name: SUITES[name].score(model, tokenizer, suite_items(name, cfg, style, seed), cfg)
+              for name in cfg.capability}
     scores["capability_score"] = sum(scores.values()) / len(scores) if scores else float("nan")
     return scores
 

@@ -10,11 +10,11 @@ already merged, so generation runs on plain weights.
 from __future__ import annotations
 
 import torch
-from .progress import bar
 
 from .data import as_completion
 from .losses import sequence_logprobs
 from .models import free
+from .progress import bar
 
 
 def _batches(order: list[int], size: int):

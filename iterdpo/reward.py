@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from .progress import bar
 
 from .generate import _batches, encode_pairs, prompt_cache
 from .losses import bradley_terry_loss, preference_stats
+from .progress import bar
 
 HEAD_FILE = "head.safetensors"
 
