@@ -2,7 +2,7 @@
 
     python -m iterdpo.bench --model smollm2 --out bench.json      # the real measurement (~10 min, 2 CPU cores)
     python -m iterdpo.bench --model tiny --quick                  # the CI twin (~1-2 min)
-    python -m iterdpo.bench --device-check [--quick]             # the GPU path with a T4 emulated (devicecheck.py)
+    python -m iterdpo.bench --device-check [--quick]             # the GPU path with a T4 emulated (devicecheck/)
 
 1. Generation: ``generate.sample`` (length-sorted, left-padded, k sequences per prompt per call) and
    batched ``reward.score``, against one ``generate()`` call per sample and one reward forward per
@@ -588,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="where the results go (default bench.json; a folder with --device-check, default "
                                  "device_check/)")
     p.add_argument("--device-check", action="store_true",
-                   help="the GPU path on CUDA with a T4 emulated, or its CPU dry run (iterdpo/devicecheck.py)")
+                   help="the GPU path on CUDA with a T4 emulated, or its CPU dry run (iterdpo/devicecheck/)")
     p.add_argument("--checks", help="--device-check: a comma-separated subset, merged into an existing report")
     p.add_argument("--budget", type=float, default=570.0, help="--device-check: seconds for all checks together")
     p.add_argument("--repeats", type=int, help="timed pairs of runs per benchmark (default per model)")
