@@ -9,9 +9,14 @@ Metric definitions:
 - preference_accuracy / reward_margin: DPO's implicit reward beta*(log pi - log pi_ref) on held-out
   pairs, chosen against rejected (ties count half; the SFT policy is its own reference: 0.5 / 0).
 - kl_to_reference: Monte-Carlo KL(pi || pi_ref) in nats per token, on the policy's own samples.
+- kl_to_sft: the same against the SFT policy (equal to kl_to_reference when SFT is the reference); with
+  ``dpo.reference: previous`` it is the drift of all rounds together, the x axis of the reward-KL frontier.
 - perplexity: exp of the mean negative log-likelihood per token of held-out chosen responses.
+- base_perplexity: the base model's perplexity on the policy's own samples: fluency judged by a model
+  the loop never trained, so a degenerate reply ("great great great") shows up as a rise, not as success;
+  base_perplexity_ratio_vs_sft and length_ratio_vs_sft set it and the mean length against SFT's.
 - win_rate_vs_X: share of held-out prompts where the reward model scores this policy's sample above
-  X's (ties half); oracle_win_rate_vs_X is the same judged by the toy world's oracle.
+  X's (ties half); oracle_win_rate_vs_X is the same judged by the world's oracle (toy or sentiment).
 - length_controlled_win_rate_vs_sft: the win rate on rewards with a least-squares length trend removed
   (fitted on both policies' samples pooled).
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -34,8 +40,10 @@ class EvalInputs:
 
     heldout_pairs: list[dict]
     heldout_prompts: list[str]
-    world: object | None  # the ToyWorld, or None outside the toy world
+    world: object | None  # the run's world (iterdpo.worlds: its oracle), or None without one
     seed: int  # of the evaluation samples: the same for every policy, so samples compare prompt by prompt
+    base_path: str | None = None  # the base model, which reads every policy's samples (base_perplexity)
+    sft_path: str | None = None  # the SFT policy, for kl_to_sft when the reference is another round
 
 
 def _policy_pass(policy: sampler.Sampler, inputs: EvalInputs, cfg) -> dict:
@@ -45,7 +53,7 @@ def _policy_pass(policy: sampler.Sampler, inputs: EvalInputs, cfg) -> dict:
                for r in policy.sample(inputs.heldout_prompts, 1, g.max_new_tokens, g.temperature, g.top_p,
                                       seed=inputs.seed, desc="eval samples")]
     out = _logprob_pass(policy, samples, inputs, "policy")
-    style = "toy" if inputs.world is not None else "chat"
+    style = "toy" if cfg.is_toy else "chat"
     out["samples"] = samples
     out["capability"] = capability.capability_scores(policy.model, policy.tokenizer, e, style, cfg.seed)
     if e.greedy:
@@ -66,6 +74,16 @@ def _logprob_pass(model: sampler.Sampler, samples: list[dict], inputs: EvalInput
     return {"lp_samples": lp_s, "lp_chosen": lp_c, "lp_rejected": lp_r, "n_chosen": n_c}
 
 
+def _samples_logprobs(path: str, samples: list[dict], cfg, precision, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs, token counts) of the samples under the model at `path`, loaded for this pass and dropped."""
+    model = sampler.load("hf", path, cfg.model, precision, cfg.eval.batch_size)
+    out = model.logprobs([x["prompt"] for x in samples], [x["response"] for x in samples],
+                         add_eos=[x["ended"] for x in samples], desc=f"{who} logp (samples)")
+    model.close()
+    del model
+    return out
+
+
 def length_controlled_win_rate(r_a: list[float], len_a: list[int], r_b: list[float], len_b: list[int]) -> float:
     """Win rate of a over b after removing a linear length trend fitted on both sets pooled."""
     x = torch.tensor(len_a + len_b, dtype=torch.float64)
@@ -75,6 +93,12 @@ def length_controlled_win_rate(r_a: list[float], len_a: list[int], r_b: list[flo
     ra = torch.tensor(r_a, dtype=torch.float64) - slope * torch.tensor(len_a, dtype=torch.float64)
     rb = torch.tensor(r_b, dtype=torch.float64) - slope * torch.tensor(len_b, dtype=torch.float64)
     return win_rate(ra, rb)
+
+
+def base_perplexity(samples: list[dict]) -> float:
+    """exp(-sum base_logp / sum base_tokens) over samples read by the base model (their base_logp, base_tokens)."""
+    n = sum(s["base_tokens"] for s in samples)
+    return math.exp(-sum(s["base_logp"] for s in samples) / n) if n else float("nan")
 
 
 def correlation(a: list[float], b: list[float]) -> float:
@@ -118,6 +142,14 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, 
     else:
         ref = {k: pol[k] for k in ("lp_samples", "lp_chosen", "lp_rejected")}
     samples = pol["samples"]
+    kl_sft = None
+    if inputs.sft_path and ref_path and Path(ref_path) != Path(inputs.sft_path):
+        lp_sft, _ = _samples_logprobs(inputs.sft_path, samples, cfg, precision, "SFT")
+        kl_sft = per_token_kl(pol["lp_samples"], lp_sft, torch.tensor([s["n_tokens"] for s in samples], dtype=torch.float))
+    if inputs.base_path:
+        lp_base, n_base = _samples_logprobs(inputs.base_path, samples, cfg, precision, "base")
+        for s, lp, n in zip(samples, lp_base.tolist(), n_base.tolist()):
+            s["base_logp"], s["base_tokens"] = lp, n
     rm = reward.load(rm_path, cfg.reward.head_hidden, precision.dtype)
     rewards = reward.score(rm, tok, [s["prompt"] for s in samples], [s["response"] for s in samples],
                            [s["ended"] for s in samples], cfg.reward.score_batch_size, desc="RM (eval samples)")
@@ -140,6 +172,7 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, 
         "preference_accuracy": stats["accuracy"], "reward_margin": stats["margin"],
         "mean_reward": sum(rewards) / len(rewards),
         "kl_to_reference": per_token_kl(pol["lp_samples"], ref["lp_samples"], n_tok),
+        "kl_to_sft": kl_sft,
         "perplexity": math.exp(-pol["lp_chosen"].sum().item() / max(pol["n_chosen"].sum().item(), 1)),
         "mean_length": sum(lengths) / len(lengths),
         "ended_share": sum(s["ended"] for s in samples) / len(samples),
@@ -149,6 +182,18 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, 
     m.update({f"capability_{k}" if k != "capability_score" else k: v for k, v in pol["capability"].items()})
     m["capability_retention"] = (capability.retention(m["capability_score"], baseline_capability)
                                  if baseline_capability is not None else 1.0)
+    if m["kl_to_sft"] is None:  # SFT is the reference (or the policy itself)
+        m["kl_to_sft"] = m["kl_to_reference"]
+    if inputs.base_path:
+        m["base_perplexity"] = base_perplexity(samples)
+    if sft_samples:
+        m["length_ratio_vs_sft"] = m["mean_length"] / max(sum(o["n_tokens"] for o in sft_samples) / len(sft_samples), 1e-9)
+        if "base_perplexity" in m and all("base_logp" in o for o in sft_samples):
+            m["base_perplexity_ratio_vs_sft"] = m["base_perplexity"] / base_perplexity(sft_samples)
+    else:
+        m["length_ratio_vs_sft"] = 1.0
+        if "base_perplexity" in m:
+            m["base_perplexity_ratio_vs_sft"] = 1.0
     if inputs.world is not None:
         m["oracle_score"] = sum(s["oracle"] for s in samples) / len(samples)
     if greedy_rewards is not None:
@@ -171,10 +216,10 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, 
 
 def evaluate_round(cfg, run, rnd, ref: str | None = None, beta: float | None = None) -> tuple[dict, list[dict]]:
     """(metrics, scored samples) of round `rnd`'s policy against `ref` (a path; None: itself), on the held-out set."""
-    from .toyworld import world_of
+    from .worlds import world_of
 
     inputs = EvalInputs(run.pairs("heldout_pairs"), run.prompts("heldout_prompts"), world_of(cfg),
-                        cfg.seed_for("eval_sampling"))
+                        cfg.seed_for("eval_sampling"), base_path=run.base_source(), sft_path=str(run.policy(0)))
     base_cap = run.metrics(run.eval(0))["capability_score"] if rnd != 0 else None
     prev = run.samples(rnd - 1) if isinstance(rnd, int) and rnd > 0 else None
     return evaluate(str(run.policy(rnd)), ref, beta or cfg.dpo.beta, str(run.reward_model()), inputs, cfg,

@@ -146,7 +146,7 @@ def generate_round(cfg, run, rnd: int, plan: dict, dest) -> dict:
     from .folder import write_jsonl
     from .models import inference_precision, resolve_precision
     from .pairs import make_pairs
-    from .toyworld import world_of
+    from .worlds import world_of
 
     g = cfg.generation
     prompts, n_hard = round_prompts(cfg, run, rnd, plan)
@@ -194,14 +194,16 @@ def _add_capability_pairs(pairs: list[dict], tok, cfg, rnd: int) -> int:
 
 
 def label_diagnostics(pairs: list[dict], dropped, n_prompts: int, cfg, run) -> dict:
-    """Pair success rate, why pairs were dropped, the reward-gap distribution, and (toy) oracle agreement."""
+    """Pair success rate, why pairs were dropped, the reward-gap distribution, and (in a world) oracle agreement."""
+    from .worlds import has_world
+
     gaps = torch.tensor([p["gap"] for p in pairs]) if pairs else torch.zeros(0)
     q = [0.1, 0.25, 0.5, 0.75, 0.9]
     m = {"pairs": len(pairs), "pair_success_rate": len(pairs) / max(n_prompts, 1),
          "dropped": dict(dropped), "dropped_share": {k: v / max(n_prompts, 1) for k, v in dropped.items()},
          "reward_gap_quantiles": dict(zip(map(str, q), torch.quantile(gaps, torch.tensor(q)).tolist())) if len(gaps) else {},
          "reward_gap_mean": gaps.mean().item() if len(gaps) else 0.0}
-    if cfg.is_toy and pairs:
+    if has_world(cfg) and pairs:
         agree = [1.0 if p["oracle_chosen"] > p["oracle_rejected"] else 0.5 if p["oracle_chosen"] == p["oracle_rejected"] else 0.0
                  for p in pairs]
         m["synthetic_pair_oracle_agreement"] = sum(agree) / len(agree)

@@ -28,6 +28,7 @@ from .folder import read_json, stage_folder, write_json, write_jsonl
 from .guard import NonFiniteError
 from .models import import_base, load_tokenizer
 from .runfolder import RunFolder
+from .worlds import world_of
 
 
 def stage(dest: Path, config: dict, force: bool, work: Callable[[Path], dict]) -> dict:
@@ -61,11 +62,13 @@ def _base(cfg: RunConfig, tmp: Path) -> dict:
 
 
 def _data(cfg: RunConfig, run: RunFolder, tmp: Path) -> dict:
-    """The seed pairs split into train and held-out pairs, plus held-out and generation prompts."""
+    """The seed pairs split into train and held-out pairs, plus held-out and generation prompts (a world's own,
+    or read from files)."""
     tok = load_tokenizer(run.base_source(), cfg.model)
     d = cfg.data
-    if cfg.is_toy:
-        train, heldout, held_prompts, gen_prompts, m = toyworld.seed_data(cfg, tok)
+    world = world_of(cfg)
+    if world is not None:
+        train, heldout, held_prompts, gen_prompts, m = world.seed_data(cfg, tok, run.base_source())
     else:
         pairs, skips = load_pairs(d.source, d.path, tok, d.max_prompt_tokens, d.max_response_tokens, d.hub_split,
                                   limit=(d.train_pairs + d.heldout_pairs) * 2)

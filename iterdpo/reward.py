@@ -164,7 +164,7 @@ def pair_accuracy(model: RewardModel, tokenizer, pairs: list[dict], batch_size: 
 def train_stage(cfg, run, dest: Path) -> dict:
     """Bradley-Terry training on the run's seed pairs; the model goes to `dest`/model. Returns the metrics.
 
-    Held-out accuracy is measured against the (noisy) seed labels and, in the toy world, against the oracle.
+    Held-out accuracy is measured against the (noisy) seed labels and, in a world, against the oracle.
     """
     import shutil
 
@@ -175,6 +175,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
     from .guard import NonFiniteGuard
     from .models import device, free, load_tokenizer, lora_config, resolve_precision
     from .training import common_args, last_logged, save_log
+    from .worlds import has_world
 
     set_seed(cfg.seed_for("reward"))
     precision = resolve_precision(cfg.model.precision)
@@ -195,7 +196,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
     acc = pair_accuracy(rm, tok, heldout, r.score_batch_size)
     m = {"train_loss": last_logged(log, "loss"), "heldout_accuracy": acc["accuracy"], "heldout_margin": acc["margin"],
          "train_accuracy": pair_accuracy(rm, tok, train[: r.train_accuracy_pairs], r.score_batch_size)["accuracy"]}
-    if cfg.is_toy:
+    if has_world(cfg):
         m.update(oracle_agreement(rm, tok, heldout, r.score_batch_size, run))
     save(rm, tok, dest / "model")
     shutil.rmtree(dest / "trainer", ignore_errors=True)
@@ -205,7 +206,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
 
 
 def oracle_agreement(rm: RewardModel, tok, heldout: list[dict], batch_size: int, run) -> dict:
-    """Toy world: the reward model's accuracy on held-out pairs labelled by the oracle, against the seed labels'."""
+    """In a world: the reward model's accuracy on held-out pairs labelled by the oracle, against the seed labels'."""
     by_oracle = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) if p.get("flipped") else p for p in heldout]
     m = {"oracle_accuracy": pair_accuracy(rm, tok, by_oracle, batch_size)["accuracy"],
          "seed_label_oracle_agreement": run.metrics(run.stage("data"))["seed_label_oracle_agreement"]}

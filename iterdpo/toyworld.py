@@ -148,6 +148,12 @@ class ToyWorld:
     def vocabulary(self) -> list[str]:
         return list(SPECIALS.values()) + ROLE_WORDS + NUMBERS + WORDS + FILLERS
 
+    def seed_data(self, cfg, tokenizer, base: str = ""):
+        """The world seam (iterdpo.worlds.World): this world's prompts and seed pairs; see :func:`seed_data`."""
+        from .worlds import SeedData
+
+        return SeedData(*seed_data(cfg, tokenizer))
+
 
 def _poisson(rng: random.Random, lam: float) -> int:
     """Knuth's method; lam is small here."""
@@ -191,9 +197,11 @@ def tiny_llama_config(cfg: ToyConfig, tokenizer):
     )
 
 
-def world_of(cfg) -> ToyWorld | None:
-    """The run's ToyWorld (its oracle), or None outside the toy world (`cfg`: the RunConfig)."""
-    return ToyWorld(cfg.toy) if cfg.is_toy else None
+def world_of(cfg):
+    """The run's world (its oracle), or None without one (`cfg`: the RunConfig); see iterdpo.worlds.world_of."""
+    from .worlds import world_of
+
+    return world_of(cfg)
 
 
 def render(tokenizer, text: str) -> str:
