@@ -318,6 +318,11 @@ def tutorials(ref: str) -> dict:
                "controller's limits (dashed red), length and perplexity. The axes never zoom on noise: a flat "
                "line looks flat."),
             code("plots.eval_metric_grid(cfg.out)"),
+            md("## The reward-KL frontier\n\nThe DPO paper's figure: the oracle's score (the reward model's where the "
+               "run has no world) against the KL to the SFT policy, for SFT, each round and offline DPO. Up and to "
+               "the left is better: more reward for less drift. Pass several run folders (the same preset at a few "
+               "`dpo.beta` values) to draw the frontier: `plots.frontier([out_a, out_b, out_c])`."),
+            code("plots.frontier(cfg.out)"),
             md("## DPO training curves\n\nOne colour per round; ln 2 and chance dotted; a flat loss is called out."),
             code("plots.dpo_training_curves(cfg.out)"),
             md("## The controller's decisions"),
