@@ -114,6 +114,12 @@ def ready(cfg: RunConfig, name: str, round: int | None = None, arm: str = "itera
     from .gate import wait_turn
 
     wait_turn()
+    if not live():  # nobody watches: a progress bar would be saved into the notebook frozen at 0%
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     check_parameters()
     why = missing(cfg, name, round, arm)
     if why:

@@ -116,10 +116,10 @@ def test_baseline_arm_differs_only_in_what_costs_compute(tmp_path, toy_tokenizer
     ours, ours_rows = bench.arm_data("ours", st, dcfg, prec, tmp_path, 0)
     base, base_rows = bench.arm_data("baseline", st, dcfg, prec, tmp_path, 0)
     same, same_rows = bench.arm_data("same_batches", st, dcfg, prec, tmp_path, 0)
-    assert ours["precompute_ref_log_probs"] and not ours["gradient_checkpointing"]
+    assert ours["precompute_ref_log_probs"] and not ours["activation_checkpointing"]
     assert ours["max_length"] == max(len(toy_tokenizer(p["prompt"] + p["chosen"])["input_ids"]) + 1 for p in pairs)
     assert ours["train_sampling_strategy"] == "sequential" and len(ours_rows) == 4  # 2 steps x 2 pairs, of 12
-    assert not {"max_length", "precompute_ref_log_probs", "gradient_checkpointing", "train_sampling_strategy"} & set(base)
+    assert not {"max_length", "precompute_ref_log_probs", "activation_checkpointing", "train_sampling_strategy"} & set(base)
     assert all(base[k] == ours[k] for k in base) and base_rows == pairs
     assert same_rows == ours_rows and same == {**base, "train_sampling_strategy": "sequential"}
 

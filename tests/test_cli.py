@@ -125,11 +125,11 @@ def test_errors_during_a_run_are_one_line_and_debug_shows_the_traceback(tmp_path
         raise error
 
     monkeypatch.setattr(iterdpo.pipeline, "run_all", fail)
-    args = ["run", "--out", str(tmp_path / "o"), "--engine", "python"]
-    assert main(args) == 2
+    args = ["run", "--engine", "python", "--out"]
+    assert main([*args, str(tmp_path / "o")]) == 2
     one_line_error(capsys, *fragments)
-    with pytest.raises(type(error)):
-        main([*args, "--debug"])
+    with pytest.raises(type(error)):  # a new folder: the first run left a run folder (its config.json) behind
+        main([*args, str(tmp_path / "o2"), "--debug"])
 
 
 def test_a_failed_notebook_is_one_line_naming_the_notebook(tmp_path, capsys, monkeypatch):
