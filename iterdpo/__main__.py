@@ -2,7 +2,9 @@
 
     run     the whole loop (SFT, reward model, rounds, baseline, summary)
             --engine notebooks (default): each stage's numbered notebook, executed by papermill and
-            kept in the run folder; --engine python: the same stage functions in this process
+            kept in the run folder; --engine python: the same stage functions in this process.
+            Launched as several processes (torchrun, accelerate launch) it runs in-process (notebooks
+            are for one process); see iterdpo/dist.py
     show    print a preset's config (after --set overrides) as YAML
     check-data PATH [PATH...] [--source hh|pairs] [--preset P]
             validate preference files with the pipeline's own loader and the preset's length limits:
@@ -52,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="delete --out first and start over (only a run folder: one "
                      "with config.json, or an empty one)")
     run.add_argument("--engine", choices=["notebooks", "python"], default="notebooks",
-                     help="notebooks: papermill runs the numbered notebooks (kept as records); python: in-process")
+                     help="notebooks: papermill runs the numbered notebooks (kept as records); python: in-process "
+                     "(always, when launched as several processes)")
     check = sub.add_parser("check-data", help="validate preference files before a long run")
     check.add_argument("paths", nargs="+", metavar="PATH", help="local .jsonl/.jsonl.gz files (or a hub dataset name)")
     check.add_argument("--source", choices=["hh", "pairs"],
@@ -131,6 +134,52 @@ def _show(args) -> int:
 
 
 def _run(args) -> int:
+    from . import dist
+
+    dist.init()
+    if dist.active():
+        if not dist.is_main():  # one process speaks; the others' errors still reach stderr
+            sys.stdout = open(os.devnull, "w")
+        if args.engine == "notebooks":
+            print(f"{dist.world_size()} processes: running in-process (--engine python); notebooks are for one process")
+            args.engine = "python"
+    # the main process checks --out, resumes and writes config.json; the others take its config
+    setup = _setup(args) if dist.is_main() else None
+    shared = dist.broadcast(None if isinstance(setup, Exception) else setup)
+    if isinstance(setup, Exception):
+        raise setup
+    if shared is None:
+        return 2  # the main process failed and says why
+    cfg, overrides = shared
+    args.out = cfg.out
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    t0 = time.perf_counter()
+    if args.engine == "notebooks":
+        from .runner import run_notebooks
+
+        summary = run_notebooks(cfg, overrides={**overrides, "rounds": cfg.rounds}, resume=args.resume)
+    else:
+        from .pipeline import run_all
+
+        summary = run_all(cfg)
+    print(report(summary, time.perf_counter() - t0, Path(cfg.out)))
+    return 0
+
+
+def _setup(args):
+    """(config, overrides) of the run, --out checked, resumed or started fresh, config.json written; or the
+    error, when launched as several processes (the main process raises it after telling the others)."""
+    from . import dist
+
+    try:
+        return _setup_run(args)
+    except Exception as e:
+        if not dist.active():
+            raise
+        return e
+
+
+def _setup_run(args):
     cfg, overrides = build_config(args)
     out = Path(cfg.out)
     args.out = cfg.out  # main()'s error report looks for a failed notebook there
@@ -152,18 +201,7 @@ def _run(args) -> int:
 
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", cfg.to_dict())
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    t0 = time.perf_counter()
-    if args.engine == "notebooks":
-        from .runner import run_notebooks
-
-        summary = run_notebooks(cfg, overrides={**overrides, "rounds": cfg.rounds}, resume=args.resume)
-    else:
-        from .pipeline import run_all
-
-        summary = run_all(cfg)
-    print(report(summary, time.perf_counter() - t0, out))
-    return 0
+    return cfg, overrides
 
 
 def check_out(out: Path, fresh: bool, resume: bool) -> None:

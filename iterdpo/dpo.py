@@ -22,12 +22,13 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from . import dist
 from .config import DPORoundConfig, ModelConfig
 from .data import PAIR_KEYS
 from .guard import NonFiniteGuard
 from .memory import plan_for, with_oom_retry
-from .models import Precision, check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision, save_policy
-from .training import common_args, fp16_safe_adapters, last_logged, save_log
+from .models import Precision, check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision
+from .training import common_args, fp16_safe_adapters, last_logged, save_log, save_trained
 
 
 def pair_lengths(tokenizer, pairs: list[dict]) -> list[int]:
@@ -93,7 +94,6 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
 
     ref_path None: the reference is the start policy itself.
     """
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     tok = load_tokenizer(start_path, mcfg)
@@ -114,12 +114,12 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
     rows, plan = round_rows(tok, pairs, dcfg, seed, lengths)
     work = dest / "trainer"
     conf = DPOConfig(**dpo_args(dcfg, precision, work, seed, max_length, plan["train_sampling_strategy"], tracking))
-    trainer = DPOTrainer(model=model, ref_model=ref, args=conf, train_dataset=Dataset.from_list(rows),
+    trainer = DPOTrainer(model=model, ref_model=ref, args=conf, train_dataset=dist.shared_dataset(rows, work),
                          processing_class=tok, peft_config=lora_config(mcfg), callbacks=callbacks)
     fp16_safe_adapters(trainer)
     trainer.train()
     log = save_log(trainer, dest / "train_log.jsonl")
-    save_policy(trainer.model, tok, dest / "policy", start_path, mcfg, precision, four_bit)
+    save_trained(trainer, tok, dest / "policy", start_path, mcfg, precision, four_bit)
     shutil.rmtree(work, ignore_errors=True)
     del trainer, model, ref
     free()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from . import dist
 from .data import as_completion
 from .losses import sequence_logprobs
 from .models import free
@@ -46,7 +47,9 @@ def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, te
     """k responses per prompt: [{"prompt", "responses": [k], "ended": [k], "n_tokens": [k]}], in prompt order.
 
     `batch_size` counts sequences (prompts x k). Batch b is seeded with seed + b, so two models given
-    the same prompts in the same order draw from the same random streams. share_prompt (k > 1): all but
+    the same prompts in the same order draw from the same random streams. Several processes (iterdpo.dist)
+    each sample every N-th batch, seeded as in one process, and all return every record: the records are
+    the same whatever N is. share_prompt (k > 1): all but
     each prompt's last token go through the model once, and the cache is repeated k times; False reads
     every prompt k times (generate() with num_return_sequences=k). The two draw the same samples up to
     floating-point rounding.
@@ -58,7 +61,7 @@ def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, te
     per_batch = max(1, batch_size // k)
     out: dict[int, dict] = {}
     dev = next(model.parameters()).device
-    for b, idx in enumerate(bar(list(_batches(order, per_batch)), desc)):
+    for b, idx in bar(dist.mine(list(enumerate(_batches(order, per_batch)))), desc):  # b counts the whole list's batches
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
         kw = dict(do_sample=not greedy, temperature=temperature if not greedy else None,
                   top_p=top_p if not greedy else None, top_k=None,
@@ -84,6 +87,7 @@ def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, te
                 rec["ended"].append(ended)
                 rec["n_tokens"].append(len(body) + int(ended))
             out[i] = rec
+    out = dist.gather(out)
     return [out[i] for i in range(len(prompts))]
 
 
@@ -113,14 +117,14 @@ def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[
     dev = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
     logps, counts = torch.zeros(len(prompts)), torch.zeros(len(prompts))
-    for idx in bar(list(_batches(order, batch_size)), desc):
+    for idx in bar(dist.mine(list(_batches(order, batch_size))), desc):
         eos = [add_eos[i] for i in idx] if add_eos is not None else None
         ids, att, comp = encode_pairs(tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], eos)
         logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits
         lp = sequence_logprobs(logits, ids.to(dev), comp.to(dev)).float().cpu()
         logps[idx] = lp
         counts[idx] = comp[:, 1:].sum(-1).float()
-    return logps, counts
+    return dist.sum_parts(logps), dist.sum_parts(counts)
 
 
 # the synthetic-preference stage ----------------------------------------------------------------------

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import controller, dpo, evaluate, generate, reward, sft, toyworld
+from . import controller, dist, dpo, evaluate, generate, reward, sft, toyworld
 from .config import RunConfig
 from .data import load_pairs, split_heldout, unique
-from .folder import read_json, stage_folder, write_json, write_jsonl
+from .folder import read_json, write_json, write_jsonl
 from .guard import NonFiniteError
 from .models import import_base, load_tokenizer
 from .runfolder import RunFolder
@@ -33,7 +33,7 @@ from .worlds import world_of
 
 def stage(dest: Path, config: dict, force: bool, work: Callable[[Path], dict]) -> dict:
     """Run ``work(tmp) -> metrics`` into an atomic folder at `dest` unless it is done; time it; return its metrics."""
-    with stage_folder(dest, config, force) as tmp:
+    with dist.stage_folder(dest, config, force) as tmp:  # several processes: the main one writes
         if tmp is not None:
             t0 = time.perf_counter()
             m = work(tmp)
@@ -47,7 +47,7 @@ def prepare(cfg: RunConfig, force: bool = False) -> dict:
     """Write the run's config, then the base model (trained, converted or referenced) and the data split."""
     run = RunFolder(cfg.out)
     run.root.mkdir(parents=True, exist_ok=True)
-    write_json(run.config_path, cfg.to_dict())
+    dist.on_main(write_json, run.config_path, cfg.to_dict())
     stage(run.stage("base"), cfg.to_dict(), force, lambda tmp: _base(cfg, tmp))
     return stage(run.stage("data"), cfg.to_dict(), force, lambda tmp: _data(cfg, run, tmp))
 
@@ -145,11 +145,11 @@ def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
         dm = stage(run.dpo(rnd), {"run": cfg.to_dict(), "plan": plan}, force,
                    lambda tmp: dpo.round_stage(cfg, run, rnd, plan, tmp))
     except NonFiniteError as e:  # nothing of the round was saved: the controller rolls back and retries gentler
-        return controller.record_non_finite(run, cfg, rnd, plan, e)
+        return dist.on_main(controller.record_non_finite, run, cfg, rnd, plan, e) or run.decisions()[rnd]
     beta = plan["params"]["beta"]
     m = evaluate_round(cfg, rnd, force, ref=str(run.policy(dm["reference_round"])), beta=beta)
     m = {**m, **controller.round_collapse(run, cfg, rnd, m, beta)}
-    controller.record(run, cfg, rnd, m, plan)
+    dist.on_main(controller.record, run, cfg, rnd, m, plan)  # once; the others read it after the barrier
     print(iteration_report(cfg, rnd))
     return m
 
@@ -204,10 +204,10 @@ def write_summary(cfg: RunConfig) -> dict:
     summary = {"preset": cfg.preset, "seed": cfg.seed, "rounds": rounds,
                "best_round": done[max(done)]["best_round"] if done else 0,
                "baselines": {}, "reward_model": run.metrics(run.stage("reward")), "data": run.metrics(run.stage("data")),
-               "config_changes": run.events()}
+               "config_changes": run.events(), "yardstick": controller.yardstick(run, cfg)}
     if offline:
         summary["baselines"]["offline_dpo"] = run.metrics(run.eval("offline_dpo"))
-    write_json(run.summary_path, summary)
+    dist.on_main(write_json, run.summary_path, summary)
     return summary
 
 
@@ -239,5 +239,5 @@ def run_all(cfg: RunConfig, force: bool = False) -> dict:
     if cfg.baseline.offline_dpo:
         run_offline_baseline(cfg, force)
     summary = write_summary(cfg)
-    export.export_best(cfg)
+    dist.on_main(export.export_best, cfg)
     return summary

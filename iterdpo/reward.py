@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import dist
 from .generate import _batches, encode_pairs, prompt_cache
 from .losses import bradley_terry_loss, preference_stats
 from .progress import bar
@@ -102,13 +103,14 @@ def score(model: RewardModel, tokenizer, prompts: list[str], responses: list[str
     model.eval()
     dev = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
-    out = [0.0] * len(prompts)
-    for idx in bar(list(_batches(order, batch_size)), desc):
+    out = {}
+    for idx in bar(dist.mine(list(_batches(order, batch_size))), desc):  # several processes: every N-th batch each
         eos = [ended[i] for i in idx] if ended is not None else None
         ids, att, _ = encode_pairs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], eos)
         for i, r in zip(idx, model.score(ids.to(dev), att.to(dev)).float().cpu().tolist()):
             out[i] = r
-    return out
+    out = dist.gather(out)
+    return [out[i] for i in range(len(prompts))]
 
 
 @torch.no_grad()
@@ -128,9 +130,9 @@ def score_grouped(model: RewardModel, tokenizer, prompts: list[str], responses: 
     dev = next(model.parameters()).device
     body, pad, eos = model.backbone, tokenizer.pad_token_id, tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[list[float]] = [[] for _ in prompts]
+    out: dict[int, list[float]] = {}
     tokenizer.padding_side = "left"
-    for idx in bar(list(_batches(order, max(1, batch_size // k))), desc):
+    for idx in bar(dist.mine(list(_batches(order, max(1, batch_size // k)))), desc):
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
         att = enc["attention_mask"]
         resp = [tokenizer(responses[i][j], add_special_tokens=False)["input_ids"] + ([eos] if ended[i][j] else [])
@@ -149,7 +151,8 @@ def score_grouped(model: RewardModel, tokenizer, prompts: list[str], responses: 
         r = model.head(last.to(model.head[0].weight.dtype)).squeeze(-1).float().cpu().tolist()
         for a, i in enumerate(idx):
             out[i] = r[a * k:(a + 1) * k]
-    return out
+    out = dist.gather(out)
+    return [out[i] for i in range(len(prompts))]
 
 
 def pair_accuracy(model: RewardModel, tokenizer, pairs: list[dict], batch_size: int = 64) -> dict:
@@ -198,7 +201,8 @@ def train_stage(cfg, run, dest: Path) -> dict:
          "train_accuracy": pair_accuracy(rm, tok, train[: r.train_accuracy_pairs], r.score_batch_size)["accuracy"]}
     if has_world(cfg):
         m.update(oracle_agreement(rm, tok, heldout, r.score_batch_size, run))
-    save(rm, tok, dest / "model")
+    if trainer.accelerator.is_main_process:  # several processes: DDP kept every copy the same; one writes
+        save(rm, tok, dest / "model")
     shutil.rmtree(dest / "trainer", ignore_errors=True)
     del trainer, rm
     free()

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 from .guard import NonFiniteGuard
-from .models import check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision, save_policy
-from .training import common_args, last_logged, save_log, sft_train
+from .models import check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision
+from .training import common_args, last_logged, save_log, save_trained, sft_train
 
 
 def train_stage(cfg, run, dest: Path) -> dict:
@@ -33,7 +33,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
     trainer = sft_train(model, tok, rows, args, max_length=max_len, peft_config=lora_config(cfg.model),
                         callbacks=[NonFiniteGuard("sft", precision.fp16)])
     log = save_log(trainer, dest / "train_log.jsonl")
-    save_policy(trainer.model, tok, dest / "policy", base, cfg.model, precision, cfg.model.load_in_4bit)
+    save_trained(trainer, tok, dest / "policy", base, cfg.model, precision, cfg.model.load_in_4bit)
     shutil.rmtree(dest / "trainer", ignore_errors=True)
     del trainer, model
     free()

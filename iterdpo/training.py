@@ -25,10 +25,15 @@ def common_args(out_dir: Path, precision: Precision, max_steps: int, lr: float, 
                 checkpointing: bool = False, report_to: str = "none", logging_dir: Path | None = None) -> dict:
     """TrainingArguments shared by every stage; nothing is checkpointed mid-stage (stages are atomic).
 
+    batch x accum is the effective batch: with N processes, the per-device batch and accumulation come from
+    dist.split_batch (batch/N per device when N divides it).
     report_to: config `export.report_to` ('auto', 'none', 'tensorboard', ...); logging_dir: where TensorBoard
     writes, e.g. RunFolder(out).logs / "sft" (transformers 5 takes it only from TENSORBOARD_LOGGING_DIR,
     read when the trainer is built, so it is set here, just before).
     """
+    from .dist import split_batch
+
+    batch, accum = split_batch(batch, accum)  # several processes: batch x accum per optimizer step, kept
     report_to = resolve_report_to(report_to)
     if logging_dir is not None and "tensorboard" in report_to:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(logging_dir)
@@ -74,6 +79,28 @@ def sft_train(model, tokenizer, rows: list[dict], args: dict, max_length: int, p
     fp16_safe_adapters(trainer)
     trainer.train()
     return trainer
+
+
+def save_trained(trainer, tok, dest: Path, start_path: str, mcfg, precision: Precision, four_bit: bool = False) -> None:
+    """models.save_policy for a trained LoRA model (merged weights to `dest`, adapter beside), written once.
+
+    Several processes: under DDP (and ZeRO-2) every process holds the same full weights, so the main process
+    alone merges and saves (merging is local: no collective, no deadlock). Under ZeRO-3 or FSDP the weights
+    are sharded: every process calls the trainer's save_model, which gathers them and lets the main process
+    write the adapter, which the main process then merges into a fresh load of the start policy.
+    """
+    from .models import load_causal_lm, merge_and_save, save_policy
+
+    zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+    if trainer.is_fsdp_enabled or zero3:
+        adapter = dest.with_name("adapter")
+        trainer.save_model(str(adapter))
+        if trainer.accelerator.is_main_process:
+            from peft import PeftModel
+
+            merge_and_save(PeftModel.from_pretrained(load_causal_lm(start_path, mcfg, precision), str(adapter)), tok, dest)
+    elif trainer.accelerator.is_main_process:
+        save_policy(trainer.model, tok, dest, start_path, mcfg, precision, four_bit)
 
 
 def save_log(trainer, path: Path) -> list[dict]:
