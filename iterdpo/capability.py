@@ -372,6 +372,21 @@ def capability_scores(model, tokenizer, cfg: EvalConfig, style: str, seed: int) 
     return scores
 
 
+def score_se(scores: dict, n: int) -> float:
+    """Standard error of capability_score, the mean of the suites' accuracies, each a binomial share of n items."""
+    accs = [v for k, v in scores.items() if k != "capability_score"]
+    return math.sqrt(sum(p * (1 - p) / n for p in accs)) / len(accs) if accs and n > 0 else 0.0
+
+
+def retention_se(score: float, score_se_: float, baseline: float, baseline_se: float) -> float:
+    """Standard error of retention(score, baseline) by the delta method, the two scores taken as independent.
+    They are read on the same items, so this overstates the noise: a gate that waits for a drop clear of it
+    errs on the side of not rejecting a round."""
+    if baseline <= 0 or score <= 0:
+        return 0.0
+    return (score / baseline) * math.sqrt((score_se_ / score) ** 2 + (baseline_se / baseline) ** 2)
+
+
 def retention(score: float, baseline: float) -> float:
     """score / baseline; 1.0 when baseline is 0 (a capability the baseline lacked cannot regress)."""
     if math.isnan(score) or math.isnan(baseline) or score < 0 or baseline < 0:

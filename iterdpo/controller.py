@@ -39,20 +39,38 @@ class Trigger:
     metric: str
     value: float
     threshold: float
+    interval: tuple[float, float] | None = None  # the gate's interval: value -/+ gate_z standard errors
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "metric": self.metric, "value": self.value, "threshold": self.threshold}
+        d = {"name": self.name, "metric": self.metric, "value": self.value, "threshold": self.threshold}
+        return {**d, "interval": list(self.interval)} if self.interval else d
+
+
+# (trigger, metric, threshold field, direction): "below" triggers when the whole interval is under the
+# threshold, "above" when it is over it; a metric without a standard error acts on its point estimate.
+GATES = (("capability_regression", "capability_retention", "min_retention", "below"),
+         ("weak_alignment", "win_rate_vs_sft", "min_win_rate", "below"),
+         ("kl_violation", "kl_to_reference", "max_kl", "above"))
+
+
+def gates(m: dict, cfg: ControllerConfig) -> dict:
+    """Each gate on metrics `m`: {gate: {metric, value, interval, threshold, passes}}; the same yardstick for
+    every arm (a round, the offline baseline)."""
+    out = {}
+    for name, metric, field, direction in GATES:
+        if not isinstance(m.get(metric), (int, float)):
+            continue
+        v, half = m[metric], cfg.gate_z * (m.get(f"{metric}_se") or 0.0)
+        lo, hi, t = v - half, v + half, getattr(cfg, field)
+        out[name] = {"metric": metric, "value": v, "interval": [lo, hi], "threshold": t,
+                     "passes": not (hi < t if direction == "below" else lo > t)}
+    return out
 
 
 def weaknesses(m: dict, cfg: ControllerConfig) -> list[Trigger]:
-    """The design's checks on one round's metrics."""
-    out = []
-    if m.get("capability_retention", 1.0) < cfg.min_retention:
-        out.append(Trigger("capability_regression", "capability_retention", m["capability_retention"], cfg.min_retention))
-    if m.get("win_rate_vs_sft", 1.0) < cfg.min_win_rate:
-        out.append(Trigger("weak_alignment", "win_rate_vs_sft", m["win_rate_vs_sft"], cfg.min_win_rate))
-    if m.get("kl_to_reference", 0.0) > cfg.max_kl:
-        out.append(Trigger("kl_violation", "kl_to_reference", m["kl_to_reference"], cfg.max_kl))
+    """The design's checks on one round's metrics, each clear of its metric's noise (see gates)."""
+    out = [Trigger(name, g["metric"], g["value"], g["threshold"], tuple(g["interval"]))
+           for name, g in gates(m, cfg).items() if not g["passes"]]
     if m.get("collapsing"):
         out.append(Trigger("collapse", "collapsing", 1.0, 0.0))
     return out
@@ -152,7 +170,9 @@ def iteration_log(d: dict, m: dict, used: dict) -> str:
     keys = ("win_rate_vs_sft", "win_rate_vs_previous", "preference_accuracy", "kl_to_reference", "capability_retention",
             "perplexity", "mean_length", "oracle_score")
     res = "  ".join(f"{k}={m[k]:.3f}" for k in keys if isinstance(m.get(k), (int, float)))
-    status = ", ".join(f"{t['name']} ({t['metric']}={t['value']:.3f} vs {t['threshold']})" for t in d["triggers"]) or "no weaknesses"
+    status = ", ".join(f"{t['name']} ({t['metric']}={t['value']:.3f}" + (
+        f" [{t['interval'][0]:.3f}, {t['interval'][1]:.3f}]" if t.get("interval") else "") + f" vs {t['threshold']})"
+        for t in d["triggers"]) or "no weaknesses"
     changes = ", ".join(f"{k}: {a:g} -> {b:g}" for k, (a, b) in d["changes"].items()) or "none"
     cfg_line = "  ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in used.items())
     return (f"=== Iteration {d['round']} ===\n"
@@ -280,6 +300,23 @@ def record_non_finite(run: RunFolder, cfg: RunConfig, rnd: int, plan: dict, erro
     print(f"=== Iteration {rnd} ===\n  status:   {error}\n  decision: rollback to round {best}, learning_rate "
           f"{params['learning_rate']:g} -> {new['learning_rate']:g}" + (f"; stop ({reason})" if stop else ""))
     return d
+
+
+def yardstick(run: RunFolder, cfg: RunConfig) -> dict:
+    """The run's answer (the best round) and the offline arm, each with its oracle score, win rates and
+    capability retention, and each held to the same gates (summary.json's "yardstick")."""
+    done = {r: d for r, d in run.decisions().items() if not d.get("failed")}
+    best = done[max(done)]["best_round"] if done else 0
+    keys = ("oracle_score", "win_rate_vs_sft", "oracle_win_rate_vs_sft", "capability_retention", "kl_to_reference")
+    arms = {"answer": best, "offline_dpo": "offline_dpo"}
+    out = {}
+    for arm, rnd in arms.items():
+        if run.done(run.eval(rnd)):
+            m = run.metrics(run.eval(rnd))
+            g = gates(m, cfg.controller)
+            out[arm] = {"round": rnd, **{k: m.get(k) for k in keys}, "gates": g,
+                        "passes_gates": all(x["passes"] for x in g.values())}
+    return out
 
 
 def iteration_report(run: RunFolder, cfg: RunConfig, rnd: int) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from . import capability, reward, sampler
-from .losses import dpo_implicit_rewards, per_token_kl, preference_stats, win_rate
+from .losses import dpo_implicit_rewards, per_token_kl, per_token_kl_se, preference_stats, win_rate, win_rate_se
 from .models import free, resolve_precision
 
 
@@ -114,7 +114,8 @@ def compare(samples: list[dict], other: list[dict] | None, name: str, world) -> 
         return {}
     if [s["prompt"] for s in samples] != [o["prompt"] for o in other]:
         raise ValueError(f"samples to compare with {name} are not on the same prompts")
-    out = {f"win_rate_vs_{name}": win_rate(torch.tensor([s["reward"] for s in samples]), torch.tensor([o["reward"] for o in other]))}
+    mine, theirs = torch.tensor([s["reward"] for s in samples]), torch.tensor([o["reward"] for o in other])
+    out = {f"win_rate_vs_{name}": win_rate(mine, theirs), f"win_rate_vs_{name}_se": win_rate_se(mine, theirs)}
     if world is not None:
         out[f"oracle_win_rate_vs_{name}"] = win_rate(torch.tensor([s["oracle"] for s in samples]),
                                                      torch.tensor([o["oracle"] for o in other]))
@@ -123,7 +124,7 @@ def compare(samples: list[dict], other: list[dict] | None, name: str, world) -> 
 
 def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, inputs: EvalInputs, cfg,
              sft_samples: list[dict] | None = None, prev_samples: list[dict] | None = None,
-             baseline_capability: float | None = None) -> tuple[dict, list[dict]]:
+             baseline_capability: float | None = None, baseline_capability_se: float = 0.0) -> tuple[dict, list[dict]]:
     """Metrics and scored samples of the policy at `policy_path` (ref_path None: it is its own reference).
 
     Models load one at a time, in model.precision, and each is dropped before the next loads.
@@ -182,6 +183,12 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, 
     m.update({f"capability_{k}" if k != "capability_score" else k: v for k, v in pol["capability"].items()})
     m["capability_retention"] = (capability.retention(m["capability_score"], baseline_capability)
                                  if baseline_capability is not None else 1.0)
+    # standard errors, so the controller's gates act only on drops clear of the noise
+    m["capability_score_se"] = capability.score_se(pol["capability"], cfg.eval.capability_n)
+    m["capability_retention_se"] = (capability.retention_se(m["capability_score"], m["capability_score_se"],
+                                                            baseline_capability, baseline_capability_se)
+                                    if baseline_capability is not None else 0.0)
+    m["kl_to_reference_se"] = per_token_kl_se(pol["lp_samples"], ref["lp_samples"], n_tok)
     if m["kl_to_sft"] is None:  # SFT is the reference (or the policy itself)
         m["kl_to_sft"] = m["kl_to_reference"]
     if inputs.base_path:
@@ -220,7 +227,9 @@ def evaluate_round(cfg, run, rnd, ref: str | None = None, beta: float | None = N
 
     inputs = EvalInputs(run.pairs("heldout_pairs"), run.prompts("heldout_prompts"), world_of(cfg),
                         cfg.seed_for("eval_sampling"), base_path=run.base_source(), sft_path=str(run.policy(0)))
-    base_cap = run.metrics(run.eval(0))["capability_score"] if rnd != 0 else None
+    sft = run.metrics(run.eval(0)) if rnd != 0 else {}
+    base_cap, base_cap_se = sft.get("capability_score"), sft.get("capability_score_se", 0.0)
     prev = run.samples(rnd - 1) if isinstance(rnd, int) and rnd > 0 else None
     return evaluate(str(run.policy(rnd)), ref, beta or cfg.dpo.beta, str(run.reward_model()), inputs, cfg,
-                    sft_samples=run.samples(0) if rnd != 0 else None, prev_samples=prev, baseline_capability=base_cap)
+                    sft_samples=run.samples(0) if rnd != 0 else None, prev_samples=prev, baseline_capability=base_cap,
+                    baseline_capability_se=base_cap_se)

@@ -84,3 +84,27 @@ def per_token_kl(policy_logps: torch.Tensor, ref_logps: torch.Tensor, n_tokens: 
         sum(log pi - log pi_ref) / sum(n_tokens), in nats per token.
     """
     return ((policy_logps - ref_logps).sum() / n_tokens.sum().clamp(min=1)).item()
+
+
+def win_rate_se(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Standard error of win_rate(a, b): the standard deviation of the per-item outcomes (1, 0.5, 0) over sqrt(N).
+
+    Args:
+        a, b: (N,) scores of two systems on the same N items.
+    """
+    wins = (a > b).float() + 0.5 * (a == b).float()
+    return (wins.std(unbiased=True) / len(wins) ** 0.5).item() if len(wins) > 1 else 0.0
+
+
+def per_token_kl_se(policy_logps: torch.Tensor, ref_logps: torch.Tensor, n_tokens: torch.Tensor) -> float:
+    """Standard error of per_token_kl, a ratio of sums over N samples (delta method):
+    sqrt(sum((d_i - kl * n_i)^2)) / sum(n_i), with d_i = log pi - log pi_ref of sample i.
+
+    Args:
+        policy_logps, ref_logps, n_tokens: (N,) as in per_token_kl.
+    """
+    d = (policy_logps - ref_logps).double()
+    n = n_tokens.double()
+    total = n.sum().clamp(min=1)
+    kl = d.sum() / total
+    return ((d - kl * n).pow(2).sum().sqrt() / total).item()

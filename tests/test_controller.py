@@ -1,7 +1,7 @@
 import pytest
 
 from iterdpo.config import ControllerConfig
-from iterdpo.controller import best_round, collapse_check, converged, decide, hard_prompts, weaknesses
+from iterdpo.controller import best_round, collapse_check, converged, decide, gates, hard_prompts, weaknesses
 
 CFG = ControllerConfig()
 PARAMS = {"beta": 0.1, "learning_rate": 1e-3, "max_steps": 60}
@@ -86,3 +86,19 @@ def test_collapse_flag_on_synthetic_log_prob_trace():
     assert not displaced["collapsing"]  # a modest fall of the chosen side is common in DPO, not a collapse
     short = collapse_check([0.0, 0.0], [-1.0, -1.0], mean_length=1.0, sft_mean_length=5.0, cfg=CFG)
     assert short["collapsing"] and "shrank" in short["collapse_reasons"][0]
+
+
+def test_gates_act_only_on_drops_clear_of_the_noise():
+    # the seed-1 round: retention 0.919 on 200 probes is within the noise of 0.95; 0.80 is not
+    noisy = {**GOOD, "capability_retention": 0.919, "capability_retention_se": 0.045}
+    clear = {**GOOD, "capability_retention": 0.80, "capability_retention_se": 0.045}
+    assert weaknesses(noisy, CFG) == []
+    (t,) = weaknesses(clear, CFG)
+    assert t.name == "capability_regression" and t.interval[1] == pytest.approx(0.80 + 1.645 * 0.045)
+    assert t.to_dict()["interval"] == list(t.interval) and t.to_dict()["threshold"] == CFG.min_retention
+    # without a standard error the gate reads the point estimate, as before
+    point = {**GOOD, "capability_retention": 0.94}
+    assert [t.name for t in weaknesses(point, CFG)] == ["capability_regression"]
+    assert [t.name for t in weaknesses(point, ControllerConfig(gate_z=0.0))] == ["capability_regression"]
+    kl = {**GOOD, "kl_to_reference": 0.12, "kl_to_reference_se": 0.02}  # 0.12 - 1.645 * 0.02 < 0.1: not clear
+    assert weaknesses(kl, CFG) == [] and gates(kl, CFG)["kl_violation"]["passes"]

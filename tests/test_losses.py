@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from iterdpo.losses import (bradley_terry_loss, dpo_implicit_rewards, per_token_kl, preference_stats,
@@ -37,3 +38,16 @@ def test_implicit_rewards_and_stats():
     assert math.isclose(s["accuracy"], 0.5) and math.isclose(s["margin"], 0.0)
     assert win_rate(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 2.0])) == 0.75
     assert math.isclose(per_token_kl(torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -2.0]), torch.tensor([2, 2])), 0.25)
+
+
+def test_standard_errors_by_hand():
+    from iterdpo.losses import per_token_kl, per_token_kl_se, win_rate_se
+
+    a, b = torch.tensor([1.0, 0.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 2.0, 1.0])
+    outcomes = torch.tensor([1.0, 0.0, 0.5, 1.0])  # win, loss, tie, win
+    assert win_rate_se(a, b) == pytest.approx((outcomes.std() / 2).item())
+    pol, ref, n = torch.tensor([-2.0, -4.0, -3.0]), torch.tensor([-3.0, -4.5, -3.0]), torch.tensor([2.0, 3.0, 1.0])
+    kl = per_token_kl(pol, ref, n)
+    assert kl == pytest.approx(1.5 / 6)
+    resid = torch.tensor([1.0 - kl * 2, 0.5 - kl * 3, 0.0 - kl * 1])
+    assert per_token_kl_se(pol, ref, n) == pytest.approx((resid.pow(2).sum().sqrt() / 6).item())
