@@ -2,8 +2,9 @@
 
 A sampler does two things for one loaded policy: sample k responses per prompt, and read the log-probs
 of given completions. Generation and evaluation use nothing else of the policy (capability scoring
-reads the Hugging Face model, which every backend can hand out). Adding a backend (vLLM, say) is one
-new class with ``load``, ``sample``, ``logprobs`` and ``close``, and one line in ``BACKENDS``.
+reads the Hugging Face model). Adding a backend is one new class with ``load``, ``sample``, ``logprobs``
+and ``close``, and one line in ``BACKENDS``. An optional engine is imported inside its ``load``, so it is
+needed only when chosen (``vllm``: iterdpo/vllm_sampler.py).
 
 Records from ``sample`` follow the generation schema without rewards:
 ``{"prompt", "responses": [k], "ended": [k], "n_tokens": [k]}``, in prompt order.
@@ -18,6 +19,7 @@ import torch
 from . import generate
 from .config import ModelConfig
 from .models import Precision, free, load_causal_lm, load_tokenizer
+from .vllm_sampler import VLLMSampler
 
 
 class Sampler(Protocol):
@@ -56,7 +58,7 @@ class HFSampler:
         free()
 
 
-BACKENDS = {"hf": HFSampler}
+BACKENDS = {"hf": HFSampler, "vllm": VLLMSampler}
 
 
 def load(backend: str, path: str, mcfg: ModelConfig, precision: Precision, batch_size: int) -> Sampler:

@@ -13,6 +13,7 @@ SHARED = ROOT.parent / "shared" / "data"
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: real-model or long tests (run with -m slow)")
     config.addinivalue_line("markers", "integration: whole-pipeline tests on the tiny preset (minutes; -m 'not integration' skips them)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (and what the test names, e.g. vLLM); skipped without")
 
 
 @pytest.fixture
