@@ -132,7 +132,9 @@ def test_vllm_against_hf_tokens_per_second(tmp_path):
 
     world = ToyWorld(ToyConfig())
     tok = train_tokenizer(world, [" ".join(world.vocabulary())])
-    LlamaForCausalLM(tiny_llama_config(ToyConfig(), tok)).save_pretrained(tmp_path / "policy")
+    config = tiny_llama_config(ToyConfig(), tok)
+    config.vocab_size = max(tok.get_vocab().values()) + 1  # this one-line corpus leaves the special tokens last
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "policy")
     tok.save_pretrained(tmp_path / "policy")
     prompts = world.prompts(256, seed=0)
     precision = Precision(torch.bfloat16, False, True)
