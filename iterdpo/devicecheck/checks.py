@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .formulas import GIB, LLAMA_1B, MIN_ORACLE_WIN_RATE, QUICK_PIPELINE, QWEN25_05B, QWEN_SCALED, SMOLLM2, known_gpu
-from .guards import NoBF16, NonFiniteGuard, StepProbe, _finite, bf16_in_saved, fp16_health, project_guard
+from .guards import NoBF16, NonFiniteGuard, StepProbe, _finite, bf16_in_saved, project_guard
 from .measure import Peaks, _sync, build_random_model, config_record, measure_dpo, measure_model, word_tokenizer
 
 # the sub-checks --------------------------------------------------------------------------------------------

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import random
 from dataclasses import dataclass
-
-import torch
-
-
 
 GIB = 2 ** 30
 T4_CAP_GIB = 15.0

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .formulas import GIB, MIN_ORACLE_WIN_RATE, QWEN25_05B, REPORT, SIZES, Sizes, T4_CAP_GIB
-from .guards import emulate_t4, project_guard
+from .guards import emulate_t4
 from .measure import keep_word_tokenizers
 from .checks import check_device, check_fourbit, check_nan_guard, check_oom, check_smollm2, check_t4_shapes, check_tiny_pipeline
 
