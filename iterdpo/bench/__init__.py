@@ -33,7 +33,14 @@ Timings on a shared CPU are noisy: read the paired ratios, not the absolute seco
 
 from __future__ import annotations
 
-from .setup import PRESETS, ROOT, SIZES, Setup, Sizes, _gen_precision, _paired, setup_smollm2, setup_tiny  # noqa: F401
-from .generation import _flops, _score, bench_generation, count_cpu_attention, naive_generate, ours_generate, precision_check  # noqa: F401
-from .dpo_round import SHARED_ARGS, _Recorder, _dpo_run, _dpo_worker, _pad_share, _seq_lengths, _status_kib, arm_data, bench_dpo, peak_memory, round1_epochs  # noqa: F401
+from .setup import (  # noqa: F401
+    PRESETS, ROOT, SIZES, Setup, Sizes, _gen_precision, _paired, setup_smollm2, setup_tiny,
+)
+from .generation import (  # noqa: F401
+    _flops, _score, bench_generation, count_cpu_attention, naive_generate, ours_generate, precision_check,
+)
+from .dpo_round import (  # noqa: F401
+    SHARED_ARGS, _Recorder, _dpo_run, _dpo_worker, _pad_share, _seq_lengths, _status_kib, arm_data, bench_dpo,
+    peak_memory, round1_epochs,
+)
 from .report import QUICK_E2E, _versions, bench_e2e, main, table  # noqa: F401

@@ -33,8 +33,23 @@ Without CUDA, the same code runs at a tiny size and the report lists what it cou
 
 from __future__ import annotations
 
-from .formulas import GIB, GPUS, LLAMA_1B, MIN_ORACLE_WIN_RATE, QUICK_PIPELINE, QWEN25_05B, QWEN_SCALED, REPORT, SIZES, SMOLLM2, Sizes, T4_CAP_GIB, bandwidth_bound_tokens_per_s, dpo_flops_per_token, known_gpu, matmul_params, plan_estimate_bytes  # noqa: F401
-from .guards import BF16Error, NoBF16, NonFiniteGuard, StepProbe, _finite, bf16_in_saved, bf16_params, emulate_t4, fp16_health, project_guard  # noqa: F401
-from .measure import Peaks, _free, _lora_shapes, _sync, build_random_model, config_record, keep_word_tokenizers, measure_dpo, measure_model, memory_record, per_prompt_generate, random_text, word_tokenizer  # noqa: F401
-from .checks import _non_finite_metrics, _status, _watch_stages, check_device, check_fourbit, check_nan_guard, check_oom, check_smollm2, check_t4_shapes, check_tiny_pipeline  # noqa: F401
-from .report import CHECKS, QUICK_SKIPS, _child, _key_figures, _plain, _write, device_check, run_check, table  # noqa: F401
+from .formulas import (  # noqa: F401
+    GIB, GPUS, LLAMA_1B, MIN_ORACLE_WIN_RATE, QUICK_PIPELINE, QWEN25_05B, QWEN_SCALED, REPORT, SIZES, SMOLLM2,
+    Sizes, T4_CAP_GIB, bandwidth_bound_tokens_per_s, dpo_flops_per_token, known_gpu, matmul_params,
+    plan_estimate_bytes,
+)
+from .guards import (  # noqa: F401
+    BF16Error, NoBF16, NonFiniteGuard, StepProbe, _finite, bf16_in_saved, bf16_params, emulate_t4,
+    fp16_health, project_guard,
+)
+from .measure import (  # noqa: F401
+    Peaks, _free, _lora_shapes, _sync, build_random_model, config_record, keep_word_tokenizers, measure_dpo,
+    measure_model, memory_record, per_prompt_generate, random_text, word_tokenizer,
+)
+from .checks import (  # noqa: F401
+    _non_finite_metrics, _status, _watch_stages, check_device, check_fourbit, check_nan_guard, check_oom,
+    check_smollm2, check_t4_shapes, check_tiny_pipeline,
+)
+from .report import (  # noqa: F401
+    CHECKS, QUICK_SKIPS, _child, _key_figures, _plain, _write, device_check, run_check, table,
+)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-from .formulas import Sizes, T4_CAP_GIB, bandwidth_bound_tokens_per_s, dpo_flops_per_token, matmul_params, plan_estimate_bytes
+from .formulas import (
+    Sizes, T4_CAP_GIB, bandwidth_bound_tokens_per_s, dpo_flops_per_token, matmul_params, plan_estimate_bytes,
+)
 from .guards import StepProbe, bf16_params, fp16_health
 
 # measuring -------------------------------------------------------------------------------------------------

@@ -16,7 +16,10 @@ import torch
 from .formulas import GIB, MIN_ORACLE_WIN_RATE, QWEN25_05B, REPORT, SIZES, Sizes, T4_CAP_GIB
 from .guards import emulate_t4
 from .measure import keep_word_tokenizers
-from .checks import check_device, check_fourbit, check_nan_guard, check_oom, check_smollm2, check_t4_shapes, check_tiny_pipeline
+from .checks import (
+    check_device, check_fourbit, check_nan_guard, check_oom, check_smollm2, check_t4_shapes,
+    check_tiny_pipeline,
+)
 
 # sub-check registry: (function, time limit in s on CUDA full / quick / CPU full / quick, why not without CUDA)
 CHECKS = {

@@ -1,0 +1,91 @@
+"""The reward-KL frontier over one or several runs (the DPO paper's figure), and TensorBoard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from ..runfolder import RunFolder
+from .frames import OFFLINE, SFT, _empty, _pretty, _save, eval_metrics
+
+
+# ---------------------------------------------------------------- the reward-KL frontier
+
+ARM_MARKERS = {SFT: "o", "round": "^", OFFLINE: "s"}
+
+
+def frontier_points(runs) -> pd.DataFrame:
+    """One row per evaluated model of each run folder in `runs` (one folder or a list): run, beta, arm,
+    label, kl and score. score is the oracle's where the run has a world, else the reward model's mean; kl
+    is the policy's KL to SFT (kl_to_sft), or to its reference in runs that predate it."""
+    from ..folder import read_json
+
+    rows = []
+    for run in [runs] if isinstance(runs, (str, Path)) else list(runs):
+        rf = RunFolder(run)
+        beta = read_json(rf.config_path).get("dpo", {}).get("beta") if rf.exists() else None
+        df = eval_metrics(run)
+        if df.empty:
+            continue
+        score = "oracle_score" if "oracle_score" in df.columns else "mean_reward"
+        kl = "kl_to_sft" if "kl_to_sft" in df.columns else "kl_to_reference"
+        for label, row in df.iterrows():
+            if pd.isna(row.get(score)) or pd.isna(row.get(kl)):
+                continue
+            arm = label if label in (SFT, OFFLINE) else "round"
+            rows.append({"run": str(run), "beta": beta, "arm": arm, "label": label, "round": row["round"],
+                         "kl": float(row[kl]), "score": float(row[score]), "score_name": score, "kl_name": kl})
+    return pd.DataFrame(rows)
+
+
+def frontier(runs, name: str = "frontier"):
+    """The reward-KL frontier (the DPO paper's figure): score against KL to SFT for SFT, each iterative round
+    and offline DPO, one marker per arm and one colour per run folder (labelled by its beta). Several run
+    folders (the same preset at a few betas) draw the frontier; the figure goes to the first folder's plots/."""
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    df = frontier_points(runs)
+    title = "Reward-KL frontier"
+    if df.empty:
+        return _empty(runs[0], name, title, "no evaluated models yet")
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
+    colours = sns.color_palette("colorblind", len(runs))
+    for colour, run in zip(colours, runs):
+        d = df[df["run"] == str(run)]
+        if d.empty:
+            continue
+        beta = d["beta"].iloc[0]
+        tag = f"β={beta:g}" if beta is not None and len(runs) > 1 else Path(run).name if len(runs) > 1 else None
+        path = d[d["arm"] != OFFLINE].sort_values("round")
+        ax.plot(path["kl"], path["score"], color=colour, linewidth=1.2, alpha=0.7, label=tag)
+        for _, p in d.iterrows():
+            ax.scatter(p["kl"], p["score"], marker=ARM_MARKERS[p["arm"]], s=70, color=colour, edgecolor="black", zorder=3)
+            text = "SFT" if p["arm"] == SFT else "offline" if p["arm"] == OFFLINE else f"r{p['round']}"
+            ax.annotate(text, (p["kl"], p["score"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    for arm, marker in ARM_MARKERS.items():
+        ax.scatter([], [], marker=marker, color="white", edgecolor="black", label=arm if arm != "round" else "iterative round")
+    score_name, kl_name = df["score_name"].iloc[0], df["kl_name"].iloc[0]
+    judge = "oracle" if score_name == "oracle_score" else "reward model (no oracle in this run)"
+    ax.set(xlabel=f"{_pretty(kl_name)} (nats per token)", ylabel=f"{_pretty(score_name)}, judged by the {judge}",
+           title=title)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, runs[0], name)
+
+
+def tensorboard(run: str | Path, live: bool | None = None):
+    """TensorBoard on the run's logs in a live notebook (Colab included); the command to run it otherwise."""
+    from ..notebook import live as is_live
+
+    logs = RunFolder(run).logs
+    if not logs.exists():
+        return f"no TensorBoard logs in {logs}: set export.report_to to tensorboard (or auto, with tensorboard installed)"
+    if (is_live() if live is None else live):
+        try:
+            from tensorboard import notebook as tb
+        except ImportError:
+            return f"tensorboard is not installed: pip install tensorboard, then tensorboard --logdir {logs}"
+        tb.start(f"--logdir {logs}")
+        return None
+    return f"TensorBoard logs: {logs}; view them with: tensorboard --logdir {logs}"
