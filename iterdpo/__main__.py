@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .config import ConfigError, RunConfig, load_preset, parse_override
 from .data import ApproxTokenizer, DataError, load_pairs, preflight
+from .runfolder import RunFolder
 
 
 class RunFolderError(Exception):
@@ -186,7 +187,6 @@ def _setup_run(args):
     check_out(out, fresh=args.fresh, resume=args.resume)
     if args.resume and not args.fresh:
         from .resume import resume, resumed_config
-        from .runfolder import RunFolder
 
         run = RunFolder(out)
         if not run.exists():
@@ -196,11 +196,11 @@ def _setup_run(args):
     preflight(cfg)
     if args.fresh and out.exists():
         shutil.rmtree(out)
-    if not (out / "config.json").exists():  # first, so a run that fails in its first stage is still a run folder
+    if not RunFolder(out).exists():  # first, so a run that fails in its first stage is still a run folder
         from .folder import write_json
 
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", cfg.to_dict())
+        write_json(RunFolder(out).config_path, cfg.to_dict())
     return cfg, overrides
 
 
@@ -209,7 +209,7 @@ def check_out(out: Path, fresh: bool, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {out}: is a file, not a folder")
     used = out.is_dir() and any(out.iterdir())
-    if fresh and used and not (out / "config.json").exists():
+    if fresh and used and not RunFolder(out).exists():
         raise RunFolderError(f"--fresh: {out} holds files but no config.json, so it is not a run folder; "
                              "refusing to delete it (nothing was changed)")
     if resume and not fresh and not used:

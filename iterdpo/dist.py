@@ -172,7 +172,9 @@ def shared_dataset(rows: list[dict], folder: Path):
     ds = Dataset.from_list(rows)
     if not active():
         return ds
-    where = Path(broadcast(str(folder))) / "dataset"
+    from .runfolder import StageFiles
+
+    where = StageFiles(broadcast(str(folder))).dataset
     if is_main():
         ds.save_to_disk(str(where))
     barrier()

@@ -28,6 +28,7 @@ from .data import PAIR_KEYS
 from .guard import NonFiniteGuard
 from .memory import plan_for, with_oom_retry
 from .models import Precision, check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision
+from .runfolder import StageFiles
 from .training import common_args, fp16_safe_adapters, last_logged, save_log, save_trained
 
 
@@ -112,14 +113,15 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
     if ref is not None:
         ref.requires_grad_(False)
     rows, plan = round_rows(tok, pairs, dcfg, seed, lengths)
-    work = dest / "trainer"
+    f = StageFiles(dest)
+    work = f.work
     conf = DPOConfig(**dpo_args(dcfg, precision, work, seed, max_length, plan["train_sampling_strategy"], tracking))
     trainer = DPOTrainer(model=model, ref_model=ref, args=conf, train_dataset=dist.shared_dataset(rows, work),
                          processing_class=tok, peft_config=lora_config(mcfg), callbacks=callbacks)
     fp16_safe_adapters(trainer)
     trainer.train()
-    log = save_log(trainer, dest / "train_log.jsonl")
-    save_trained(trainer, tok, dest / "policy", start_path, mcfg, precision, four_bit)
+    log = save_log(trainer, f.train_log)
+    save_trained(trainer, tok, f.policy, f.adapter, start_path, mcfg, precision, four_bit)
     shutil.rmtree(work, ignore_errors=True)
     del trainer, model, ref
     free()
@@ -147,7 +149,7 @@ def train_with_retry(start: str, ref: str | None, pairs: list[dict], dcfg: DPORo
     tracking = {"report_to": cfg.export.report_to, "logging_dir": logs / where} if logs is not None else None
 
     def attempt(micro: int, accum: int) -> dict:
-        shutil.rmtree(dest / "trainer", ignore_errors=True)
+        shutil.rmtree(StageFiles(dest).work, ignore_errors=True)
         return train_round(start, ref, pairs, replace(dcfg, batch_size=micro, grad_accum=accum), cfg.model,
                            precision, dest, seed, callbacks=[NonFiniteGuard(where, precision.fp16)], tracking=tracking)
 

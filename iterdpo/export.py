@@ -21,7 +21,7 @@ import yaml
 
 from .config import RunConfig
 from .folder import read_json, write_json
-from .runfolder import RunFolder
+from .runfolder import RunFolder, StageFiles
 
 CARD_METRICS = ["oracle_score", "mean_reward", "win_rate_vs_sft", "win_rate_vs_previous", "preference_accuracy",
                 "kl_to_reference", "capability_retention", "mean_length"]
@@ -41,17 +41,17 @@ def export_best(cfg: RunConfig) -> Path:
     rf = RunFolder(cfg.out)
     rnd = best_round(rf.root)
     source = rf.policy(rnd)
-    if not (source / "config.json").exists():
+    if not rf.has_policy(rnd):
         raise FileNotFoundError(f"round {rnd} has no merged policy at {source}; run the stages first")
     record = {"round": rnd, "policy": str(source), "adapter": str(rf.adapter(rnd)) if rf.adapter(rnd).exists() else None}
-    marker = rf.best / "export.json"
+    marker = StageFiles(rf.best).export_record
     if not (marker.exists() and read_json(marker) == record):
         tmp = rf.best.with_name(f"best.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp, copy_function=_link_or_copy)
         if record["adapter"]:
-            shutil.copytree(rf.adapter(rnd), tmp / "adapter", copy_function=_link_or_copy)
-        write_json(tmp / "export.json", record)
+            shutil.copytree(rf.adapter(rnd), StageFiles(tmp).adapter, copy_function=_link_or_copy)
+        write_json(StageFiles(tmp).export_record, record)
         shutil.rmtree(rf.best, ignore_errors=True)
         os.replace(tmp, rf.best)
     rf.model_card.write_text(model_card(cfg))
@@ -80,7 +80,7 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 def _metric_rows(rf: RunFolder) -> list[dict]:
     rows = []
-    for rnd in [*rf.evaluated_rounds(), *(["offline_dpo"] if (rf.eval("offline_dpo") / "metrics.json").exists() else [])]:
+    for rnd in [*rf.evaluated_rounds(), *(["offline_dpo"] if rf.done(rf.eval("offline_dpo")) else [])]:
         m = rf.metrics(rf.eval(rnd))
         label = "SFT" if rnd == 0 else "offline DPO" if rnd == "offline_dpo" else f"round {rnd}"
         rows.append({"model": label, **{k: m.get(k) for k in CARD_METRICS}})
@@ -142,7 +142,7 @@ def model_card(cfg: RunConfig) -> str:
         'print(tok.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True))',
         "```", "",
         "`adapter/` holds the LoRA adapter of the last training step (load it with `peft.PeftModel.from_pretrained` "
-        "on the policy the round started from)." if (rf.best / "adapter").exists() else "", "",
+        "on the policy the round started from)." if rf.best_adapter.exists() else "", "",
         "## Config", "",
         "<details><summary>The run's full config</summary>", "", "```yaml", cfg.to_yaml().strip(), "```", "", "</details>", "",
     ]

@@ -150,6 +150,7 @@ def generate_round(cfg, run, rnd: int, plan: dict, dest) -> dict:
     from .folder import write_jsonl
     from .models import inference_precision, resolve_precision
     from .pairs import make_pairs
+    from .runfolder import StageFiles
     from .worlds import world_of
 
     g = cfg.generation
@@ -171,7 +172,7 @@ def generate_round(cfg, run, rnd: int, plan: dict, dest) -> dict:
         r["rewards"] = s
         if world:
             r["oracle"] = [world.oracle(r["prompt"], x, e) for x, e in zip(r["responses"], r["ended"])]
-    check_records(records, GEN_KEYS, str(dest / "samples.jsonl"))
+    check_records(records, GEN_KEYS, str(StageFiles(dest).samples))
     pairs, dropped = make_pairs(records, g.strategy, g.min_reward_gap, g.require_eos, g.length_penalty,
                                 cfg.seed_for("pairs", rnd), source=f"round_{rnd}")
     m = label_diagnostics(pairs, dropped, len(records), cfg, run)
@@ -179,8 +180,8 @@ def generate_round(cfg, run, rnd: int, plan: dict, dest) -> dict:
         m["capability_pairs"] = _add_capability_pairs(pairs, tok, cfg, rnd)
     m.update(start_round=plan["start"], precision=precision.name, prompts=len(records), hard_prompts=n_hard,
              samples=sum(len(r["responses"]) for r in records))
-    write_jsonl(dest / "samples.jsonl", records)
-    write_jsonl(dest / "pairs.jsonl", pairs)
+    write_jsonl(StageFiles(dest).samples, records)
+    write_jsonl(StageFiles(dest).pairs, pairs)
     return m
 
 

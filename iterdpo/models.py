@@ -178,15 +178,14 @@ def merge_and_save(model, tokenizer, dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
-def save_policy(model, tok, dest: Path, start_path: str, cfg: ModelConfig, precision: Precision,
+def save_policy(model, tok, dest: Path, adapter: Path, start_path: str, cfg: ModelConfig, precision: Precision,
                 four_bit: bool = False) -> None:
-    """The LoRA adapter to `dest`'s sibling ``adapter/`` (to take away or push), the merged weights to `dest`.
+    """The LoRA adapter to `adapter` (to take away or push), the merged weights to `dest`.
 
     A 4-bit base cannot be merged into: the adapter is merged into a half-precision reload of the start policy.
     """
     from peft import PeftModel
 
-    adapter = dest.with_name("adapter")
     if isinstance(model, PeftModel):
         model.save_pretrained(adapter)
     if not four_bit:

@@ -27,7 +27,7 @@ from .data import load_pairs, split_heldout, unique
 from .folder import read_json, write_json, write_jsonl
 from .guard import NonFiniteError
 from .models import import_base, load_tokenizer
-from .runfolder import RunFolder
+from .runfolder import RunFolder, StageFiles
 from .worlds import world_of
 
 
@@ -38,8 +38,8 @@ def stage(dest: Path, config: dict, force: bool, work: Callable[[Path], dict]) -
             t0 = time.perf_counter()
             m = work(tmp)
             m["wall_seconds"] = time.perf_counter() - t0
-            write_json(tmp / "metrics.json", m)
-    return read_json(dest / "metrics.json")
+            write_json(StageFiles(tmp).metrics, m)
+    return read_json(StageFiles(dest).metrics)
 
 
 # once per run ----------------------------------------------------------------------------------------
@@ -55,9 +55,9 @@ def prepare(cfg: RunConfig, force: bool = False) -> dict:
 def _base(cfg: RunConfig, tmp: Path) -> dict:
     if cfg.is_toy:
         return toyworld.pretrain_base(cfg, tmp)
-    m = import_base(cfg.model, tmp / "model")
-    if m["path"] == str(tmp / "model"):  # converted into the run folder: record it relative to the run
-        m.update(path="base/model", in_run=True)
+    m = import_base(cfg.model, StageFiles(tmp).model)
+    if m["path"] == str(StageFiles(tmp).model):  # converted into the run folder: record it relative to the run
+        m.update(path=RunFolder(cfg.out).base_model_in_run(), in_run=True)
     return m
 
 
@@ -78,10 +78,11 @@ def _data(cfg: RunConfig, run: RunFolder, tmp: Path) -> dict:
         m = {"skipped": skips.to_dict()}
         if skips.total:
             print(f"data: skipped {skips.total} pairs: {dict(skips.counts)} (first: {skips.where})")
-    write_jsonl(tmp / "train_pairs.jsonl", train)
-    write_jsonl(tmp / "heldout_pairs.jsonl", heldout)
-    write_jsonl(tmp / "heldout_prompts.jsonl", [{"prompt": p} for p in held_prompts])
-    write_jsonl(tmp / "gen_prompts.jsonl", [{"prompt": p} for p in gen_prompts])
+    f = StageFiles(tmp)
+    write_jsonl(f.data("train_pairs"), train)
+    write_jsonl(f.data("heldout_pairs"), heldout)
+    write_jsonl(f.data("heldout_prompts"), [{"prompt": p} for p in held_prompts])
+    write_jsonl(f.data("gen_prompts"), [{"prompt": p} for p in gen_prompts])
     return {**m, "train_pairs": len(train), "heldout_pairs": len(heldout), "heldout_prompts": len(held_prompts),
             "gen_prompts": len(gen_prompts)}
 
@@ -107,7 +108,7 @@ def evaluate_round(cfg: RunConfig, rnd: int | str, force: bool = False, ref: str
 
     def work(tmp: Path) -> dict:
         m, samples = evaluate.evaluate_round(cfg, run, rnd, ref, beta)
-        write_jsonl(tmp / "samples.jsonl", samples)
+        write_jsonl(StageFiles(tmp).samples, samples)
         return m
 
     return stage(run.eval(rnd), cfg.to_dict(), force, work)

@@ -176,11 +176,13 @@ def train_stage(cfg, run, dest: Path) -> dict:
 
     from .data import PAIR_KEYS
     from .guard import NonFiniteGuard
+    from .runfolder import StageFiles
     from .models import device, free, load_tokenizer, lora_config, resolve_precision
     from .training import common_args, last_logged, save_log
     from .worlds import has_world
 
     set_seed(cfg.seed_for("reward"))
+    f = StageFiles(dest)
     precision = resolve_precision(cfg.model.precision)
     base = run.base_source()
     tok = load_tokenizer(base, cfg.model)
@@ -188,13 +190,13 @@ def train_stage(cfg, run, dest: Path) -> dict:
     rm = build(base, r.head_hidden, r.head_dropout, precision.dtype if r.backbone != "full" else torch.float32,
                device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"))
     train = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
-    args = common_args(dest / "trainer", precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, cfg.seed,
+    args = common_args(f.work, precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, cfg.seed,
                        report_to=cfg.export.report_to, logging_dir=run.logs / "reward")
     trainer = Trainer(model=rm, args=TrainingArguments(**args, remove_unused_columns=False),
                       train_dataset=Dataset.from_list(train), data_collator=PairCollator(tok),
                       callbacks=[NonFiniteGuard("reward", precision.fp16)])
     trainer.train()
-    log = save_log(trainer, dest / "train_log.jsonl")
+    log = save_log(trainer, f.train_log)
     heldout = run.pairs("heldout_pairs")
     acc = pair_accuracy(rm, tok, heldout, r.score_batch_size)
     m = {"train_loss": last_logged(log, "loss"), "heldout_accuracy": acc["accuracy"], "heldout_margin": acc["margin"],
@@ -202,8 +204,8 @@ def train_stage(cfg, run, dest: Path) -> dict:
     if has_world(cfg):
         m.update(oracle_agreement(rm, tok, heldout, r.score_batch_size, run))
     if trainer.accelerator.is_main_process:  # several processes: DDP kept every copy the same; one writes
-        save(rm, tok, dest / "model")
-    shutil.rmtree(dest / "trainer", ignore_errors=True)
+        save(rm, tok, f.model)
+    shutil.rmtree(f.work, ignore_errors=True)
     del trainer, rm
     free()
     return m

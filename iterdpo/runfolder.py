@@ -26,6 +26,32 @@ Round = Union[int, str]
 ARMS = ("offline_dpo",)
 
 
+class StageFiles:
+    """The files inside one stage folder, finished or still being written (its temporary twin): the names
+    the stage that writes them and every reader share."""
+
+    CONFIG, METRICS = "config.json", "metrics.json"
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    config = property(lambda self: self.folder / self.CONFIG)
+    metrics = property(lambda self: self.folder / self.METRICS)
+    train_log = property(lambda self: self.folder / "train_log.jsonl")
+    samples = property(lambda self: self.folder / "samples.jsonl")  # generation records, or scored eval samples
+    pairs = property(lambda self: self.folder / "pairs.jsonl")
+    policy = property(lambda self: self.folder / "policy")  # merged weights, safetensors
+    adapter = property(lambda self: self.folder / "adapter")  # the LoRA adapter beside them
+    model = property(lambda self: self.folder / "model")  # the base model, or the reward model
+    work = property(lambda self: self.folder / "trainer")  # the trainer's scratch folder, removed when done
+    dataset = property(lambda self: self.folder / "dataset")  # a training set shared by several processes
+    export_record = property(lambda self: self.folder / "export.json")
+
+    def data(self, name: str) -> Path:
+        """data/<name>.jsonl: train_pairs, heldout_pairs, heldout_prompts, gen_prompts."""
+        return self.folder / f"{name}.jsonl"
+
+
 class RunFolder:
     """Paths and readers of one run folder (`root`)."""
 
@@ -87,24 +113,38 @@ class RunFolder:
 
     def policy(self, rnd: Round) -> Path:
         """The merged policy of round `rnd` (0 = SFT, 'offline_dpo' = the baseline arm)."""
-        return self.stage("sft") / "policy" if rnd == 0 else self.dpo(rnd) / "policy"
+        return self._trained(rnd).policy
 
     def adapter(self, rnd: Round) -> Path:
         """The LoRA adapter that produced `policy(rnd)`, kept beside the merged weights."""
-        return self.policy(rnd).with_name("adapter")
+        return self._trained(rnd).adapter
+
+    def has_policy(self, rnd: Round) -> bool:
+        return (self.policy(rnd) / "config.json").exists()
+
+    def _trained(self, rnd: Round) -> StageFiles:
+        return StageFiles(self.stage("sft") if rnd == 0 else self.dpo(rnd))
 
     def reward_model(self) -> Path:
-        return self.stage("reward") / "model"
+        return StageFiles(self.stage("reward")).model
+
+    def base_model_in_run(self) -> str:
+        """Where the base stage puts a model it makes, relative to the run (recorded so the run can move)."""
+        return str(StageFiles(self.stage("base")).model.relative_to(self.root))
 
     def data_file(self, name: str) -> Path:
         """data/<name>.jsonl: train_pairs, heldout_pairs, heldout_prompts, gen_prompts."""
-        return self.stage("data") / f"{name}.jsonl"
+        return StageFiles(self.stage("data")).data(name)
 
     def pairs_file(self, rnd: int) -> Path:
-        return self.generate(rnd) / "pairs.jsonl"
+        return StageFiles(self.generate(rnd)).pairs
 
     def train_log(self, stage_dir: Path) -> Path:
-        return Path(stage_dir) / "train_log.jsonl"
+        return StageFiles(stage_dir).train_log
+
+    @property
+    def best_adapter(self) -> Path:
+        return StageFiles(self.best).adapter
 
     # readers ---------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -120,7 +160,7 @@ class RunFolder:
         return is_done(stage_dir)
 
     def metrics(self, stage_dir: Path) -> dict:
-        return read_json(Path(stage_dir) / "metrics.json")
+        return read_json(StageFiles(stage_dir).metrics)
 
     def base_source(self) -> str:
         """Where the base model loads from: inside the run folder (toy, converted GGUF) or a hub name/path."""
@@ -145,11 +185,11 @@ class RunFolder:
 
     def samples(self, rnd: Round) -> list[dict] | None:
         """The scored evaluation samples of round `rnd`, or None before it is evaluated."""
-        path = self.eval(rnd) / "samples.jsonl"
+        path = StageFiles(self.eval(rnd)).samples
         return read_jsonl(path) if path.exists() else None
 
     def generation_records(self, rnd: int) -> list[dict] | None:
-        path = self.generate(rnd) / "samples.jsonl"
+        path = StageFiles(self.generate(rnd)).samples
         return read_jsonl(path) if path.exists() else None
 
     def train_log_rows(self, stage_dir: Path) -> list[dict]:
@@ -158,7 +198,7 @@ class RunFolder:
 
     def plan(self, rnd: int) -> dict:
         """Round `rnd`'s plan (start round, hyper-parameters, targeted data), as its generation stage derived it."""
-        return read_json(self.generate(rnd) / "config.json")["plan"]
+        return read_json(StageFiles(self.generate(rnd)).config)["plan"]
 
     def decisions(self) -> dict[int, dict]:
         """The controller's decisions by round (its only state)."""

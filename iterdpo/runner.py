@@ -27,6 +27,7 @@ from pathlib import Path
 
 from . import gate
 from .config import ConfigError, RunConfig, load_preset
+from .runfolder import RunFolder
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "python3"
@@ -245,7 +246,7 @@ def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None
     check_kernel()
     # Notebooks anchor a relative run folder to the repository root; the command line means the working directory.
     params = {**notebook_parameters(cfg, overrides), "out": str(Path(cfg.out).resolve())}
-    folder = Path(cfg.out) / "notebooks"
+    folder = RunFolder(cfg.out).notebooks
     gate_dir = Path(cfg.out) / ".runner"
     shutil.rmtree(gate_dir, ignore_errors=True)
     gate_dir.mkdir(parents=True)
@@ -272,7 +273,7 @@ def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None
         if ahead is not None and ahead.thread.is_alive():
             ahead.cancel("the notebook before it failed")
         shutil.rmtree(gate_dir, ignore_errors=True)
-    return json.loads((Path(cfg.out) / "summary.json").read_text())
+    return RunFolder(cfg.out).summary()
 
 
 NBVAL_CONFTEST = '''"""Written by iterdpo.runner.prepare_for_nbval: headless kernels, each executed notebook kept in executed/."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .guard import NonFiniteGuard
 from .models import check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision
+from .runfolder import StageFiles
 from .training import common_args, last_logged, save_log, save_trained, sft_train
 
 
@@ -20,6 +21,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
     from transformers import set_seed
 
     set_seed(cfg.seed_for("sft"))
+    f = StageFiles(dest)
     precision = resolve_precision(cfg.model.precision)
     base = run.base_source()
     tok = load_tokenizer(base, cfg.model)
@@ -28,13 +30,13 @@ def train_stage(cfg, run, dest: Path) -> dict:
     rows = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in run.pairs("train_pairs")]
     s = cfg.sft
     max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 1
-    args = common_args(dest / "trainer", precision, s.max_steps, s.learning_rate, s.batch_size, s.grad_accum, cfg.seed,
+    args = common_args(f.work, precision, s.max_steps, s.learning_rate, s.batch_size, s.grad_accum, cfg.seed,
                        report_to=cfg.export.report_to, logging_dir=run.logs / "sft")
     trainer = sft_train(model, tok, rows, args, max_length=max_len, peft_config=lora_config(cfg.model),
                         callbacks=[NonFiniteGuard("sft", precision.fp16)])
-    log = save_log(trainer, dest / "train_log.jsonl")
-    save_trained(trainer, tok, dest / "policy", base, cfg.model, precision, cfg.model.load_in_4bit)
-    shutil.rmtree(dest / "trainer", ignore_errors=True)
+    log = save_log(trainer, f.train_log)
+    save_trained(trainer, tok, f.policy, f.adapter, base, cfg.model, precision, cfg.model.load_in_4bit)
+    shutil.rmtree(f.work, ignore_errors=True)
     del trainer, model
     free()
     return {"train_loss": last_logged(log, "loss"), "pairs": len(rows), "precision": precision.name}

@@ -220,6 +220,7 @@ def pretrain_base(cfg, dest) -> dict:
 
     from .guard import NonFiniteGuard
     from .models import check_lora_targets, free, resolve_precision
+    from .runfolder import RunFolder, StageFiles
     from .training import common_args, last_logged, save_log, sft_train
 
     w = ToyWorld(cfg.toy)
@@ -230,17 +231,18 @@ def pretrain_base(cfg, dest) -> dict:
     model = LlamaForCausalLM(tiny_llama_config(cfg.toy, tok))
     check_lora_targets(model, cfg.model.lora_targets, "the toy world's tiny Llama")  # before any training
     precision = resolve_precision(cfg.model.precision)
-    args = common_args(dest / "trainer", precision, cfg.toy.pretrain_steps, cfg.toy.pretrain_lr, 64, 1, cfg.seed,
-                       report_to=cfg.export.report_to, logging_dir=dest.parent / "logs" / "base")
+    f, run = StageFiles(dest), RunFolder(cfg.out)
+    args = common_args(f.work, precision, cfg.toy.pretrain_steps, cfg.toy.pretrain_lr, 64, 1, cfg.seed,
+                       report_to=cfg.export.report_to, logging_dir=run.logs / "base")
     trainer = sft_train(model, tok, rows, args, max_length=cfg.toy.max_positions,
                         callbacks=[NonFiniteGuard("base", precision.fp16)])
-    log = save_log(trainer, dest / "train_log.jsonl")
-    model.save_pretrained(dest / "model", safe_serialization=True)
-    tok.save_pretrained(dest / "model")
-    shutil.rmtree(dest / "trainer", ignore_errors=True)
+    log = save_log(trainer, f.train_log)
+    model.save_pretrained(f.model, safe_serialization=True)
+    tok.save_pretrained(f.model)
+    shutil.rmtree(f.work, ignore_errors=True)
     del trainer, model
     free()
-    return {"path": "base/model", "in_run": True, "gguf_file": "", "train_loss": last_logged(log, "loss"),
+    return {"path": run.base_model_in_run(), "in_run": True, "gguf_file": "", "train_loss": last_logged(log, "loss"),
             "docs": len(docs), "vocab_size": len(tok)}
 
 

@@ -81,8 +81,9 @@ def sft_train(model, tokenizer, rows: list[dict], args: dict, max_length: int, p
     return trainer
 
 
-def save_trained(trainer, tok, dest: Path, start_path: str, mcfg, precision: Precision, four_bit: bool = False) -> None:
-    """models.save_policy for a trained LoRA model (merged weights to `dest`, adapter beside), written once.
+def save_trained(trainer, tok, dest: Path, adapter: Path, start_path: str, mcfg, precision: Precision,
+                 four_bit: bool = False) -> None:
+    """models.save_policy for a trained LoRA model (merged weights to `dest`, the adapter to `adapter`), written once.
 
     Several processes: under DDP (and ZeRO-2) every process holds the same full weights, so the main process
     alone merges and saves (merging is local: no collective, no deadlock). Under ZeRO-3 or FSDP the weights
@@ -93,14 +94,13 @@ def save_trained(trainer, tok, dest: Path, start_path: str, mcfg, precision: Pre
 
     zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
     if trainer.is_fsdp_enabled or zero3:
-        adapter = dest.with_name("adapter")
         trainer.save_model(str(adapter))
         if trainer.accelerator.is_main_process:
             from peft import PeftModel
 
             merge_and_save(PeftModel.from_pretrained(load_causal_lm(start_path, mcfg, precision), str(adapter)), tok, dest)
     elif trainer.accelerator.is_main_process:
-        save_policy(trainer.model, tok, dest, start_path, mcfg, precision, four_bit)
+        save_policy(trainer.model, tok, dest, adapter, start_path, mcfg, precision, four_bit)
 
 
 def save_log(trainer, path: Path) -> list[dict]:

@@ -56,7 +56,7 @@ def eval_metrics(run: str | Path) -> pd.DataFrame:
     rf = RunFolder(run)
     rows = {}
     for label, r, _ in model_folders(run):
-        if (rf.eval(r) / "metrics.json").exists():
+        if rf.done(rf.eval(r)):
             m = rf.metrics(rf.eval(r))
             rows[label] = {"round": r if isinstance(r, int) else None, **{k: v for k, v in m.items() if _is_number(v)}}
     df = pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
