@@ -143,10 +143,10 @@ def training_pairs(cfg, run, rnd: int) -> list[dict]:
 
 def train_with_retry(start: str, ref: str | None, pairs: list[dict], dcfg: DPORoundConfig, cfg, dest: Path,
                      seed: int, where: str = "dpo", logs: Path | None = None) -> dict:
-    """train_round under the non-finite guard (named `where`), tracked into `logs`/`where`; on out-of-memory,
+    """train_round under the non-finite guard (named `where`), tracked into `logs`; on out-of-memory,
     again at half the micro-batch, the effective batch kept."""
     precision = resolve_precision(cfg.model.precision)
-    tracking = {"report_to": cfg.export.report_to, "logging_dir": logs / where} if logs is not None else None
+    tracking = {"report_to": cfg.export.report_to, "logging_dir": logs} if logs is not None else None
 
     def attempt(micro: int, accum: int) -> dict:
         shutil.rmtree(StageFiles(dest).work, ignore_errors=True)
@@ -179,7 +179,7 @@ def round_stage(cfg, run, rnd: int, plan: dict, dest: Path) -> dict:
     set_seed(cfg.seed_for("dpo", rnd))
     pairs = training_pairs(cfg, run, rnd)
     out = train_with_retry(str(run.policy(plan["start"])), ref, pairs, dcfg, cfg, dest, cfg.seed_for("dpo", rnd),
-                           where=f"dpo_round_{rnd}", logs=run.logs)
+                           where=f"dpo_round_{rnd}", logs=run.log_dir(f"dpo_round_{rnd}"))
     log = out["log"]
     return {"start_round": plan["start"], "reference_round": ref_round, "reference": str(run.policy(ref_round)),
             "reference_kind": cfg.dpo.reference, "params": p, "loss_type": dcfg.loss_type,
@@ -204,6 +204,6 @@ def offline_stage(cfg, run, dest: Path) -> dict:
     set_seed(cfg.seed_for("offline_dpo"))
     pairs = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
     out = train_with_retry(str(run.policy(0)), None, pairs, dcfg, cfg, dest, cfg.seed_for("offline_dpo"),
-                           where="offline_dpo", logs=run.logs)
+                           where="offline_dpo", logs=run.log_dir("offline_dpo"))
     return {"max_steps": steps, "rounds_matched": rounds, "pairs": len(pairs), "train_loss": last_logged(out["log"], "loss"),
             "max_length": out["max_length"], **_batch_record(out)}

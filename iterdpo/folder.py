@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-DONE_FILE = "metrics.json"
+DONE_FILE = "metrics.json"  # written last: a stage folder holding it is finished
+CONFIG_FILE = "config.json"
 
 
 def is_done(path: str | Path) -> bool:
@@ -121,7 +122,7 @@ def stage_folder(path: str | Path, config: dict, force: bool = False) -> Iterato
         return
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.mkdir()
-    write_json(tmp / "config.json", config)
+    write_json(tmp / CONFIG_FILE, config)
     try:
         yield tmp
         if not (tmp / DONE_FILE).exists():

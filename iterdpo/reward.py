@@ -191,7 +191,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
                device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"))
     train = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
     args = common_args(f.work, precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, cfg.seed,
-                       report_to=cfg.export.report_to, logging_dir=run.logs / "reward")
+                       report_to=cfg.export.report_to, logging_dir=run.log_dir("reward"))
     trainer = Trainer(model=rm, args=TrainingArguments(**args, remove_unused_columns=False),
                       train_dataset=Dataset.from_list(train), data_collator=PairCollator(tok),
                       callbacks=[NonFiniteGuard("reward", precision.fp16)])

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-from .folder import is_done, read_json, read_jsonl
+from .folder import CONFIG_FILE, DONE_FILE, is_done, read_json, read_jsonl
 
 Round = Union[int, str]
 ARMS = ("offline_dpo",)
@@ -30,7 +30,7 @@ class StageFiles:
     """The files inside one stage folder, finished or still being written (its temporary twin): the names
     the stage that writes them and every reader share."""
 
-    CONFIG, METRICS = "config.json", "metrics.json"
+    CONFIG, METRICS = CONFIG_FILE, DONE_FILE
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -86,6 +86,19 @@ class RunFolder:
     def logs(self) -> Path:
         """Experiment-tracking logs (TensorBoard), one sub-folder per training stage."""
         return self.root / "logs"
+
+    def log_dir(self, stage: str) -> Path:
+        """TensorBoard logs of one training stage (base, sft, reward, dpo_round_<r>, offline_dpo)."""
+        return self.logs / stage
+
+    @property
+    def gate_dir(self) -> Path:
+        """The runner's turn-taking flags while notebooks run (iterdpo.gate); removed when the run ends."""
+        return self.root / ".runner"
+
+    def metrics_files(self) -> list[Path]:
+        """Every finished stage's metrics.json."""
+        return [p for p in self.root.glob(f"**/{StageFiles.METRICS}") if ".tmp-" not in str(p)]
 
     @property
     def best(self) -> Path:

@@ -247,7 +247,7 @@ def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None
     # Notebooks anchor a relative run folder to the repository root; the command line means the working directory.
     params = {**notebook_parameters(cfg, overrides), "out": str(Path(cfg.out).resolve())}
     folder = RunFolder(cfg.out).notebooks
-    gate_dir = Path(cfg.out) / ".runner"
+    gate_dir = RunFolder(cfg.out).gate_dir
     shutil.rmtree(gate_dir, ignore_errors=True)
     gate_dir.mkdir(parents=True)
 

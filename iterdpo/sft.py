@@ -31,7 +31,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
     s = cfg.sft
     max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 1
     args = common_args(f.work, precision, s.max_steps, s.learning_rate, s.batch_size, s.grad_accum, cfg.seed,
-                       report_to=cfg.export.report_to, logging_dir=run.logs / "sft")
+                       report_to=cfg.export.report_to, logging_dir=run.log_dir("sft"))
     trainer = sft_train(model, tok, rows, args, max_length=max_len, peft_config=lora_config(cfg.model),
                         callbacks=[NonFiniteGuard("sft", precision.fp16)])
     log = save_log(trainer, f.train_log)

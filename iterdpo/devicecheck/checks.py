@@ -171,7 +171,9 @@ def _watch_stages(root: Path, peaks: dict, stop: threading.Event, poll: float = 
 def _non_finite_metrics(root: Path) -> list[str]:
     """Metric files holding a NaN/inf, or a value folder.write_json replaced by null for being non-finite."""
     bad = []
-    for p in [*root.glob("**/metrics.json"), root / "summary.json"]:
+    from ..runfolder import RunFolder
+
+    for p in [*RunFolder(root).metrics_files(), RunFolder(root).summary_path]:
         if not p.exists():
             continue
         text = p.read_text()
