@@ -106,6 +106,7 @@ class RewardConfig(_Section):
     head_dropout: float = F(0.1, "Dropout inside the head.", min=0.0, max=0.9)
     backbone: str = F("full", "full: train every backbone weight (tiny models); lora: LoRA adapters; frozen: head only.", choices=["full", "lora", "frozen"])
     score_batch_size: int = F(64, "Responses per batch when scoring.", min=1, max=65_536)
+    ensemble: int = F(1, "Reward models trained on the seed pairs; with more than one, each after the first learns from a bootstrap resample under its own seed, and sampled responses are scored by their mean (see generation.min_agreement).", min=1, max=16)
     train_accuracy_pairs: int = F(500, "Training pairs the reward model's train accuracy is measured on (a cheap fit check).", min=1)
 
 
@@ -123,6 +124,7 @@ class GenerationConfig(_Section):
     strategy: str = F("max_min", "Pairing: max_min, max_random, random, max_min_length (max_min on length-penalised reward).", choices=["max_min", "max_random", "random", "max_min_length"])
     length_penalty: float = F(0.0, "Reward minus this times response tokens, for max_min_length.", min=0.0)
     min_reward_gap: float = F(0.05, "Pairs whose reward gap is below this are dropped and counted.", min=0.0)
+    min_agreement: float = F(0.0, "Keep a synthetic pair only when at least this share of the reward ensemble ranks its chosen response above its rejected one; the others are dropped and counted (ensemble_disagrees).", min=0.0, max=1.0)
     require_eos: bool = F(True, "Drop responses that hit max_new_tokens without an end-of-sequence token.")
     targeted_share: float = F(0.5, "Share of the round's prompts drawn from the controller's targeted prompts, when it asks for some.", min=0.0, max=1.0)
 
@@ -236,9 +238,9 @@ SECTIONS = {
 TOP_FIELDS = {"preset", "seed", "rounds", "out"}
 # Offsets from the run seed, one per use, so that no two draws share a random stream (RunConfig.seed_for).
 SEED_OFFSETS = {"sft": 0, "reward": 1, "offline_dpo": 1, "pretrain_docs": 101, "seed_pairs": 202,
-                "heldout_prompts": 303, "gen_prompts": 404, "eval_sampling": 7919,
+                "heldout_prompts": 303, "gen_prompts": 404, "eval_sampling": 7919, "reward_member": 501,
                 "split": 0, "dpo": 0, "pairs": 0, "capability_pairs": 0}
-PER_ROUND_SEEDS = {"dpo", "pairs", "capability_pairs"}  # these add the round number
+PER_ROUND_SEEDS = {"dpo", "pairs", "capability_pairs", "reward_member"}  # these add the round (or member) number
 
 
 @dataclass

@@ -122,7 +122,7 @@ def compare(samples: list[dict], other: list[dict] | None, name: str, world) -> 
     return out
 
 
-def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, inputs: EvalInputs, cfg,
+def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str | list[str], inputs: EvalInputs, cfg,
              sft_samples: list[dict] | None = None, prev_samples: list[dict] | None = None,
              baseline_capability: float | None = None, baseline_capability_se: float = 0.0) -> tuple[dict, list[dict]]:
     """Metrics and scored samples of the policy at `policy_path` (ref_path None: it is its own reference).
@@ -151,16 +151,18 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str, 
         lp_base, n_base = _samples_logprobs(inputs.base_path, samples, cfg, precision, "base")
         for s, lp, n in zip(samples, lp_base.tolist(), n_base.tolist()):
             s["base_logp"], s["base_tokens"] = lp, n
-    rm = reward.load(rm_path, cfg.reward.head_hidden, precision.dtype)
-    rewards = reward.score(rm, tok, [s["prompt"] for s in samples], [s["response"] for s in samples],
-                           [s["ended"] for s in samples], cfg.reward.score_batch_size, desc="RM (eval samples)")
-    greedy_rewards = None
-    if "greedy" in pol:
-        gs = pol["greedy"]
-        greedy_rewards = reward.score(rm, tok, [s["prompt"] for s in gs], [s["response"] for s in gs], [s["ended"] for s in gs],
-                                      cfg.reward.score_batch_size, desc="RM (greedy)")
-    del rm
-    free()
+    judged = [samples, pol["greedy"]] if "greedy" in pol else [samples]
+    rm_paths = [rm_path] if isinstance(rm_path, str) else list(rm_path)
+    by_member = []  # the reward ensemble's mean judges (one model: that model)
+    for path in rm_paths:
+        rm = reward.load(path, cfg.reward.head_hidden, precision.dtype)
+        by_member.append([reward.score(rm, tok, [s["prompt"] for s in ss], [s["response"] for s in ss],
+                                       [s["ended"] for s in ss], cfg.reward.score_batch_size, desc="RM (eval samples)")
+                          for ss in judged])
+        del rm
+        free()
+    mean = [[sum(m[k][i] for m in by_member) / len(by_member) for i in range(len(ss))] for k, ss in enumerate(judged)]
+    rewards, greedy_rewards = mean[0], (mean[1] if len(mean) > 1 else None)
     for s, r in zip(samples, rewards):
         s["reward"] = r
         if inputs.world is not None:
@@ -230,6 +232,6 @@ def evaluate_round(cfg, run, rnd, ref: str | None = None, beta: float | None = N
     sft = run.metrics(run.eval(0)) if rnd != 0 else {}
     base_cap, base_cap_se = sft.get("capability_score"), sft.get("capability_score_se", 0.0)
     prev = run.samples(rnd - 1) if isinstance(rnd, int) and rnd > 0 else None
-    return evaluate(str(run.policy(rnd)), ref, beta or cfg.dpo.beta, str(run.reward_model()), inputs, cfg,
+    return evaluate(str(run.policy(rnd)), ref, beta or cfg.dpo.beta, [str(p) for p in run.reward_models()], inputs, cfg,
                     sft_samples=run.samples(0) if rnd != 0 else None, prev_samples=prev, baseline_capability=base_cap,
                     baseline_capability_se=base_cap_se)

@@ -14,7 +14,6 @@ import torch
 from . import dist
 from .data import as_completion
 from .losses import sequence_logprobs
-from .models import free
 from .progress import bar
 
 
@@ -162,19 +161,19 @@ def generate_round(cfg, run, rnd: int, plan: dict, dest) -> dict:
                             desc=f"round {rnd}: sampling")
     policy.close()
     del policy
-    rm = reward.load(run.reward_model(), cfg.reward.head_hidden, precision.dtype)
-    scores = reward.score_grouped(rm, tok, [r["prompt"] for r in records], [r["responses"] for r in records],
-                                  [r["ended"] for r in records], cfg.reward.score_batch_size, desc=f"round {rnd}: scoring")
-    del rm
-    free()
+    members = reward.scores_of(run.reward_models(), cfg.reward.head_hidden, precision.dtype, tok,
+                               [r["prompt"] for r in records], [r["responses"] for r in records],
+                               [r["ended"] for r in records], cfg.reward.score_batch_size, desc=f"round {rnd}: scoring")
     world = world_of(cfg)
-    for r, s in zip(records, scores):
-        r["rewards"] = s
+    for i, r in enumerate(records):
+        r["rewards"] = [sum(m[i][j] for m in members) / len(members) for j in range(len(r["responses"]))]
+        if len(members) > 1:
+            r["member_rewards"] = [m[i] for m in members]
         if world:
             r["oracle"] = [world.oracle(r["prompt"], x, e) for x, e in zip(r["responses"], r["ended"])]
     check_records(records, GEN_KEYS, str(StageFiles(dest).samples))
     pairs, dropped = make_pairs(records, g.strategy, g.min_reward_gap, g.require_eos, g.length_penalty,
-                                cfg.seed_for("pairs", rnd), source=f"round_{rnd}")
+                                cfg.seed_for("pairs", rnd), source=f"round_{rnd}", min_agreement=g.min_agreement)
     m = label_diagnostics(pairs, dropped, len(records), cfg, run)
     if plan["targeted"].get("capability_pairs"):
         m["capability_pairs"] = _add_capability_pairs(pairs, tok, cfg, rnd)

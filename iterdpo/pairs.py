@@ -23,7 +23,8 @@ def _pick(strategy: str, scores: list[float], cands: list[int], rng: random.Rand
 
 
 def make_pairs(records: list[dict], strategy: str = "max_min", min_gap: float = 0.0, require_eos: bool = True,
-               length_penalty: float = 0.0, seed: int = 0, source: str = "synthetic") -> tuple[list[dict], Counter]:
+               length_penalty: float = 0.0, seed: int = 0, source: str = "synthetic",
+               min_agreement: float = 0.0) -> tuple[list[dict], Counter]:
     """One pair per generation record, or a drop reason: missing_eos, empty, identical, small_gap.
 
     Args:
@@ -32,6 +33,8 @@ def make_pairs(records: list[dict], strategy: str = "max_min", min_gap: float = 
             ordered by reward), max_min_length (max_min on reward - length_penalty * n_tokens).
         min_gap: pairs whose (possibly length-penalised) reward gap is below this are dropped.
         require_eos: responses that never ended are not candidates; empty responses never are.
+        min_agreement: with a reward ensemble (records carry "member_rewards": [members][K]), the share of
+            members that must rank chosen above rejected; the pair records that share as "agreement".
     Returns:
         (pairs, dropped): pairs carry prompt, chosen, rejected, source, reward_chosen, reward_rejected, gap.
     """
@@ -63,6 +66,11 @@ def make_pairs(records: list[dict], strategy: str = "max_min", min_gap: float = 
             continue
         pair = {"prompt": rec["prompt"], "chosen": resp[c], "rejected": resp[r], "source": source,
                 "reward_chosen": rewards[c], "reward_rejected": rewards[r], "gap": gap}
+        if "member_rewards" in rec:
+            pair["agreement"] = sum(m[c] > m[r] for m in rec["member_rewards"]) / len(rec["member_rewards"])
+            if pair["agreement"] < min_agreement:
+                dropped["ensemble_disagrees"] += 1
+                continue
         if "oracle" in rec:
             pair["oracle_chosen"], pair["oracle_rejected"] = rec["oracle"][c], rec["oracle"][r]
         pairs.append(pair)

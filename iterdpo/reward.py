@@ -203,12 +203,86 @@ def train_stage(cfg, run, dest: Path) -> dict:
          "train_accuracy": pair_accuracy(rm, tok, train[: r.train_accuracy_pairs], r.score_batch_size)["accuracy"]}
     if has_world(cfg):
         m.update(oracle_agreement(rm, tok, heldout, r.score_batch_size, run))
+    members = [heldout_rewards(rm, tok, heldout, r.score_batch_size)] if r.ensemble > 1 else []
     if trainer.accelerator.is_main_process:  # several processes: DDP kept every copy the same; one writes
         save(rm, tok, f.model)
     shutil.rmtree(f.work, ignore_errors=True)
     del trainer, rm
     free()
+    for i in range(1, r.ensemble):  # the other members: own seed, bootstrap resample of the seed pairs
+        members.append(_train_member(cfg, run, tok, train, heldout, i, f.members / str(i), precision))
+    if r.ensemble > 1:
+        m.update(ensemble_accuracy(members, heldout), ensemble_size=r.ensemble)
     return m
+
+
+def _train_member(cfg, run, tok, train: list[dict], heldout: list[dict], i: int, dest: Path, precision):
+    """Reward-ensemble member `i`: trained like the first on a bootstrap resample, saved to `dest`; its
+    rewards of the held-out pairs (chosen then rejected) are returned."""
+    import random
+    import shutil
+
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from .guard import NonFiniteGuard
+    from .models import device, free, lora_config
+    from .training import common_args
+
+    seed, r = cfg.seed_for("reward_member", i), cfg.reward
+    rng = random.Random(seed)
+    rows = [train[rng.randrange(len(train))] for _ in train]
+    set_seed(seed)
+    rm = build(run.base_source(), r.head_hidden, r.head_dropout, precision.dtype if r.backbone != "full" else torch.float32,
+               device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"))
+    args = common_args(dest.with_name(f"{i}.work"), precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum,
+                       seed, report_to="none")
+    trainer = Trainer(model=rm, args=TrainingArguments(**{**args, "disable_tqdm": True}, remove_unused_columns=False),
+                      train_dataset=Dataset.from_list(rows), data_collator=PairCollator(tok),
+                      callbacks=[NonFiniteGuard(f"reward_member_{i}", precision.fp16)])
+    trainer.train()
+    out = heldout_rewards(rm, tok, heldout, r.score_batch_size)
+    if trainer.accelerator.is_main_process:
+        save(rm, tok, dest)
+    shutil.rmtree(dest.with_name(f"{i}.work"), ignore_errors=True)
+    del trainer, rm
+    free()
+    return out
+
+
+def heldout_rewards(rm: RewardModel, tok, pairs: list[dict], batch_size: int) -> torch.Tensor:
+    """(2N,) rewards of N pairs: the chosen responses, then the rejected ones."""
+    prompts = [p["prompt"] for p in pairs]
+    return torch.tensor(score(rm, tok, prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs],
+                              batch_size=batch_size, desc="RM held-out"))
+
+
+def ensemble_accuracy(members: list[torch.Tensor], heldout: list[dict]) -> dict:
+    """The ensemble's mean reward on held-out pairs: accuracy against the seed labels and, where pairs carry
+    `flipped` (a world's oracle labels known), against the oracle."""
+    r = torch.stack(members).mean(0)
+    n = len(heldout)
+    out = {"ensemble_heldout_accuracy": preference_stats(r[:n], r[n:])["accuracy"]}
+    if heldout and all("flipped" in p for p in heldout):
+        flip = torch.tensor([bool(p["flipped"]) for p in heldout])
+        c, rj = torch.where(flip, r[n:], r[:n]), torch.where(flip, r[:n], r[n:])
+        out["ensemble_oracle_accuracy"] = preference_stats(c, rj)["accuracy"]
+    return out
+
+
+def scores_of(paths: list[Path], head_hidden: int, dtype, tok, prompts: list[str], responses: list[list[str]],
+              ended: list[list[bool]], batch_size: int, desc: str = "scoring") -> list[list[list[float]]]:
+    """score_grouped by every reward model in `paths`, loaded one at a time: [member][prompt][response]."""
+    from .models import free
+
+    out = []
+    for i, path in enumerate(paths):
+        rm = load(path, head_hidden, dtype)
+        out.append(score_grouped(rm, tok, prompts, responses, ended, batch_size, desc=f"{desc} ({i + 1}/{len(paths)})"
+                                 if len(paths) > 1 else desc))
+        del rm
+        free()
+    return out
 
 
 def oracle_agreement(rm: RewardModel, tok, heldout: list[dict], batch_size: int, run) -> dict:

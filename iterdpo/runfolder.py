@@ -46,6 +46,7 @@ class StageFiles:
     work = property(lambda self: self.folder / "trainer")  # the trainer's scratch folder, removed when done
     dataset = property(lambda self: self.folder / "dataset")  # a training set shared by several processes
     export_record = property(lambda self: self.folder / "export.json")
+    members = property(lambda self: self.folder / "members")  # reward-ensemble members after the first
 
     def data(self, name: str) -> Path:
         """data/<name>.jsonl: train_pairs, heldout_pairs, heldout_prompts, gen_prompts."""
@@ -140,6 +141,12 @@ class RunFolder:
 
     def reward_model(self) -> Path:
         return StageFiles(self.stage("reward")).model
+
+    def reward_models(self) -> list[Path]:
+        """The reward ensemble: the first model, then its other members (reward.ensemble)."""
+        members = StageFiles(self.stage("reward")).members
+        rest = sorted(members.iterdir(), key=lambda p: int(p.name)) if members.is_dir() else []
+        return [self.reward_model(), *rest]
 
     def base_model_in_run(self) -> str:
         """Where the base stage puts a model it makes, relative to the run (recorded so the run can move)."""
