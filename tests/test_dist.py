@@ -7,7 +7,6 @@ one torch thread (this project's CI has 2 cores)."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,12 +20,6 @@ from iterdpo.runfolder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
-
-# The whole loop, small enough for CI on 2 cores (a few minutes with 2 processes).
-CI = {"toy.pretrain_docs": 4000, "toy.pretrain_steps": 500, "data.train_pairs": 1500, "data.heldout_pairs": 150,
-      "data.heldout_prompts": 128, "data.gen_prompts": 512, "sft.max_steps": 60, "reward.max_steps": 250,
-      "generation.prompts_per_round": 384, "generation.k": 8, "dpo.max_steps": 40, "eval.capability_n": 100}
-
 
 def torchrun(n: int, args: list[str], **kw) -> subprocess.CompletedProcess | subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), *args]
@@ -123,11 +116,12 @@ def test_sharded_sampling_scoring_and_logprobs_equal_one_process(small_policy, t
 def two_process_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "run"
     t0 = time.perf_counter()
-    r = torchrun(2, ["-m", "iterdpo", "run", "--preset", "tiny", "--rounds", "2", "--seed", "1", "--out", str(out),
-                     *sets(CI)], timeout=1800)
+    # The README's command as written: the full tiny preset (about 2 minutes with 2 processes on 2 cores)
+    r = torchrun(2, ["-m", "iterdpo", "run", "--preset", "tiny", "--rounds", "2", "--seed", "1", "--out", str(out)],
+                 timeout=1800)
     seconds = time.perf_counter() - t0
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    print(f"\n2-process tiny run (CI settings, 2 rounds, seed 1): {seconds:.0f} s")
+    print(f"\n2-process tiny run (2 rounds, seed 1): {seconds:.0f} s")
     return out, r.stdout
 
 
@@ -144,11 +138,12 @@ def test_two_processes_run_the_loop(two_process_run):
     assert not list(run.root.glob("**/*.tmp-*"))
     for r in (0, 1, 2):
         assert (run.policy(r) / "model.safetensors").exists() and (run.adapter(r) / "adapter_config.json").exists()
-    # No quality bar at this size: over seeds 0-3 the best round's oracle win rate against SFT was 0.53-0.61 on
-    # 128 prompts (standard error 0.044), so a 0.6 bar would fail on most seeds; the full preset carries the
-    # bar (test_full_tiny_preset_two_processes_meets_the_bar). Printed for the log.
+    # The single-process bar: the controller's best round beats SFT by the oracle on at least 0.6 of 256 held-out
+    # prompts. Seed 1 gave 0.760 with 2 processes (0.75 in one process); one standard error is 0.03.
+    best = summary["rounds"][summary["best_round"]]["metrics"]["oracle_win_rate_vs_sft"]
     print("oracle win rate vs SFT by round:", [round(r["metrics"]["oracle_win_rate_vs_sft"], 3) for r in summary["rounds"]],
           "best round", summary["best_round"])
+    assert best >= 0.6
 
 
 @pytest.mark.integration
@@ -167,19 +162,6 @@ def test_generation_stage_equals_one_process(two_process_run, tmp_path):
     assert len(two) == cfg.generation.prompts_per_round
     assert one == two
     assert (tmp_path / "pairs.jsonl").read_text() == run.pairs_file(1).read_text()
-
-
-@pytest.mark.slow
-@pytest.mark.integration
-def test_full_tiny_preset_two_processes_meets_the_bar(tmp_path):
-    """The README's command as written, the full tiny preset: the controller's best round beats SFT by the oracle."""
-    out = tmp_path / "run"
-    r = torchrun(2, ["-m", "iterdpo", "run", "--preset", "tiny", "--rounds", "2", "--seed", "1", "--out", str(out)],
-                 timeout=1800)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    summary = RunFolder(out).summary()
-    assert sorted(RunFolder(out).decisions()) == [1, 2]
-    assert summary["rounds"][summary["best_round"]]["metrics"]["oracle_win_rate_vs_sft"] >= 0.6
 
 
 # kill and resume -------------------------------------------------------------------------------------------------
