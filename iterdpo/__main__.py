@@ -244,7 +244,8 @@ def check_data_tokenizer(cfg: RunConfig):
 
 def _check_data(args) -> int:
     cfg = load_preset(args.preset, dict(parse_override(o) for o in args.overrides))
-    source = args.source or (cfg.data.source if cfg.data.source != "toy" else "pairs")
+    # a world makes its own pairs: the toy world's are explicit pairs; the sentiment world reads HH-RLHF files
+    source = args.source or {"toy": "pairs", "sentiment": "hh"}.get(cfg.data.source, cfg.data.source)
     tok, how = check_data_tokenizer(cfg)
     d = cfg.data
     pairs, skips = load_pairs(source, args.paths, tok, d.max_prompt_tokens, d.max_response_tokens, d.hub_split)
