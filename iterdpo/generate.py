@@ -78,16 +78,21 @@ def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, te
             rows = new[j * k:(j + 1) * k]
             rec = {"prompt": prompts[i], "responses": [], "ended": [], "n_tokens": []}
             for row in rows:
-                ids = row.tolist()
-                ended = tokenizer.eos_token_id in ids
-                body = ids[: ids.index(tokenizer.eos_token_id)] if ended else ids
-                body = [t for t in body if t != tokenizer.pad_token_id]
-                rec["responses"].append(as_completion(prompts[i], tokenizer.decode(body, skip_special_tokens=True)))
-                rec["ended"].append(ended)
-                rec["n_tokens"].append(len(body) + int(ended))
+                add_response(rec, row.tolist(), tokenizer)
             out[i] = rec
     out = dist.gather(out)
     return [out[i] for i in range(len(prompts))]
+
+
+def add_response(rec: dict, ids: list[int], tokenizer, stopped: bool = False) -> None:
+    """Append one sampled continuation (token ids) to generation record `rec`: its text up to the end token,
+    whether it ended (the end token is there, or the sampler says it `stopped`), and its token count."""
+    eos = tokenizer.eos_token_id
+    ended = stopped or eos in ids
+    body = [t for t in (ids[: ids.index(eos)] if eos in ids else ids) if t != tokenizer.pad_token_id]
+    rec["responses"].append(as_completion(rec["prompt"], tokenizer.decode(body, skip_special_tokens=True)))
+    rec["ended"].append(ended)
+    rec["n_tokens"].append(len(body) + int(ended))
 
 
 def encode_pairs(tokenizer, prompts: list[str], completions: list[str], add_eos: list[bool] | None = None):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from . import dist
 from .config import ConfigError, ModelConfig
-from .data import as_completion
+from .generate import add_response
 from .models import Precision, free, load_tokenizer
 
 
@@ -58,13 +58,7 @@ class VLLMSampler:
         for i, result in zip(mine, self.llm.generate(inputs, params, use_tqdm=False)):
             rec = {"prompt": prompts[i], "responses": [], "ended": [], "n_tokens": []}
             for c in result.outputs:
-                ids = list(c.token_ids)
-                ended = c.finish_reason == "stop" or tok.eos_token_id in ids
-                body = ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
-                body = [t for t in body if t != tok.pad_token_id]
-                rec["responses"].append(as_completion(prompts[i], tok.decode(body, skip_special_tokens=True)))
-                rec["ended"].append(ended)
-                rec["n_tokens"].append(len(body) + int(ended))
+                add_response(rec, list(c.token_ids), tok, stopped=c.finish_reason == "stop")
             out[i] = rec
         out = dist.gather(out)
         return [out[i] for i in range(len(prompts))]
