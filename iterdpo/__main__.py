@@ -164,6 +164,7 @@ def _run(args) -> int:
 
         summary = run_all(cfg)
     print(report(summary, time.perf_counter() - t0, Path(cfg.out)))
+    dist.shutdown()
     return 0
 
 

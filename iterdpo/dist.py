@@ -60,6 +60,16 @@ def init():
     return state
 
 
+def shutdown() -> None:
+    """Leave the process group cleanly: every process meets at a barrier, then the group is destroyed. A gloo
+    group left to interpreter exit can abort a process ("terminate called without an active exception")."""
+    import torch.distributed as td
+
+    if active() and td.is_available() and td.is_initialized():
+        td.barrier()
+        td.destroy_process_group()
+
+
 def rank() -> int:
     return _state().process_index if active() else 0
 
