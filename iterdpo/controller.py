@@ -50,7 +50,8 @@ class Trigger:
 # threshold, "above" when it is over it; a metric without a standard error acts on its point estimate.
 GATES = (("capability_regression", "capability_retention", "min_retention", "below"),
          ("weak_alignment", "win_rate_vs_sft", "min_win_rate", "below"),
-         ("kl_violation", "kl_to_reference", "max_kl", "above"))
+         ("kl_violation", "kl_to_reference", "max_kl", "above"),
+         ("labels_no_better_than_seed", "label_gain", "min_label_gain", "below"))
 
 
 def gates(m: dict, cfg: ControllerConfig) -> dict:
@@ -139,6 +140,8 @@ def decide(history: dict[int, dict], rnd: int, params: dict, cfg: ControllerConf
         targeted["capability_pairs"] = True
     if "weak_alignment" in names and generation_records:
         targeted["hard_prompts"] = hard_prompts(generation_records, cfg.hard_prompt_share)
+    if "labels_no_better_than_seed" in names and m.get("label_median_gap") is not None:
+        targeted["min_reward_gap"] = m["label_median_gap"]  # keep the more confident half of the next round's pairs
     out_of_budget = rnd >= max_rounds or elapsed >= cfg.max_seconds
     gates_pass = not triggers
     if degrading:
@@ -242,6 +245,36 @@ def next_round(run: RunFolder, cfg: RunConfig) -> int | None:
     return last + 1
 
 
+def label_check(run: RunFolder, cfg: RunConfig, rnd: int) -> dict:
+    """How much better round `rnd`'s synthetic labels are than the seed labels (label_gain, with its standard
+    error), for the labels_no_better_than_seed gate; both measures where they exist.
+
+    oracle: the share of the round's pairs the world's oracle agrees with, minus the seed labels' share
+    (binomial standard errors). estimate: reward.label_estimates' ensemble accuracy minus its seed-label
+    accuracy, from held-out seed pairs (a bootstrap standard error): oracle-free, one value per reward model."""
+    mode = cfg.controller.label_check
+    if mode == "off":
+        return {}
+    gen, rm = run.metrics(run.generate(rnd)), run.metrics(run.stage("reward"))
+    out: dict = {}
+    if "synthetic_pair_oracle_agreement" in gen and gen.get("pairs"):
+        a, s = gen["synthetic_pair_oracle_agreement"], gen["seed_label_oracle_agreement"]
+        n_seed = max(1, cfg.data.heldout_pairs)
+        out["label_gain_oracle"] = a - s
+        out["label_gain_oracle_se"] = (a * (1 - a) / gen["pairs"] + s * (1 - s) / n_seed) ** 0.5
+    if rm.get("ensemble_label_accuracy_est") is not None and rm.get("seed_label_accuracy_est") is not None:
+        out["label_gain_est"] = rm["ensemble_label_accuracy_est"] - rm["seed_label_accuracy_est"]
+        out["label_gain_est_se"] = rm.get("label_gain_est_se")
+    source = ("oracle" if "label_gain_oracle" in out else "estimate") if mode == "auto" else mode
+    if source == "oracle" and "label_gain_oracle" in out:
+        out.update(label_gain=out["label_gain_oracle"], label_gain_se=out["label_gain_oracle_se"])
+    elif source == "estimate" and "label_gain_est" in out:
+        out.update(label_gain=out["label_gain_est"], label_gain_se=out["label_gain_est_se"])
+    out["label_check_source"] = source if "label_gain" in out else "none (no oracle, or reward.ensemble < 2)"
+    out["label_median_gap"] = gen.get("reward_gap_quantiles", {}).get("0.5")
+    return out
+
+
 def round_collapse(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, beta: float) -> dict:
     """collapse_check on round `rnd`'s DPO training log and its evaluation `m`."""
     log = run.train_log_rows(run.dpo(rnd))
@@ -270,6 +303,10 @@ def record(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dic
              "stop": rnd >= cfg.max_rounds, "stop_reason": "round_budget" if rnd >= cfg.max_rounds else None,
              "score": score(m), "degrading": False, "elapsed_seconds": elapsed}
     d["collapsing"] = m.get("collapsing", False)
+    d["gates"] = gates(m, cfg.controller)  # every gate's estimate, interval and threshold, triggered or not
+    d["labels"] = {k: m[k] for k in ("label_check_source", "label_gain_oracle", "label_gain_oracle_se", "label_gain_est",
+                                     "label_gain_est_se")
+                   if k in m}
     d.update(used_params=plan["params"], start_round=plan["start"])
     append_jsonl(run.decisions_path, d)
     return d

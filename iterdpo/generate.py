@@ -177,12 +177,13 @@ def generate_round(cfg, run, rnd: int, plan: dict, dest) -> dict:
         if world:
             r["oracle"] = [world.oracle(r["prompt"], x, e) for x, e in zip(r["responses"], r["ended"])]
     check_records(records, GEN_KEYS, str(StageFiles(dest).samples))
-    pairs, dropped = make_pairs(records, g.strategy, g.min_reward_gap, g.require_eos, g.length_penalty,
+    min_gap = max(g.min_reward_gap, plan["targeted"].get("min_reward_gap", 0.0))  # the controller's, after weak labels
+    pairs, dropped = make_pairs(records, g.strategy, min_gap, g.require_eos, g.length_penalty,
                                 cfg.seed_for("pairs", rnd), source=f"round_{rnd}", min_agreement=g.min_agreement)
     m = label_diagnostics(pairs, dropped, len(records), cfg, run)
     if plan["targeted"].get("capability_pairs"):
         m["capability_pairs"] = _add_capability_pairs(pairs, tok, cfg, rnd)
-    m.update(start_round=plan["start"], precision=precision.name, prompts=len(records), hard_prompts=n_hard,
+    m.update(start_round=plan["start"], precision=precision.name, prompts=len(records), hard_prompts=n_hard, min_reward_gap=min_gap,
              samples=sum(len(r["responses"]) for r in records))
     write_jsonl(StageFiles(dest).samples, records)
     write_jsonl(StageFiles(dest).pairs, pairs)

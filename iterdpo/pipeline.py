@@ -149,7 +149,7 @@ def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
         return dist.on_main(controller.record_non_finite, run, cfg, rnd, plan, e) or run.decisions()[rnd]
     beta = plan["params"]["beta"]
     m = evaluate_round(cfg, rnd, force, ref=str(run.policy(dm["reference_round"])), beta=beta)
-    m = {**m, **controller.round_collapse(run, cfg, rnd, m, beta)}
+    m = {**m, **controller.round_collapse(run, cfg, rnd, m, beta), **controller.label_check(run, cfg, rnd)}
     dist.on_main(controller.record, run, cfg, rnd, m, plan)  # once; the others read it after the barrier
     print(iteration_report(cfg, rnd))
     return m

@@ -1,8 +1,10 @@
 """The reward model: a backbone with the design's small head, trained with the Bradley-Terry loss.
 
 Head: Linear(hidden, 512) -> ReLU -> Dropout(0.1) -> Linear(512, 1), on the hidden state of the last
-token (inputs are left-padded, so that is position -1 for every row). A scored text is
-prompt + response + EOS, the EOS only for responses that ended.
+token (inputs are left-padded, so that is position -1 for every row), or with ``reward.pooling: mean`` on
+the mean of the response tokens' hidden states. A scored text is prompt + response + EOS, the EOS only for
+responses that ended. ``reward.layers`` keeps the backbone's first layers only (its final norm still
+applies): a pretrained model's middle layers carry more of what a reply says, and fewer layers score faster.
 
 Training uses transformers' Trainer on this nn.Module (its public API takes any module whose forward
 returns a loss), so precision, logging and progress bars come from there.
@@ -10,6 +12,7 @@ returns a loss), so precision, logging and progress bars come from there.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -21,23 +24,57 @@ from .losses import bradley_terry_loss, preference_stats
 from .progress import bar
 
 HEAD_FILE = "head.safetensors"
+POOLING_FILE = "pooling.json"
+
+
+def pool(h: torch.Tensor, response_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """(B, T, H) hidden states of left-padded rows -> (B, H): the last token's (pooling "last"), or the mean
+    over the (B, T) 0/1 response mask (pooling "mean"; a row without response tokens gives its last token's)."""
+    if pooling == "last":
+        return h[:, -1]
+    if response_mask is None:
+        raise ValueError("reward model: pooling 'mean' needs the response-token mask")
+    m = response_mask.to(h.dtype)[..., None]
+    n = m.sum(1)
+    return torch.where(n > 0, (h * m).sum(1) / n.clamp(min=1), h[:, -1])
+
+
+def truncate(backbone, layers: int, path: str) -> None:
+    """Keep the first `layers` transformer blocks of `backbone` in place (0 keeps all); the config follows,
+    so a saved model loads as the truncated one."""
+    total = backbone.config.num_hidden_layers
+    if not layers or layers == total:
+        return
+    if layers > total:
+        raise ValueError(f"reward.layers={layers}: {path} has {total} layers")
+    blocks = next((m for m in backbone.modules() if isinstance(m, nn.ModuleList) and len(m) == total), None)
+    if blocks is None:
+        raise ValueError(f"reward.layers={layers}: found no list of {total} blocks in {path}; use reward.layers: 0")
+    del blocks[layers:]
+    backbone.config.num_hidden_layers = layers
+    if getattr(backbone.config, "layer_types", None):
+        backbone.config.layer_types = backbone.config.layer_types[:layers]
 
 
 class RewardModel(nn.Module):
-    def __init__(self, backbone, head_hidden: int = 512, dropout: float = 0.1):
+    def __init__(self, backbone, head_hidden: int = 512, dropout: float = 0.1, pooling: str = "last"):
         super().__init__()
         self.backbone = backbone
+        self.pooling = pooling
         hidden = backbone.config.hidden_size
         self.head = nn.Sequential(nn.Linear(hidden, head_hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1))
 
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) left-padded tokens -> (B,) rewards."""
-        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, -1]
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              response_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) left-padded tokens (and (B, T) response-token mask, for mean pooling) -> (B,) rewards."""
+        h = pool(self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
+                 response_mask, self.pooling)
         return self.head(h.to(self.head[0].weight.dtype)).squeeze(-1)
 
-    def forward(self, chosen_input_ids, chosen_attention_mask, rejected_input_ids, rejected_attention_mask, **_):
-        r_c = self.score(chosen_input_ids, chosen_attention_mask)
-        r_r = self.score(rejected_input_ids, rejected_attention_mask)
+    def forward(self, chosen_input_ids, chosen_attention_mask, rejected_input_ids, rejected_attention_mask,
+                chosen_response_mask=None, rejected_response_mask=None, **_):
+        r_c = self.score(chosen_input_ids, chosen_attention_mask, chosen_response_mask)
+        r_r = self.score(rejected_input_ids, rejected_attention_mask, rejected_response_mask)
         return {"loss": bradley_terry_loss(r_c, r_r), "logits": torch.stack([r_c, r_r], -1)}
 
 
@@ -49,18 +86,20 @@ class PairCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         prompts = [r["prompt"] for r in rows]
-        c_ids, c_att, _ = encode_pairs(self.tok, prompts, [r["chosen"] for r in rows])
-        r_ids, r_att, _ = encode_pairs(self.tok, prompts, [r["rejected"] for r in rows])
-        return {"chosen_input_ids": c_ids, "chosen_attention_mask": c_att,
-                "rejected_input_ids": r_ids, "rejected_attention_mask": r_att}
+        c_ids, c_att, c_resp = encode_pairs(self.tok, prompts, [r["chosen"] for r in rows])
+        r_ids, r_att, r_resp = encode_pairs(self.tok, prompts, [r["rejected"] for r in rows])
+        return {"chosen_input_ids": c_ids, "chosen_attention_mask": c_att, "chosen_response_mask": c_resp,
+                "rejected_input_ids": r_ids, "rejected_attention_mask": r_att, "rejected_response_mask": r_resp}
 
 
 def build(backbone_path: str, head_hidden: int, dropout: float, dtype, device: str, mode: str = "full",
-          lora=None) -> RewardModel:
-    """A RewardModel on the base model's transformer body; mode is full, lora or frozen."""
+          lora=None, pooling: str = "last", layers: int = 0) -> RewardModel:
+    """A RewardModel on the base model's transformer body (its first `layers` blocks; 0: all); mode is
+    full, lora or frozen."""
     from transformers import AutoModel
 
     backbone = AutoModel.from_pretrained(backbone_path, dtype=dtype, use_safetensors=True)
+    truncate(backbone, layers, backbone_path)
     if mode == "lora":
         from peft import get_peft_model
 
@@ -71,7 +110,7 @@ def build(backbone_path: str, head_hidden: int, dropout: float, dtype, device: s
         backbone = get_peft_model(backbone, lora)
     elif mode == "frozen":
         backbone.requires_grad_(False)
-    model = RewardModel(backbone, head_hidden, dropout)
+    model = RewardModel(backbone, head_hidden, dropout, pooling)
     model.head.float()  # the head trains in fp32 even over a half-precision body
     return model.to(device)
 
@@ -84,6 +123,7 @@ def save(model: RewardModel, tokenizer, dest: Path) -> None:
     body.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(dest / HEAD_FILE))
+    (dest / POOLING_FILE).write_text(json.dumps({"pooling": model.pooling}) + "\n")
 
 
 def load(path: Path, head_hidden: int, dtype, device: str | None = None) -> RewardModel:
@@ -91,7 +131,9 @@ def load(path: Path, head_hidden: int, dtype, device: str | None = None) -> Rewa
 
     from .models import device as default_device
 
-    model = build(str(path), head_hidden, 0.0, dtype, device or default_device(), mode="frozen")
+    meta = Path(path) / POOLING_FILE  # absent in reward models saved before pooling existed: last token
+    pooling = json.loads(meta.read_text())["pooling"] if meta.exists() else "last"
+    model = build(str(path), head_hidden, 0.0, dtype, device or default_device(), mode="frozen", pooling=pooling)
     model.head.load_state_dict(load_file(str(Path(path) / HEAD_FILE)))
     return model.eval()
 
@@ -106,8 +148,8 @@ def score(model: RewardModel, tokenizer, prompts: list[str], responses: list[str
     out = {}
     for idx in bar(dist.mine(list(_batches(order, batch_size))), desc):  # several processes: every N-th batch each
         eos = [ended[i] for i in idx] if ended is not None else None
-        ids, att, _ = encode_pairs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], eos)
-        for i, r in zip(idx, model.score(ids.to(dev), att.to(dev)).float().cpu().tolist()):
+        ids, att, resp = encode_pairs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], eos)
+        for i, r in zip(idx, model.score(ids.to(dev), att.to(dev), resp.to(dev)).float().cpu().tolist()):
             out[i] = r
     out = dist.gather(out)
     return [out[i] for i in range(len(prompts))]
@@ -121,7 +163,8 @@ def score_grouped(model: RewardModel, tokenizer, prompts: list[str], responses: 
     Equal to ``score`` on the flattened (prompt, response) list up to floating-point rounding: the prompts
     (left-padded) go through the backbone once, their key/value cache is repeated k times, and the
     responses (right-padded, EOS where they ended) are read after it; each reward is taken at a response's
-    last token (at the prompt's last token for an empty response). `batch_size` counts responses.
+    last token, or the mean of its tokens (at the prompt's last token for an empty response). `batch_size`
+    counts responses.
     """
     k = len(responses[0]) if responses else 0
     if any(len(r) != k for r in responses) or any(len(e) != k for e in ended):
@@ -147,8 +190,12 @@ def score_grouped(model: RewardModel, tokenizer, prompts: list[str], responses: 
                  position_ids=start[:, None] + torch.arange(width, device=dev), past_key_values=cache,
                  use_cache=True).last_hidden_state
         n = r_att.sum(-1)
-        last = torch.where((n > 0)[:, None], h[torch.arange(len(resp), device=dev), (n - 1).clamp(min=0)], h_prompt)
-        r = model.head(last.to(model.head[0].weight.dtype)).squeeze(-1).float().cpu().tolist()
+        if model.pooling == "mean":
+            m = r_att.to(h.dtype)[..., None]
+            feat = torch.where((n > 0)[:, None], (h * m).sum(1) / n.clamp(min=1)[:, None].to(h.dtype), h_prompt)
+        else:
+            feat = torch.where((n > 0)[:, None], h[torch.arange(len(resp), device=dev), (n - 1).clamp(min=0)], h_prompt)
+        r = model.head(feat.to(model.head[0].weight.dtype)).squeeze(-1).float().cpu().tolist()
         for a, i in enumerate(idx):
             out[i] = r[a * k:(a + 1) * k]
     out = dist.gather(out)
@@ -188,7 +235,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
     tok = load_tokenizer(base, cfg.model)
     r = cfg.reward
     rm = build(base, r.head_hidden, r.head_dropout, precision.dtype if r.backbone != "full" else torch.float32,
-               device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"))
+               device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"), r.pooling, r.layers)
     train = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
     args = common_args(f.work, precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, cfg.seed,
                        report_to=cfg.export.report_to, logging_dir=run.log_dir("reward"))
@@ -213,6 +260,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
         members.append(_train_member(cfg, run, tok, train, heldout, i, f.members / str(i), precision))
     if r.ensemble > 1:
         m.update(ensemble_accuracy(members, heldout), ensemble_size=r.ensemble)
+        m.update(label_estimates(members, heldout, cfg.generation.min_agreement))
     return m
 
 
@@ -234,7 +282,7 @@ def _train_member(cfg, run, tok, train: list[dict], heldout: list[dict], i: int,
     rows = [train[rng.randrange(len(train))] for _ in train]
     set_seed(seed)
     rm = build(run.base_source(), r.head_hidden, r.head_dropout, precision.dtype if r.backbone != "full" else torch.float32,
-               device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"))
+               device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"), r.pooling, r.layers)
     args = common_args(dest.with_name(f"{i}.work"), precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum,
                        seed, report_to="none")
     trainer = Trainer(model=rm, args=TrainingArguments(**{**args, "disable_tqdm": True}, remove_unused_columns=False),
@@ -267,6 +315,49 @@ def ensemble_accuracy(members: list[torch.Tensor], heldout: list[dict]) -> dict:
         flip = torch.tensor([bool(p["flipped"]) for p in heldout])
         c, rj = torch.where(flip, r[n:], r[:n]), torch.where(flip, r[:n], r[n:])
         out["ensemble_oracle_accuracy"] = preference_stats(c, rj)["accuracy"]
+    return out
+
+
+def label_estimates(members: list[torch.Tensor], heldout: list[dict], min_agreement: float, boot: int = 200) -> dict:
+    """Oracle-free estimates, from held-out seed pairs, of how often the seed labels and the ensemble's labels
+    (on the pairs the generation filter min_agreement keeps) are right, and their difference with a
+    bootstrap standard error over the pairs.
+
+    Three labellers of each pair: the seed label S, and the mean rewards A and B of two halves of the
+    ensemble. Written as +-1 (+1: chosen above rejected) and taken as independent given the truth, with
+    c = 2 * accuracy - 1, E[S A] = c_S c_A and so on, so c_S^2 = E[S A] E[S B] / E[A B] (the seed labels'
+    accuracy q). The ensemble's agreement with the seed labels on the kept pairs, a, is corrected for the
+    seed labels' noise: its accuracy is (a - (1 - q)) / (2 q - 1). Members share data and backbone, so A
+    and B agree more than independence says and q comes out low; near q = 0.5 (heavy label noise) a few
+    hundred pairs cannot pin either number down, which the standard error shows. Where a world knows the
+    flipped labels, the true figures come alongside (``*_oracle``). What the data cannot give is None.
+    """
+    n = len(heldout)
+    mem = torch.stack(members)  # (M, 2N)
+    sign = lambda r: torch.sign(r[..., :n] - r[..., n:])  # noqa: E731
+    a, b, label = sign(mem[0::2].mean(0)), sign(mem[1::2].mean(0)), sign(mem.mean(0))
+    kept = (sign(mem) == label).float().mean(0) >= min_agreement - 1e-9
+
+    def estimate(i: torch.Tensor) -> tuple[float | None, float | None]:
+        e_ab = (a[i] * b[i]).mean().item()
+        c2 = a[i].mean().item() * b[i].mean().item() / e_ab if e_ab > 0 else -1.0
+        if c2 <= 0 or not kept[i].any():
+            return None, None
+        q = (1 + min(1.0, c2) ** 0.5) / 2
+        agree = (label[i][kept[i]] > 0).float().mean().item()
+        return q, (min(1.0, max(0.0, (agree - (1 - q)) / (2 * q - 1))) if q > 0.5 else None)
+
+    q, p = estimate(torch.arange(n))
+    g = torch.Generator().manual_seed(0)
+    gains = [(pb - qb) for qb, pb in (estimate(torch.randint(n, (n,), generator=g)) for _ in range(boot))
+             if qb is not None and pb is not None]
+    out = {"seed_label_accuracy_est": q, "ensemble_label_accuracy_est": p, "label_estimate_pairs": int(kept.sum()),
+           "label_gain_est_se": torch.tensor(gains).std().item() if len(gains) > 1 else None,
+           "label_gain_est_defined_share": len(gains) / boot}
+    if heldout and all("flipped" in p for p in heldout):
+        right = torch.tensor([-1.0 if p["flipped"] else 1.0 for p in heldout])
+        out["seed_label_accuracy_oracle"] = (right > 0).float().mean().item()
+        out["ensemble_label_accuracy_oracle"] = (label * right)[kept].gt(0).float().mean().item() if kept.any() else None
     return out
 
 

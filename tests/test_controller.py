@@ -102,3 +102,47 @@ def test_gates_act_only_on_drops_clear_of_the_noise():
     assert [t.name for t in weaknesses(point, ControllerConfig(gate_z=0.0))] == ["capability_regression"]
     kl = {**GOOD, "kl_to_reference": 0.12, "kl_to_reference_se": 0.02}  # 0.12 - 1.645 * 0.02 < 0.1: not clear
     assert weaknesses(kl, CFG) == [] and gates(kl, CFG)["kl_violation"]["passes"]
+
+
+def test_labels_no_better_than_seed_is_a_weakness_with_a_tighter_pair_filter_next_round():
+    worse = {**GOOD, "label_gain": -0.10, "label_gain_se": 0.03, "label_median_gap": 0.4}
+    noisy = {**GOOD, "label_gain": -0.03, "label_gain_se": 0.03, "label_median_gap": 0.4}  # within the noise
+    (t,) = weaknesses(worse, CFG)
+    assert t.name == "labels_no_better_than_seed" and t.interval[1] == pytest.approx(-0.10 + 1.645 * 0.03)
+    assert weaknesses(noisy, CFG) == []
+    d = decide({0: GOOD, 1: worse}, 1, PARAMS, CFG, max_rounds=3, elapsed=0.0)
+    assert d["triggers"][0]["name"] == "labels_no_better_than_seed" and d["targeted"]["min_reward_gap"] == 0.4
+    assert "min_reward_gap" not in decide({0: GOOD, 1: noisy}, 1, PARAMS, CFG, max_rounds=3, elapsed=0.0)["targeted"]
+    # without a standard error the point value decides
+    assert [t.name for t in weaknesses({**GOOD, "label_gain": -0.01}, CFG)] == ["labels_no_better_than_seed"]
+
+
+def test_label_estimates_recover_seed_and_ensemble_accuracy_from_held_out_pairs():
+    """Three independent labellers (seed labels 70% right, two reward-model halves 85% right each): the
+    oracle-free estimates land near the truth that the flipped flags give."""
+    import torch
+
+    from iterdpo.reward import label_estimates
+
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    flipped = torch.rand(n, generator=g) < 0.3
+    truth = torch.where(flipped, -1.0, 1.0)  # +1: the seed label's chosen is really better
+    members = []
+    for _ in range(4):
+        right = torch.rand(n, generator=g) < 0.85
+        gap = torch.where(right, truth, -truth) * (0.5 + torch.rand(n, generator=g))
+        members.append(torch.cat([gap, torch.zeros(n)]))  # rewards of the chosen, then of the rejected sides
+    heldout = [{"flipped": bool(f)} for f in flipped]
+    est = label_estimates(members, heldout, min_agreement=0.0)
+    assert est["seed_label_accuracy_oracle"] == pytest.approx(0.7, abs=0.02)
+    assert est["seed_label_accuracy_est"] == pytest.approx(est["seed_label_accuracy_oracle"], abs=0.03)
+    assert est["ensemble_label_accuracy_est"] == pytest.approx(est["ensemble_label_accuracy_oracle"], abs=0.04)
+    gain = est["ensemble_label_accuracy_oracle"] - est["seed_label_accuracy_oracle"]
+    assert 0 < est["label_gain_est_se"] < 0.05 and est["label_gain_est_defined_share"] == 1.0
+    assert abs(est["ensemble_label_accuracy_est"] - est["seed_label_accuracy_est"] - gain) < 3 * est["label_gain_est_se"]
+    strict = label_estimates(members, heldout, min_agreement=1.0)
+    assert strict["label_estimate_pairs"] < n and strict["ensemble_label_accuracy_oracle"] > est["ensemble_label_accuracy_oracle"]
+    # two halves that contradict each other identify nothing: no estimate, not a made-up one
+    split = label_estimates([members[0], -members[0]], heldout, 0.0)
+    assert split["seed_label_accuracy_est"] is None and split["ensemble_label_accuracy_est"] is None

@@ -35,6 +35,7 @@ def test_ensemble_members_score_and_filter_a_round(tmp_path):
     assert [p.name for p in rf.reward_models()] == ["model", "1", "2"]
     rm = s["reward_model"]
     assert rm["ensemble_size"] == 3 and 0 <= rm["ensemble_oracle_accuracy"] <= 1
+    assert rm["label_estimate_pairs"] <= 32 and 0 <= rm["seed_label_accuracy_oracle"] <= 1
     records = rf.generation_records(1)
     for r in records:
         assert len(r["member_rewards"]) == 3
@@ -44,3 +45,12 @@ def test_ensemble_members_score_and_filter_a_round(tmp_path):
     assert all(p["agreement"] == 1.0 for p in pairs)
     gen = rf.metrics(rf.generate(1))
     assert gen["pairs"] + sum(gen["dropped"].values()) == len(records)  # every prompt paired or counted
+    d = rf.decisions()[1]  # the label gate was read (the toy world's oracle measures it) and its verdict recorded
+    gain = gen["synthetic_pair_oracle_agreement"] - gen["seed_label_oracle_agreement"]
+    gate = d["gates"]["labels_no_better_than_seed"]
+    assert d["labels"]["label_check_source"] == "oracle" and gate["value"] == pytest.approx(gain)
+    assert gate["interval"][0] < gain < gate["interval"][1] and gate["threshold"] == cfg.controller.min_label_gain
+    fired = [t for t in d["triggers"] if t["name"] == "labels_no_better_than_seed"]
+    assert bool(fired) == (not gate["passes"])
+    identified = rm["ensemble_label_accuracy_est"] is not None and rm["seed_label_accuracy_est"] is not None
+    assert ("label_gain_est" in d["labels"]) == identified  # the estimate is recorded where the data give one

@@ -88,6 +88,36 @@ def test_grouped_scoring_equals_flat_scoring(toy):
         reward.score_grouped(rm, toy_tokenizer, prompts[:2], [["a", "b"], ["c"]], [[True, True], [True]])
 
 
+
+def test_mean_pooled_truncated_reward_model_scores_grouped_as_flat_and_round_trips(toy, tmp_path):
+    """reward.pooling mean and reward.layers: grouped scoring equals flat scoring, the response tokens alone
+    decide the reward (a different prompt changes it only through attention), and save/load keeps both."""
+    from iterdpo import reward
+
+    _, rm, toy_tokenizer, prompts = toy
+    src = tmp_path / "src"
+    rm.backbone.save_pretrained(src)
+    toy_tokenizer.save_pretrained(src)
+    torch.manual_seed(1)
+    m = reward.build(str(src), 16, 0.0, torch.float32, "cpu", "frozen", pooling="mean", layers=1).eval()
+    assert m.backbone.config.num_hidden_layers == 1 and m.pooling == "mean"
+    responses = [[" apple pear", "", " rain so 7 7"] for _ in prompts]
+    ended = [[True, False, False] for _ in prompts]
+    grouped = reward.score_grouped(m, toy_tokenizer, prompts, responses, ended, batch_size=6)
+    flat = reward.score(m, toy_tokenizer, [p for p in prompts for _ in range(3)], sum(responses, []), sum(ended, []),
+                        batch_size=6)
+    assert torch.allclose(torch.tensor(grouped).flatten(), torch.tensor(flat), atol=1e-5)
+    assert len({round(x, 4) for x in flat}) > 3  # responses and prompts really move the rewards
+    reward.save(m, toy_tokenizer, tmp_path / "rm")
+    back = reward.load(tmp_path / "rm", 16, torch.float32, "cpu")
+    assert back.pooling == "mean" and back.backbone.config.num_hidden_layers == 1
+    again = reward.score(back, toy_tokenizer, [p for p in prompts for _ in range(3)], sum(responses, []), sum(ended, []),
+                         batch_size=6)
+    assert torch.allclose(torch.tensor(again), torch.tensor(flat), atol=1e-5)
+    with pytest.raises(ValueError, match="reward.layers=9"):
+        reward.build(str(src), 16, 0.0, torch.float32, "cpu", "frozen", layers=9)
+
+
 # generation precision ------------------------------------------------------------------------------------------
 def test_inference_precision_picks_bf16_only_where_the_cpu_has_amx(tmp_path, monkeypatch):
     from iterdpo import models
