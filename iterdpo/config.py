@@ -1,8 +1,8 @@
 """One dataclass per stage, plus the run config that holds them.
 
-Every field carries its help text in ``metadata["help"]``; values are checked in ``__post_init__``.
-Presets are YAML files in ``iterdpo/presets/``; ``--set section.field=value`` overrides any field.
-The dataclasses are the single source of defaults: presets and notebooks only override them.
+Every field carries its help text in ``metadata["help"]``; values are checked in ``__post_init__``. Presets
+are YAML files in ``iterdpo/presets/``; ``--set section.field=value`` overrides any field. The dataclasses are
+the single source of defaults: presets and notebooks only override them.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import yaml
 from .fields import ConfigError, F, _bounds, _check, _checked, _finite, _Section  # noqa: F401 (re-exported)
 
 PRESET_DIR = Path(__file__).parent / "presets"
-# TRL 1.16's DPO loss types (DPOConfig's loss_type help; DPOTrainer raises on any other at the first step).
-# tests/test_config.py keeps this list equal to TRL's.
+# TRL 1.16's DPO loss types (DPOTrainer raises on any other at its first step); tests/test_config.py checks them.
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 # iterdpo.capability.SUITES, kept here so that checking a config imports no torch (a test keeps them equal).
@@ -144,6 +143,7 @@ class DPORoundConfig(_Section):
     reference: str = F("previous", "Reference policy: sft (fixed) or previous (the policy this round starts from).", choices=["sft", "previous"])
     synthetic_window: int = F(0, "Train on the last N synthetic sets (0 = all of them).", min=0, max=1000)
     include_seed: bool = F(True, "Also train on the original seed pairs.")
+    synthetic_share: float = F(0.0, "0: seed and synthetic pairs in proportion to their counts; s > 0: each synthetic pair repeated as often as it takes for them to make up at least this share of a round's training pairs (the seed pairs are many and noisy).", min=0.0, max=0.95)
     precompute_ref: bool = F(True, "Compute reference log-probs once per round, before training.")
     gradient_checkpointing: bool = F(False, "Trade compute for memory; off where memory allows.")
     length_grouped: bool = F(True, "Read exactly the pairs the steps consume, in shuffled micro-batches of similar length (see dpo.batch_plan).")

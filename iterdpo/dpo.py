@@ -16,6 +16,8 @@ for the reference pass, and the trainer samples at random as usual.
 
 from __future__ import annotations
 
+import math
+
 import random
 import shutil
 from collections import Counter
@@ -133,12 +135,14 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
 
 # the round stage and the offline arm ----------------------------------------------------------------
 def training_pairs(cfg, run, rnd: int) -> list[dict]:
-    """Seed pairs (optional) plus the synthetic sets of rounds 1..rnd (or the last `synthetic_window`)."""
-    pairs = [{k: p[k] for k in PAIR_KEYS} | {"source": "seed"} for p in run.pairs("train_pairs")] if cfg.dpo.include_seed else []
+    """Seed pairs (optional) plus the synthetic sets of rounds 1..rnd (or the last `synthetic_window`), the
+    synthetic ones repeated up to dpo.synthetic_share of the list."""
+    seed = [{k: p[k] for k in PAIR_KEYS} | {"source": "seed"} for p in run.pairs("train_pairs")] if cfg.dpo.include_seed else []
     first = 1 if not cfg.dpo.synthetic_window else max(1, rnd - cfg.dpo.synthetic_window + 1)
-    for r in range(first, rnd + 1):
-        pairs += run.synthetic_pairs(r)
-    return pairs
+    synthetic = [p for r in range(first, rnd + 1) for p in run.synthetic_pairs(r)]
+    share = cfg.dpo.synthetic_share
+    copies = math.ceil(share * len(seed) / ((1 - share) * len(synthetic))) if share and seed and synthetic else 1
+    return seed + synthetic * max(1, copies)
 
 
 def train_with_retry(start: str, ref: str | None, pairs: list[dict], dcfg: DPORoundConfig, cfg, dest: Path,

@@ -67,3 +67,22 @@ def test_every_strategy_orders_its_pair_by_reward(strategy):
     assert pairs and all(p["reward_chosen"] > p["reward_rejected"] and p["gap"] > 0 for p in pairs)
     if strategy in ("max_min", "max_min_length"):  # equal lengths: the length penalty changes nothing
         assert all(p["reward_chosen"] == 1.0 and p["reward_rejected"] == 0.0 for p in pairs)
+
+
+def test_synthetic_share_repeats_the_synthetic_pairs_up_to_the_share(tmp_path):
+    from iterdpo.config import load_preset
+    from iterdpo.dpo import training_pairs
+
+    class Run:  # the two readers training_pairs uses
+        def pairs(self, name):
+            return [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(100)]
+
+        def synthetic_pairs(self, r):
+            return [{"prompt": f"r{r}-{i}", "chosen": "a", "rejected": "b", "source": f"round_{r}"} for i in range(15)]
+
+    plain = training_pairs(load_preset("tiny"), Run(), 2)
+    assert len(plain) == 130 and sum(p["source"] == "seed" for p in plain) == 100
+    half = training_pairs(load_preset("tiny", {"dpo.synthetic_share": 0.5}), Run(), 2)
+    synthetic = [p for p in half if p["source"] != "seed"]
+    assert len(half) - len(synthetic) == 100 and len(synthetic) == 30 * 4  # ceil(100 / 30) copies of each
+    assert len(synthetic) / len(half) >= 0.5 and len({p["prompt"] for p in synthetic}) == 30
