@@ -34,9 +34,15 @@ def pool(h: torch.Tensor, response_mask: torch.Tensor | None, pooling: str) -> t
         return h[:, -1]
     if response_mask is None:
         raise ValueError("reward model: pooling 'mean' needs the response-token mask")
-    m = response_mask.to(h.dtype)[..., None]
+    return masked_mean(h, response_mask, h[:, -1])
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) hidden states, (B, T) 0/1 mask -> (B, H) mean over the masked positions; `empty` (B, H) where a
+    row has none."""
+    m = mask.to(h.dtype)[..., None]
     n = m.sum(1)
-    return torch.where(n > 0, (h * m).sum(1) / n.clamp(min=1), h[:, -1])
+    return torch.where(n > 0, (h * m).sum(1) / n.clamp(min=1), empty)
 
 
 def truncate(backbone, layers: int, path: str) -> None:
@@ -191,8 +197,7 @@ def score_grouped(model: RewardModel, tokenizer, prompts: list[str], responses: 
                  use_cache=True).last_hidden_state
         n = r_att.sum(-1)
         if model.pooling == "mean":
-            m = r_att.to(h.dtype)[..., None]
-            feat = torch.where((n > 0)[:, None], (h * m).sum(1) / n.clamp(min=1)[:, None].to(h.dtype), h_prompt)
+            feat = masked_mean(h, r_att, h_prompt)
         else:
             feat = torch.where((n > 0)[:, None], h[torch.arange(len(resp), device=dev), (n - 1).clamp(min=0)], h_prompt)
         r = model.head(feat.to(model.head[0].weight.dtype)).squeeze(-1).float().cpu().tolist()
