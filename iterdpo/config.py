@@ -204,7 +204,7 @@ class ControllerConfig(_Section):
     cap_beta_mult: float = F(2.0, "On a capability regression, beta is multiplied by this.", min=1.0)
     cap_lr_mult: float = F(0.5, "On a capability regression, the learning rate is multiplied by this.", min=0.0, max=1.0)
     cap_steps_mult: float = F(0.7, "On a capability regression, steps are multiplied by this.", min=0.0, max=1.0)
-    degrade_tol: float = F(0.02, "A round whose score falls more than this below the best round is degrading.", min=0.0)
+    degrade_tol: float = F(0.02, "A round whose score falls below the best round's by more than this plus gate_z standard errors is degrading.", min=0.0)
     converge_window: int = F(3, "Rounds over which convergence is judged.", min=2, max=100)
     converge_tol: float = F(0.02, "Converged when the win rate varies by less than this over the window.", min=0.0)
     max_rounds: int = F(6, "Round budget for --rounds auto.", min=1, max=1000)

@@ -5,7 +5,7 @@ After round r it reads that round's evaluation and decides, by the design's matr
 =====================  =========================================================================
 decision               when
 =====================  =========================================================================
-rollback               the round degrades (score below the best by more than degrade_tol, or it
+rollback               the round degrades (score clearly below the best round's, see below, or it
                        collapsed): the next round restarts from the best round
 adjust_retry           KL violation or capability regression: new hyper-parameters, restart from
                        the best round
@@ -17,13 +17,18 @@ continue               improving, within budget
 =====================  =========================================================================
 
 A round's score is its win rate against the SFT baseline, judged by the reward model (the oracle
-exists only in the toy world, so it is never used to decide). The best round is the highest-scoring
-round without collapse, capability regression or KL violation; round 0 (SFT) always qualifies.
+exists only in the toy world, so it is never used to decide). A round is clearly below another when its
+score is lower by more than degrade_tol plus gate_z standard errors of the difference, so a rollback, like
+every gate, acts only on a drop clear of the noise. The best round is the latest round, without collapse,
+capability regression or KL violation, that is not clearly below the highest-scoring such round: later
+rounds have trained on more data, and a point-estimate lead of an earlier round is not evidence against
+them. Round 0 (SFT) always qualifies.
 Each decision is one line of decisions.jsonl, with its triggers and {param: [before, after]}.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .config import ControllerConfig, RunConfig
@@ -86,10 +91,18 @@ def eligible(m: dict, cfg: ControllerConfig) -> bool:
     return not names & {"capability_regression", "kl_violation", "collapse"}
 
 
+def clearly_below(a: dict, b: dict, cfg: ControllerConfig) -> bool:
+    """Whether round metrics `a` score below `b` by more than degrade_tol plus gate_z standard errors of the
+    difference (the two win rates' standard errors combined as if independent, which errs towards keeping)."""
+    se = math.hypot(a.get("win_rate_vs_sft_se") or 0.0, b.get("win_rate_vs_sft_se") or 0.0)
+    return score(a) < score(b) - cfg.degrade_tol - cfg.gate_z * se
+
+
 def best_round(history: dict[int, dict], cfg: ControllerConfig) -> int:
-    """Highest-scoring eligible round (ties: the earlier); round 0 always qualifies."""
+    """The latest eligible round not clearly below the highest-scoring one; round 0 always qualifies."""
     ok = [r for r, m in history.items() if r == 0 or eligible(m, cfg)]
-    return max(ok, key=lambda r: (score(history[r]), -r))
+    top = max(ok, key=lambda r: (score(history[r]), -r))
+    return max(r for r in ok if not clearly_below(history[r], history[top], cfg))
 
 
 def converged(history: dict[int, dict], cfg: ControllerConfig) -> bool:
@@ -133,7 +146,7 @@ def decide(history: dict[int, dict], rnd: int, params: dict, cfg: ControllerConf
     names = {t.name for t in triggers}
     best = best_round(history, cfg)
     prev_best = best_round({r: v for r, v in history.items() if r != rnd}, cfg)
-    degrading = "collapse" in names or score(m) < score(history[prev_best]) - cfg.degrade_tol
+    degrading = "collapse" in names or clearly_below(m, history[prev_best], cfg)
     new_params, changes = adjust(params, triggers, rnd, cfg)
     targeted: dict = {}
     if "capability_regression" in names:

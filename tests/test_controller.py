@@ -40,6 +40,20 @@ def test_degrading_round_rolls_back_to_best():
     assert d["decision"] == "rollback" and d["best_round"] == 1 and d["next_start_round"] == 1
 
 
+def test_rollback_and_best_round_act_only_clear_of_the_noise():
+    # Round 2 scores 0.05 below round 1, within 1.645 standard errors of the difference (0.06 each, so about
+    # 0.14): not degrading, and the later round is the best. The same drop with tight errors rolls back.
+    noisy = {0: {"win_rate_vs_sft": 0.5}, 1: {**GOOD, "win_rate_vs_sft": 0.65, "win_rate_vs_sft_se": 0.06},
+             2: {**GOOD, "win_rate_vs_sft": 0.60, "win_rate_vs_sft_se": 0.06}}
+    d = decide(noisy, 2, PARAMS, CFG, 5, 0)
+    assert not d["degrading"] and d["decision"] == "continue" and d["best_round"] == 2
+    tight = {r: {**m, "win_rate_vs_sft_se": 0.005} for r, m in noisy.items()}
+    d = decide(tight, 2, PARAMS, CFG, 5, 0)
+    assert d["degrading"] and d["decision"] == "rollback" and d["best_round"] == 1
+    # gate_z 0 acts on point estimates: the drop of 0.05 exceeds degrade_tol
+    assert best_round(noisy, ControllerConfig(gate_z=0.0)) == 1
+
+
 def test_collapse_counts_as_degrading():
     hist = {0: {"win_rate_vs_sft": 0.5}, 1: {**GOOD, "collapsing": True}}
     assert decide(hist, 1, PARAMS, CFG, 5, 0)["decision"] == "rollback"
