@@ -5,8 +5,8 @@ After round r it reads that round's evaluation and decides, by the design's matr
 =====================  =========================================================================
 decision               when
 =====================  =========================================================================
-rollback               the round degrades (score clearly below the best round's, see below, or it
-                       collapsed): the next round restarts from the best round
+rollback               the round degrades (score clearly below the top earlier round's, see below,
+                       or it collapsed): the next round restarts from the best round
 adjust_retry           KL violation or capability regression: new hyper-parameters, restart from
                        the best round
 stop_budget            rounds or wall time used up: the best round is the result
@@ -98,11 +98,19 @@ def clearly_below(a: dict, b: dict, cfg: ControllerConfig) -> bool:
     return score(a) < score(b) - cfg.degrade_tol - cfg.gate_z * se
 
 
+def _eligible_rounds(history: dict[int, dict], cfg: ControllerConfig) -> list[int]:
+    return [r for r, m in history.items() if r == 0 or eligible(m, cfg)]
+
+
+def top_round(history: dict[int, dict], cfg: ControllerConfig) -> int:
+    """The highest-scoring eligible round (ties: the earlier); round 0 always qualifies."""
+    return max(_eligible_rounds(history, cfg), key=lambda r: (score(history[r]), -r))
+
+
 def best_round(history: dict[int, dict], cfg: ControllerConfig) -> int:
-    """The latest eligible round not clearly below the highest-scoring one; round 0 always qualifies."""
-    ok = [r for r, m in history.items() if r == 0 or eligible(m, cfg)]
-    top = max(ok, key=lambda r: (score(history[r]), -r))
-    return max(r for r in ok if not clearly_below(history[r], history[top], cfg))
+    """The latest eligible round not clearly below the top round."""
+    top = history[top_round(history, cfg)]
+    return max(r for r in _eligible_rounds(history, cfg) if not clearly_below(history[r], top, cfg))
 
 
 def converged(history: dict[int, dict], cfg: ControllerConfig) -> bool:
@@ -145,8 +153,10 @@ def decide(history: dict[int, dict], rnd: int, params: dict, cfg: ControllerConf
     triggers = weaknesses(m, cfg)
     names = {t.name for t in triggers}
     best = best_round(history, cfg)
-    prev_best = best_round({r: v for r, v in history.items() if r != rnd}, cfg)
-    degrading = "collapse" in names or clearly_below(m, history[prev_best], cfg)
+    # Measured against the earlier rounds' top, not their best: rounds each within the noise of the one before
+    # must not drift down unchecked.
+    prev_top = top_round({r: v for r, v in history.items() if r != rnd}, cfg)
+    degrading = "collapse" in names or clearly_below(m, history[prev_top], cfg)
     new_params, changes = adjust(params, triggers, rnd, cfg)
     targeted: dict = {}
     if "capability_regression" in names:

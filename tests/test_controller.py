@@ -54,6 +54,16 @@ def test_rollback_and_best_round_act_only_clear_of_the_noise():
     assert best_round(noisy, ControllerConfig(gate_z=0.0)) == 1
 
 
+def test_rounds_within_the_noise_of_each_other_cannot_drift_down():
+    # Round 2 is within the noise of round 1 and becomes the best; round 3 is within the noise of round 2 but
+    # clearly below round 1 (0.17 > 0.02 + 1.645 * 0.085): it degrades, and the run goes back to round 2.
+    se = {"win_rate_vs_sft_se": 0.06}
+    hist = {0: {"win_rate_vs_sft": 0.5}, 1: {**GOOD, **se, "win_rate_vs_sft": 0.75},
+            2: {**GOOD, **se, "win_rate_vs_sft": 0.68}, 3: {**GOOD, **se, "win_rate_vs_sft": 0.58}}
+    d = decide(hist, 3, PARAMS, CFG, 5, 0)
+    assert d["degrading"] and d["decision"] == "rollback" and d["best_round"] == d["next_start_round"] == 2
+
+
 def test_collapse_counts_as_degrading():
     hist = {0: {"win_rate_vs_sft": 0.5}, 1: {**GOOD, "collapsing": True}}
     assert decide(hist, 1, PARAMS, CFG, 5, 0)["decision"] == "rollback"
