@@ -209,7 +209,7 @@ class ControllerConfig(_Section):
     converge_tol: float = F(0.02, "Converged when the win rate varies by less than this over the window.", min=0.0)
     max_rounds: int = F(6, "Round budget for --rounds auto.", min=1, max=1000)
     max_seconds: float = F(3600.0, "Wall-time budget for --rounds auto.", min=1.0)
-    gate_z: float = F(1.645, "A gate (retention, win rate, KL) triggers only when its metric is past the threshold by more than gate_z standard errors (1.645: one-sided 95%; 0: act on point estimates).", min=0.0, max=10.0)
+    gate_z: float = F(1.645, "A gate (retention, win rate, KL, labels, fluency) triggers only when its metric is past the threshold by more than gate_z standard errors (1.645: one-sided 95%; 0: act on point estimates).", min=0.0, max=10.0)
     non_finite_lr_mult: float = F(0.5, "After a round whose training went non-finite, the learning rate is multiplied by this and the next round starts from the best round.", min=0.0, max=1.0)
     max_non_finite: int = F(2, "Rounds in a row that may go non-finite before the run stops with that reason.", min=1)
     hard_prompt_share: float = F(0.25, "On weak alignment, this share of the round's prompts with the smallest reward spread becomes the targeted prompts.", min=0.0, max=1.0)
@@ -218,6 +218,7 @@ class ControllerConfig(_Section):
     collapse_max_drop: float = F(5.0, "Collapse: chosen and rejected log-probs both below the reference by more than this (nats, mean of the last collapse_window logged steps).", min=0.0)
     collapse_window: int = F(3, "Logged training steps the collapse check averages over.", min=1)
     collapse_min_length_ratio: float = F(0.3, "Collapse: mean response length below this share of the SFT policy's.", min=0.0, max=1.0)
+    collapse_max_perplexity_ratio: float = F(1.5, "Fluency collapse (gate fluency_collapse): the base model's perplexity on a round's samples above this multiple of its perplexity on SFT's, by more than gate_z standard errors. Where that perplexity is measured, a log-prob fall (collapse_max_drop) counts as a collapse only if the samples are less fluent than this or shrank; otherwise it is logged as a warning.", min=1.0)
 
 
 @dataclass

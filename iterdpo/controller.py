@@ -6,7 +6,8 @@ After round r it reads that round's evaluation and decides, by the design's matr
 decision               when
 =====================  =========================================================================
 rollback               the round degrades (score clearly below the top earlier round's, see below,
-                       or it collapsed): the next round restarts from the best round
+                       or it collapsed, or its samples lost fluency): the next round restarts from
+                       the best round
 adjust_retry           KL violation or capability regression: new hyper-parameters, restart from
                        the best round
 stop_budget            rounds or wall time used up: the best round is the result
@@ -20,9 +21,9 @@ A round's score is its win rate against the SFT baseline, judged by the reward m
 exists only in the toy world, so it is never used to decide). A round is clearly below another when its
 score is lower by more than degrade_tol plus gate_z standard errors of the difference, so a rollback, like
 every gate, acts only on a drop clear of the noise. The best round is the latest round, without collapse,
-capability regression or KL violation, that is not clearly below the highest-scoring such round: later
-rounds have trained on more data, and a point-estimate lead of an earlier round is not evidence against
-them. Round 0 (SFT) always qualifies.
+fluency collapse, capability regression or KL violation, that is not clearly below the highest-scoring such
+round: later rounds have trained on more data, and a point-estimate lead of an earlier round is not evidence
+against them. Round 0 (SFT) always qualifies.
 Each decision is one line of decisions.jsonl, with its triggers and {param: [before, after]}.
 """
 
@@ -56,7 +57,10 @@ class Trigger:
 GATES = (("capability_regression", "capability_retention", "min_retention", "below"),
          ("weak_alignment", "win_rate_vs_sft", "min_win_rate", "below"),
          ("kl_violation", "kl_to_reference", "max_kl", "above"),
-         ("labels_no_better_than_seed", "label_gain", "min_label_gain", "below"))
+         ("labels_no_better_than_seed", "label_gain", "min_label_gain", "below"),
+         ("fluency_collapse", "base_perplexity_ratio_vs_sft", "collapse_max_perplexity_ratio", "above"))
+# gates whose trigger makes a round ineligible as the best round, and a rollback
+DEGRADING = {"collapse", "fluency_collapse"}
 
 
 def gates(m: dict, cfg: ControllerConfig) -> dict:
@@ -88,7 +92,7 @@ def score(m: dict) -> float:
 
 def eligible(m: dict, cfg: ControllerConfig) -> bool:
     names = {t.name for t in weaknesses(m, cfg)}
-    return not names & {"capability_regression", "kl_violation", "collapse"}
+    return not names & ({"capability_regression", "kl_violation"} | DEGRADING)
 
 
 def clearly_below(a: dict, b: dict, cfg: ControllerConfig) -> bool:
@@ -156,7 +160,7 @@ def decide(history: dict[int, dict], rnd: int, params: dict, cfg: ControllerConf
     # Measured against the earlier rounds' top, not their best: rounds each within the noise of the one before
     # must not drift down unchecked.
     prev_top = top_round({r: v for r, v in history.items() if r != rnd}, cfg)
-    degrading = "collapse" in names or clearly_below(m, history[prev_top], cfg)
+    degrading = bool(names & DEGRADING) or clearly_below(m, history[prev_top], cfg)
     new_params, changes = adjust(params, triggers, rnd, cfg)
     targeted: dict = {}
     if "capability_regression" in names:
@@ -199,6 +203,8 @@ def iteration_log(d: dict, m: dict, used: dict) -> str:
     status = ", ".join(f"{t['name']} ({t['metric']}={t['value']:.3f}" + (
         f" [{t['interval'][0]:.3f}, {t['interval'][1]:.3f}]" if t.get("interval") else "") + f" vs {t['threshold']})"
         for t in d["triggers"]) or "no weaknesses"
+    status += "".join(f"; collapse: {r}" for r in d.get("collapse_reasons", []))
+    status += "".join(f"; warning: {w}" for w in d.get("collapse_warnings", []))
     changes = ", ".join(f"{k}: {a:g} -> {b:g}" for k, (a, b) in d["changes"].items()) or "none"
     cfg_line = "  ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in used.items())
     return (f"=== Iteration {d['round']} ===\n"
@@ -210,26 +216,40 @@ def iteration_log(d: dict, m: dict, used: dict) -> str:
 
 
 def collapse_check(chosen_logratios: list[float], rejected_logratios: list[float], mean_length: float,
-                   sft_mean_length: float, cfg: ControllerConfig) -> dict:
-    """Flag a round as collapsing when the log-probs of chosen and rejected both fall steeply, or responses
-    shrink to nothing.
+                   sft_mean_length: float, cfg: ControllerConfig, perplexity_ratio: float | None = None) -> dict:
+    """Flag a round as collapsing when responses shrink to nothing, or the log-probs of chosen and rejected both
+    fall steeply and the round's samples do not show that they are still fluent.
 
     Args:
         chosen_logratios, rejected_logratios: per logging step, the batch mean of log pi(y|x) - log pi_ref(y|x)
             in nats for the chosen / rejected responses (TRL's rewards/chosen and rewards/rejected divided by
             beta). Measured against the reference on the same batch, so batch-to-batch length noise cancels.
-        cfg: both sides averaging below -collapse_max_drop nats over the last collapse_window logged steps
-            flags; so does a mean response length below collapse_min_length_ratio of the SFT policy's.
+        cfg: a mean response length below collapse_min_length_ratio of the SFT policy's flags. Both sides
+            averaging below -collapse_max_drop nats over the last collapse_window logged steps flags too, unless
+            `perplexity_ratio` (the base model's perplexity on the round's samples over its perplexity on SFT's;
+            None where not measured) is at most collapse_max_perplexity_ratio: then the fall is a warning only.
+            The ratio is read as a point estimate here: the fall is evidence of its own, and the samples only
+            have to agree with it, not prove a collapse alone.
+            Both log-probs falling together is common in DPO without any loss of fluency (the sequence-level
+            sum grows with reply length); the samples are the evidence. A fluency loss on its own is the
+            fluency_collapse gate (see gates), which knows its noise.
     """
-    reasons, w = [], cfg.collapse_window
+    reasons, warnings, w = [], [], cfg.collapse_window
+    shrank = sft_mean_length > 0 and mean_length < cfg.collapse_min_length_ratio * sft_mean_length
+    if shrank:
+        reasons.append(f"responses shrank to {mean_length:.1f} tokens (SFT: {sft_mean_length:.1f})")
     if chosen_logratios and rejected_logratios:
         c = sum(chosen_logratios[-w:]) / len(chosen_logratios[-w:])
         r = sum(rejected_logratios[-w:]) / len(rejected_logratios[-w:])
         if c < -cfg.collapse_max_drop and r < -cfg.collapse_max_drop:
-            reasons.append(f"log-probs of chosen and rejected both fell below the reference (by {-c:.2f} and {-r:.2f} nats)")
-    if sft_mean_length > 0 and mean_length < cfg.collapse_min_length_ratio * sft_mean_length:
-        reasons.append(f"responses shrank to {mean_length:.1f} tokens (SFT: {sft_mean_length:.1f})")
-    return {"collapsing": bool(reasons), "collapse_reasons": reasons}
+            fall = f"log-probs of chosen and rejected both fell below the reference (by {-c:.2f} and {-r:.2f} nats)"
+            fluent = perplexity_ratio is not None and perplexity_ratio <= cfg.collapse_max_perplexity_ratio
+            if fluent and not shrank:
+                warnings.append(f"{fall}; not a collapse: the base model reads the samples at {perplexity_ratio:.2f}x "
+                                f"SFT's perplexity (at most {cfg.collapse_max_perplexity_ratio:g}x)")
+            else:
+                reasons.append(fall)
+    return {"collapsing": bool(reasons), "collapse_reasons": reasons, "collapse_warnings": warnings}
 
 
 # the controller's state: decisions.jsonl ----------------------------------------------------------------
@@ -304,7 +324,25 @@ def round_collapse(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, beta: floa
     sft_len = run.metrics(run.eval(0))["mean_length"]
     return collapse_check([r["rewards/chosen"] / beta for r in log if "rewards/chosen" in r],
                           [r["rewards/rejected"] / beta for r in log if "rewards/rejected" in r],
-                          m["mean_length"], sft_len, cfg.controller)
+                          m["mean_length"], sft_len, cfg.controller, m.get("base_perplexity_ratio_vs_sft"))
+
+
+def with_fluency_se(run: RunFolder, rnd, m: dict) -> dict:
+    """Round `rnd`'s metrics `m` with the fluency gate's standard error: evaluations written before it existed
+    get it from their stored samples, so an old run folder's gate knows its noise too."""
+    if "base_perplexity_ratio_vs_sft" not in m or "base_perplexity_ratio_vs_sft_se" in m:
+        return m
+    from .evaluate import base_perplexity_ratio_se
+
+    mine, sft = (run.samples(rnd) or []), (run.samples(0) or [])
+    if rnd == 0 or not mine or len(mine) != len(sft) or not all("base_logp" in s for s in mine + sft):
+        return m
+    return {**m, "base_perplexity_ratio_vs_sft_se": base_perplexity_ratio_se(mine, sft)}
+
+
+def eval_metrics(run: RunFolder, rnd) -> dict:
+    """Round `rnd`'s stored evaluation metrics, with the fluency gate's standard error (with_fluency_se)."""
+    return with_fluency_se(run, rnd, run.metrics(run.eval(rnd)))
 
 
 def record(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dict:
@@ -315,8 +353,8 @@ def record(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dic
     history = {0: run.metrics(run.eval(0))}
     for r in range(1, rnd):
         if not done.get(r, {}).get("failed"):  # a round whose training went non-finite has no evaluation
-            history[r] = {**run.metrics(run.eval(r)), "collapsing": done[r].get("collapsing", False) if r in done else False}
-    history[rnd] = m
+            history[r] = {**eval_metrics(run, r), "collapsing": done[r].get("collapsing", False) if r in done else False}
+    history[rnd] = m = with_fluency_se(run, rnd, m)
     elapsed = run.elapsed()
     if cfg.controller.enabled:
         d = decide(history, rnd, plan["carried"], cfg.controller, cfg.max_rounds, elapsed, run.generation_records(rnd))
@@ -326,6 +364,7 @@ def record(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dic
              "stop": rnd >= cfg.max_rounds, "stop_reason": "round_budget" if rnd >= cfg.max_rounds else None,
              "score": score(m), "degrading": False, "elapsed_seconds": elapsed}
     d["collapsing"] = m.get("collapsing", False)
+    d.update({k: m[k] for k in ("collapse_reasons", "collapse_warnings") if m.get(k)})
     d["gates"] = gates(m, cfg.controller)  # every gate's estimate, interval and threshold, triggered or not
     d["labels"] = {k: m[k] for k in ("label_check_source", "label_gain_oracle", "label_gain_oracle_se", "label_gain_est",
                                      "label_gain_est_se")
@@ -340,7 +379,7 @@ def record_non_finite(run: RunFolder, cfg: RunConfig, rnd: int, plan: dict, erro
     to the best round with a lower learning rate, or a stop after controller.max_non_finite such rounds in a row."""
     done = run.decisions()
     history = {0: run.metrics(run.eval(0))}
-    history.update({r: {**run.metrics(run.eval(r)), "collapsing": d.get("collapsing", False)}
+    history.update({r: {**eval_metrics(run, r), "collapsing": d.get("collapsing", False)}
                     for r, d in done.items() if not d.get("failed")})
     best = best_round(history, cfg.controller)
     in_a_row = 1
@@ -372,7 +411,7 @@ def yardstick(run: RunFolder, cfg: RunConfig) -> dict:
     out = {}
     for arm, rnd in arms.items():
         if run.done(run.eval(rnd)):
-            m = run.metrics(run.eval(rnd))
+            m = eval_metrics(run, rnd)
             g = gates(m, cfg.controller)
             out[arm] = {"round": rnd, **{k: m.get(k) for k in keys}, "gates": g,
                         "passes_gates": all(x["passes"] for x in g.values())}

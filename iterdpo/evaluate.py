@@ -101,6 +101,18 @@ def base_perplexity(samples: list[dict]) -> float:
     return math.exp(-sum(s["base_logp"] for s in samples) / n) if n else float("nan")
 
 
+def base_perplexity_ratio_se(samples: list[dict], sft_samples: list[dict], n_boot: int = 400, seed: int = 0) -> float:
+    """Standard error of base_perplexity(samples) / base_perplexity(sft_samples): a bootstrap over prompts, both
+    policies' samples resampled together (they are paired by prompt). Deterministic for a given seed."""
+    lp = torch.tensor([[s["base_logp"], o["base_logp"]] for s, o in zip(samples, sft_samples)], dtype=torch.float64)
+    n = torch.tensor([[s["base_tokens"], o["base_tokens"]] for s, o in zip(samples, sft_samples)], dtype=torch.float64)
+    if len(lp) < 2:
+        return 0.0
+    idx = torch.randint(len(lp), (n_boot, len(lp)), generator=torch.Generator().manual_seed(seed))
+    ppl = torch.exp(-lp[idx].sum(1) / n[idx].sum(1).clamp(min=1))  # (n_boot, 2): the policy's, SFT's
+    return (ppl[:, 0] / ppl[:, 1]).std().item()
+
+
 def correlation(a: list[float], b: list[float]) -> float:
     x, y = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
     if len(a) < 2 or x.std() == 0 or y.std() == 0:
@@ -199,10 +211,12 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str |
         m["length_ratio_vs_sft"] = m["mean_length"] / max(sum(o["n_tokens"] for o in sft_samples) / len(sft_samples), 1e-9)
         if "base_perplexity" in m and all("base_logp" in o for o in sft_samples):
             m["base_perplexity_ratio_vs_sft"] = m["base_perplexity"] / base_perplexity(sft_samples)
+            m["base_perplexity_ratio_vs_sft_se"] = base_perplexity_ratio_se(samples, sft_samples)
     else:
         m["length_ratio_vs_sft"] = 1.0
         if "base_perplexity" in m:
             m["base_perplexity_ratio_vs_sft"] = 1.0
+            m["base_perplexity_ratio_vs_sft_se"] = 0.0
     if inputs.world is not None:
         m["oracle_score"] = sum(s["oracle"] for s in samples) / len(samples)
     if greedy_rewards is not None:

@@ -1,7 +1,14 @@
+import json
+import random
+import statistics
+
 import pytest
 
 from iterdpo.config import ControllerConfig
-from iterdpo.controller import best_round, collapse_check, converged, decide, gates, hard_prompts, weaknesses
+from iterdpo.controller import (best_round, collapse_check, converged, decide, eval_metrics, gates, hard_prompts,
+                                iteration_log, weaknesses)
+from iterdpo.evaluate import base_perplexity, base_perplexity_ratio_se
+from iterdpo.runfolder import RunFolder, StageFiles
 
 CFG = ControllerConfig()
 PARAMS = {"beta": 0.1, "learning_rate": 1e-3, "max_steps": 60}
@@ -112,6 +119,28 @@ def test_collapse_flag_on_synthetic_log_prob_trace():
     assert short["collapsing"] and "shrank" in short["collapse_reasons"][0]
 
 
+def test_a_log_prob_fall_needs_the_samples_to_confirm_it():
+    # sentiment seed 3's round 2: both sides about 7.5 and 9.2 nats down over 48-token replies, yet the base model
+    # read its samples at 1.35x SFT's perplexity, and the oracle scored it above round 1
+    c, r = [-6.1, -4.5, -11.9], [-7.7, -6.6, -13.3]
+    fluent = collapse_check(c, r, 46.0, 48.0, CFG, perplexity_ratio=1.35)
+    assert not fluent["collapsing"] and "not a collapse" in fluent["collapse_warnings"][0]
+    assert collapse_check(c, r, 46.0, 48.0, CFG, perplexity_ratio=1.8)["collapsing"]  # confirmed by the samples
+    assert collapse_check(c, r, 46.0, 48.0, CFG)["collapsing"]  # not measured: the fall alone decides, as before
+    shrunk = collapse_check(c, r, 4.0, 48.0, CFG, perplexity_ratio=1.0)
+    assert shrunk["collapsing"] and len(shrunk["collapse_reasons"]) == 2 and not shrunk["collapse_warnings"]
+
+
+def test_fluency_collapse_is_a_gate_that_knows_its_noise():
+    noisy = {**GOOD, "base_perplexity_ratio_vs_sft": 1.67, "base_perplexity_ratio_vs_sft_se": 0.185}  # offline, seed 2
+    clear = {**GOOD, "base_perplexity_ratio_vs_sft": 2.4, "base_perplexity_ratio_vs_sft_se": 0.2}
+    assert gates(noisy, CFG)["fluency_collapse"]["passes"] and weaknesses(noisy, CFG) == []
+    assert [t.name for t in weaknesses(clear, CFG)] == ["fluency_collapse"]
+    hist = {0: {"win_rate_vs_sft": 0.5}, 1: {**GOOD, "win_rate_vs_sft": 0.6}, 2: {**clear, "win_rate_vs_sft": 0.9}}
+    d = decide(hist, 2, PARAMS, CFG, 5, 0)
+    assert d["decision"] == "rollback" and d["best_round"] == d["next_start_round"] == 1
+
+
 def test_gates_act_only_on_drops_clear_of_the_noise():
     # the issue's seed-1 round: retention 0.919 on 200 probes is within the noise of 0.95; 0.80 is not
     noisy = {**GOOD, "capability_retention": 0.919, "capability_retention_se": 0.045}
@@ -170,3 +199,52 @@ def test_label_estimates_recover_seed_and_ensemble_accuracy_from_held_out_pairs(
     # two halves that contradict each other identify nothing: no estimate, not a made-up one
     split = label_estimates([members[0], -members[0]], heldout, 0.0)
     assert split["seed_label_accuracy_est"] is None and split["ensemble_label_accuracy_est"] is None
+
+
+def _fluency_draw(rng, n, shared=0.0):
+    """n prompts' paired samples (the policy's, SFT's), log-prob per token about -2.3 and -2.2; `shared` is the sd
+    of a per-prompt effect both policies' samples share (a hard prompt is hard for both)."""
+    pol, sft = [], []
+    for _ in range(n):
+        effect = rng.gauss(0.0, shared)
+        for out, mu in ((pol, 2.3), (sft, 2.2)):
+            t = rng.randint(10, 48)
+            out.append({"base_logp": -t * (rng.gauss(mu, 0.3) + effect), "base_tokens": t})
+    return pol, sft
+
+
+@pytest.mark.parametrize("shared", [0.0, 0.6])
+def test_the_fluency_gate_standard_error_matches_the_spread_over_fresh_draws(shared):
+    # with a shared per-prompt effect, only a bootstrap that keeps the pairs gets the (smaller) spread right
+    rng = random.Random(0)
+    same, _ = _fluency_draw(rng, 48)
+    assert base_perplexity_ratio_se(same, same) == 0.0
+    ratios, ses = [], []
+    for _ in range(200):
+        pol, sft = _fluency_draw(rng, 48, shared)
+        ratios.append(base_perplexity(pol) / base_perplexity(sft))
+        if len(ses) < 20:
+            ses.append(base_perplexity_ratio_se(pol, sft))
+    spread = statistics.stdev(ratios)
+    assert 0.75 * spread < statistics.mean(ses) < 1.33 * spread, (statistics.mean(ses), spread)
+
+
+def test_an_old_run_folder_gets_the_fluency_standard_error_from_its_samples(tmp_path):
+    run = RunFolder(tmp_path)
+    pol, sft = _fluency_draw(random.Random(1), 48)
+    for rnd, samples, m in ((0, sft, {"base_perplexity_ratio_vs_sft": 1.0}),
+                            (1, pol, {"base_perplexity_ratio_vs_sft": base_perplexity(pol) / base_perplexity(sft)})):
+        files = StageFiles(run.eval(rnd))
+        files.folder.mkdir(parents=True)
+        files.metrics.write_text(json.dumps(m))
+        files.samples.write_text("".join(json.dumps(x) + "\n" for x in samples))
+    m = eval_metrics(run, 1)
+    assert m["base_perplexity_ratio_vs_sft_se"] == pytest.approx(base_perplexity_ratio_se(pol, sft))
+    assert 0.0 < m["base_perplexity_ratio_vs_sft_se"] < 0.2
+
+
+def test_the_iteration_log_prints_a_collapse_warning():
+    d = {"round": 2, "triggers": [], "changes": {}, "decision": "continue", "best_round": 2, "next_start_round": 2,
+         "stop": False, "collapse_warnings": ["log-probs fell; not a collapse: fluent"]}
+    log = iteration_log(d, {"win_rate_vs_sft": 0.9}, {"beta": 0.1})
+    assert "status:   no weaknesses; warning: log-probs fell; not a collapse: fluent" in log
