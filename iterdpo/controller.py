@@ -330,12 +330,12 @@ def round_collapse(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, beta: floa
 def with_fluency_se(run: RunFolder, rnd, m: dict) -> dict:
     """Round `rnd`'s metrics `m` with the fluency gate's standard error: evaluations written before it existed
     get it from their stored samples, so an old run folder's gate knows its noise too."""
-    if "base_perplexity_ratio_vs_sft" not in m or "base_perplexity_ratio_vs_sft_se" in m:
+    if rnd == 0 or "base_perplexity_ratio_vs_sft" not in m or "base_perplexity_ratio_vs_sft_se" in m:
         return m
     from .evaluate import base_perplexity_ratio_se
 
     mine, sft = (run.samples(rnd) or []), (run.samples(0) or [])
-    if rnd == 0 or not mine or len(mine) != len(sft) or not all("base_logp" in s for s in mine + sft):
+    if not mine or len(mine) != len(sft) or not all("base_logp" in s for s in mine + sft):
         return m
     return {**m, "base_perplexity_ratio_vs_sft_se": base_perplexity_ratio_se(mine, sft)}
 
