@@ -1,0 +1,82 @@
+"""Other judges of a run's stored evaluation samples (iterdpo.judges), on hand-made run folders."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from iterdpo import judges
+from iterdpo.sentiment import sentiment
+
+PROMPTS = ["p1", "p2", "p3", "p4"]
+REPLIES = {  # model folder -> replies to PROMPTS
+    "round_0": ["It is fine.", "I hate this awful day.", "ok", "Sure."],
+    "round_1": ["It is great, I love it!", "What a wonderful day.", "ok", "Sure, happy to help!"],
+    "offline_dpo": ["It is good.", "I hate this awful day.", "nice", "Sure."],
+}
+
+
+def _run(root: Path, oracle=sentiment, replies=REPLIES, prompts=PROMPTS) -> Path:
+    for folder, texts in replies.items():
+        d = root / folder / "eval"
+        d.mkdir(parents=True)
+        rows = [{"prompt": p, "response": t, "ended": True, "n_tokens": len(t.split()),
+                 **({"oracle": oracle(t)} if oracle else {})} for p, t in zip(prompts, texts)]
+        (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "metrics.json").write_text("{}")
+    return root
+
+
+def _row(t, judge, model):
+    rows = t[(t["judge"] == judge) & (t["model"] == model)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_a_custom_judge_gives_means_and_win_rates_computed_by_hand(tmp_path):
+    run = _run(tmp_path / "run")
+    t = judges.table(run, [("words", lambda text: len(text.split()))])
+    assert list(t["model"]) == ["SFT", "round 1", "offline DPO"]
+    r1 = _row(t, "words", "round 1")
+    # words: SFT 3, 5, 1, 1; round 1 6, 4, 1, 4; offline 3, 5, 1, 1
+    assert r1["mean"] == pytest.approx(15 / 4)
+    assert r1["win_rate_vs_sft"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert r1["win_rate_vs_offline"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    off = _row(t, "words", "offline DPO")
+    assert off["win_rate_vs_sft"] == pytest.approx(0.5)  # the same lengths everywhere: four ties
+    assert off["win_rate_vs_sft_se"] == pytest.approx(0.0)
+
+
+def test_vader_recomputed_equals_the_stored_oracle_and_sees_the_upbeat_round(tmp_path):
+    t = judges.table(_run(tmp_path / "run"), ["oracle", "vader"])
+    for model in ("SFT", "round 1", "offline DPO"):
+        assert _row(t, "vader", model)["mean"] == pytest.approx(_row(t, "oracle", model)["mean"])
+    r1 = _row(t, "vader", "round 1")
+    assert r1["mean"] > _row(t, "vader", "SFT")["mean"] + 0.5
+    assert r1["win_rate_vs_sft"] == pytest.approx((1 + 1 + 0.5 + 1) / 4)
+
+
+def test_several_runs_stack(tmp_path):
+    runs = [_run(tmp_path / "a"), _run(tmp_path / "b")]
+    t = judges.table(runs, ["oracle"])
+    assert sorted(set(t["run"])) == sorted(str(r) for r in runs) and len(t) == 6
+
+
+def test_bad_requests_fail_with_one_line_naming_the_problem(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown judge 'gpt'"):
+        judges.table(_run(tmp_path / "a"), ["gpt"])
+    no_oracle = _run(tmp_path / "b", oracle=None)
+    with pytest.raises(ValueError, match=r"round_0/eval/samples.jsonl:1: no 'oracle' score stored"):
+        judges.table(no_oracle, ["oracle"])
+    shifted = _run(tmp_path / "c", replies={"round_0": REPLIES["round_0"]})
+    _run(tmp_path / "c2", replies={"round_1": REPLIES["round_1"]}, prompts=PROMPTS[::-1])
+    (tmp_path / "c2" / "round_1").rename(shifted / "round_1")
+    with pytest.raises(ValueError, match="round 1 and SFT were evaluated on different prompts"):
+        judges.table(shifted, ["oracle"])
+    # An optional judge whose package is absent names the install (None in sys.modules makes the import fail).
+    monkeypatch.setitem(sys.modules, "afinn", None)
+    with pytest.raises(ImportError, match="judge 'afinn' needs `pip install afinn`"):
+        judges.table(_run(tmp_path / "d"), ["afinn"])
