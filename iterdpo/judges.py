@@ -5,13 +5,14 @@ lexicon). A second scorer that agrees is evidence that the replies really change
 warning to read before trusting the oracle's figures. Nothing is sampled again: the judges read the samples
 each evaluation stored (``round_<r>/eval/samples.jsonl``), so every model is judged on the same prompts.
 
-Built-in judges, all on the reply text alone:
+Built-in judges (the three lexicons read the reply text alone):
 - ``oracle``: the score the run's world stored with each sample (VADER in the sentiment world);
 - ``vader``: VADER's compound score, recomputed (``vadersentiment``, in requirements.txt);
 - ``afinn``: AFINN's word valences (-5..5), averaged over the reply's words so that length does not count;
 - ``textblob``: TextBlob's pattern-lexicon polarity, in [-1, 1].
 The last two ship their lexicons in their PyPI packages and download nothing: ``pip install afinn textblob``.
-Any other judge is a (name, function of the reply text) pair.
+Any other judge is a (name, function) pair, the function called like a world's oracle:
+``judge(prompt, response, ended) -> float`` (for example a stricter rule for the toy world).
 
     from iterdpo import judges
     judges.table(["runs/sentiment-s1", "runs/sentiment-s2"], ["oracle", "afinn", "textblob"])
@@ -29,7 +30,7 @@ from .losses import win_rate, win_rate_se
 from .plots.frames import OFFLINE, SFT, model_folders
 from .runfolder import RunFolder
 
-Judge = Callable[[str], float]
+Judge = Callable[[str, str, bool], float]  # (prompt, response, ended) -> score, like a world's oracle
 BUILTIN = ("oracle", "vader", "afinn", "textblob")
 
 
@@ -37,23 +38,23 @@ def _afinn() -> Judge:
     from afinn import Afinn
 
     lexicon = Afinn()
-    return lambda text: lexicon.score(text) / max(len(text.split()), 1)
+    return lambda prompt, text, ended=True: lexicon.score(text) / max(len(text.split()), 1)
 
 
 def _textblob() -> Judge:
     from textblob import TextBlob
 
-    return lambda text: TextBlob(text).sentiment.polarity
+    return lambda prompt, text, ended=True: TextBlob(text).sentiment.polarity
 
 
 def _vader() -> Judge:
     from .sentiment import sentiment
 
-    return sentiment
+    return lambda prompt, text, ended=True: sentiment(text)
 
 
 def scorer(name: str) -> Judge | None:
-    """The built-in judge `name` as a function of the reply text (None for ``oracle``, which is stored)."""
+    """The built-in judge `name` (None for ``oracle``, whose scores are stored with the samples)."""
     if name == "oracle":
         return None
     makers = {"vader": (_vader, "vadersentiment==3.3.2"), "afinn": (_afinn, "afinn"), "textblob": (_textblob, "textblob")}
@@ -73,7 +74,7 @@ def _scores(samples: list[dict], name: str, judge: Judge | None, where: Path) ->
             raise ValueError(f"{where}:{missing + 1}: no 'oracle' score stored (a world without an oracle); "
                              f"use another judge")
         return [float(s["oracle"]) for s in samples]
-    return [float(judge(s["response"])) for s in samples]
+    return [float(judge(s["prompt"], s["response"], s["ended"])) for s in samples]
 
 
 def table(runs, judges=("oracle",)) -> pd.DataFrame:
@@ -83,7 +84,7 @@ def table(runs, judges=("oracle",)) -> pd.DataFrame:
 
     Args:
         runs: a run folder or a list of them.
-        judges: built-in names (see the module notes) or (name, function of the reply text) pairs.
+        judges: built-in names (see the module notes) or (name, judge(prompt, response, ended)) pairs.
     """
     named = [(j, scorer(j)) if isinstance(j, str) else (j[0], j[1]) for j in judges]
     rows = []

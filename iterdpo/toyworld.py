@@ -105,6 +105,21 @@ class ToyWorld:
         extras = len(words) - useful
         return max(0.0, min(1.0, useful / n - self.cfg.extra_penalty * extras))
 
+    # two stricter and looser readings of the same task, for judging with a rule the loop never trained on
+    # (iterdpo.judges); neither enters training or the controller
+    def exact(self, prompt: str, response: str, ended: bool = True) -> float:
+        """1 when the reply is exactly n distinct words of the topic and nothing else (and ended), else 0."""
+        n, topic = self.request_of(prompt)
+        words = response.split()
+        return float(ended and len(words) == n == len(set(words)) and set(words) <= set(self.topics[topic]))
+
+    def coverage(self, prompt: str, response: str, ended: bool = True) -> float:
+        """The oracle without its penalty for extra words: the share of the n requested topic words given."""
+        if not ended:
+            return 0.0
+        n, topic = self.request_of(prompt)
+        return min(len(set(response.split()) & set(self.topics[topic])), n) / n
+
     # data sets ----------------------------------------------------------------------------------
     def seed_pairs(self, n: int, seed: int) -> list[dict]:
         """n labelled pairs {prompt, chosen, rejected, flipped}: oracle labels, flipped at label_noise."""

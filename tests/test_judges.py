@@ -38,7 +38,7 @@ def _row(t, judge, model):
 
 def test_a_custom_judge_gives_means_and_win_rates_computed_by_hand(tmp_path):
     run = _run(tmp_path / "run")
-    t = judges.table(run, [("words", lambda text: len(text.split()))])
+    t = judges.table(run, [("words", lambda prompt, text, ended: len(text.split()))])
     assert list(t["model"]) == ["SFT", "round 1", "offline DPO"]
     r1 = _row(t, "words", "round 1")
     # words: SFT 3, 5, 1, 1; round 1 6, 4, 1, 4; offline 3, 5, 1, 1
@@ -80,3 +80,34 @@ def test_bad_requests_fail_with_one_line_naming_the_problem(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "afinn", None)
     with pytest.raises(ImportError, match="judge 'afinn' needs `pip install afinn`"):
         judges.table(_run(tmp_path / "d"), ["afinn"])
+
+
+def test_a_judge_is_called_like_an_oracle_with_the_prompt_and_whether_the_reply_ended(tmp_path):
+    run = _run(tmp_path / "run")
+    d = run / "round_1" / "eval" / "samples.jsonl"
+    rows = [json.loads(x) for x in d.read_text().splitlines()]
+    rows[1]["ended"] = False
+    d.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = judges.table(run, [("first prompt", lambda prompt, text, ended: float(prompt == "p1")),
+                           ("ended", lambda prompt, text, ended: float(ended))])
+    assert set(t[t["judge"] == "first prompt"]["mean"]) == {0.25}
+    assert _row(t, "ended", "round 1")["mean"] == pytest.approx(0.75)
+    assert _row(t, "ended", "round 1")["win_rate_vs_sft"] == pytest.approx((0.5 + 0 + 0.5 + 0.5) / 4)
+
+
+def test_the_toy_worlds_exact_and_coverage_readings_by_hand():
+    from iterdpo.config import ToyConfig
+    from iterdpo.toyworld import ToyWorld
+
+    w, p = ToyWorld(ToyConfig()), "user: list 3 fruit\nassistant:"
+    cases = {  # reply: (oracle, exact, coverage)
+        "apple lemon plum": (1.0, 1.0, 1.0),
+        "apple lemon plum um": (1 - 0.15, 0.0, 1.0),
+        "apple apple lemon": (2 / 3 - 0.15, 0.0, 2 / 3),
+        "apple lemon tiger": (2 / 3 - 0.15, 0.0, 2 / 3),
+        "apple lemon": (2 / 3, 0.0, 2 / 3),
+    }
+    for reply, (oracle, exact, coverage) in cases.items():
+        assert (w.oracle(p, reply), w.exact(p, reply), w.coverage(p, reply)) == pytest.approx((oracle, exact, coverage)), reply
+    assert (w.oracle(p, "apple lemon plum", False), w.exact(p, "apple lemon plum", False),
+            w.coverage(p, "apple lemon plum", False)) == (0.0, 0.0, 0.0)
