@@ -67,6 +67,28 @@ def scorer(name: str) -> Judge | None:
         raise ImportError(f"judge {name!r} needs `pip install {package}` ({e})") from None
 
 
+def for_run(cfg) -> list:
+    """The judges worth reading for the run `cfg` (its RunConfig): the oracle and its world's other readings
+    (toy: ``exact`` and ``coverage``; sentiment: AFINN and TextBlob where installed, with a line naming any that
+    are not); none for a source without a world."""
+    if cfg.data.source == "toy":
+        from .toyworld import ToyWorld
+
+        world = ToyWorld(cfg.toy)
+        return ["oracle", ("exact", world.exact), ("coverage", world.coverage)]
+    if cfg.data.source != "sentiment":
+        return []
+    out, missing = ["oracle"], []
+    for name in ("afinn", "textblob"):
+        try:
+            out.append((name, scorer(name)))
+        except ImportError:
+            missing.append(name)
+    if missing:
+        print(f"judges: {', '.join(missing)} not installed, so not asked (pip install {' '.join(missing)})")
+    return out
+
+
 def _scores(samples: list[dict], name: str, judge: Judge | None, where: Path) -> list[float]:
     if judge is None:
         missing = next((i for i, s in enumerate(samples) if "oracle" not in s), None)

@@ -111,3 +111,15 @@ def test_the_toy_worlds_exact_and_coverage_readings_by_hand():
         assert (w.oracle(p, reply), w.exact(p, reply), w.coverage(p, reply)) == pytest.approx((oracle, exact, coverage)), reply
     assert (w.oracle(p, "apple lemon plum", False), w.exact(p, "apple lemon plum", False),
             w.coverage(p, "apple lemon plum", False)) == (0.0, 0.0, 0.0)
+
+
+def test_for_run_picks_each_worlds_readings_and_names_missing_packages(monkeypatch, capsys):
+    from iterdpo.config import load_preset
+
+    toy = judges.for_run(load_preset("tiny"))
+    assert toy[0] == "oracle" and [name for name, _ in toy[1:]] == ["exact", "coverage"]
+    assert judges.for_run(load_preset("smollm2-hh")) == []  # no world, no oracle
+    monkeypatch.setitem(sys.modules, "afinn", None)
+    monkeypatch.setitem(sys.modules, "textblob", None)
+    assert judges.for_run(load_preset("smollm2-sentiment")) == ["oracle"]
+    assert "afinn, textblob not installed, so not asked (pip install afinn textblob)" in capsys.readouterr().out
