@@ -1,18 +1,18 @@
-"""Judges the loop never saw: every evaluated model's stored samples, scored again by other scorers.
+"""Other judges: every evaluated model's stored samples, scored again by scorers that neither training nor the
+controller uses.
 
 A gain the oracle sees could be one scorer's quirk (VADER, the sentiment world's oracle, counts words from its
 lexicon). A second scorer that agrees is evidence that the replies really changed; one that does not is a
 warning to read before trusting the oracle's figures. Nothing is sampled again: the judges read the samples
 each evaluation stored (``round_<r>/eval/samples.jsonl``), so every model is judged on the same prompts.
 
-Built-in judges (the three lexicons read the reply text alone):
-- ``oracle``: the score the run's world stored with each sample (VADER in the sentiment world);
+A judge is called like a world's oracle, ``judge(prompt, response, ended) -> float``. Built in:
+- ``oracle``: the score the run's world stored with each sample;
 - ``vader``: VADER's compound score, recomputed (``vadersentiment``, in requirements.txt);
 - ``afinn``: AFINN's word valences (-5..5), averaged over the reply's words so that length does not count;
 - ``textblob``: TextBlob's pattern-lexicon polarity, in [-1, 1].
-The last two ship their lexicons in their PyPI packages and download nothing: ``pip install afinn textblob``.
-Any other judge is a (name, function) pair, the function called like a world's oracle:
-``judge(prompt, response, ended) -> float`` (for example a stricter rule for the toy world).
+AFINN and TextBlob ship their lexicons in their PyPI packages and download nothing (PINS). A world may offer
+its own (``World.judges()``: the toy world's ``exact`` and ``coverage``); ``for_run`` collects them.
 
     from iterdpo import judges
     judges.table(["runs/sentiment-s1", "runs/sentiment-s2"], ["oracle", "afinn", "textblob"])
@@ -26,12 +26,15 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from .data import check_records
 from .losses import win_rate, win_rate_se
-from .plots.frames import OFFLINE, SFT, model_folders
-from .runfolder import RunFolder
+from .runfolder import OFFLINE, SFT, RunFolder
 
 Judge = Callable[[str, str, bool], float]  # (prompt, response, ended) -> score, like a world's oracle
 BUILTIN = ("oracle", "vader", "afinn", "textblob")
+PINS = {"vader": "vadersentiment==3.3.2", "afinn": "afinn==0.1", "textblob": "textblob==0.20.1"}
+COLUMNS = ["run", "judge", "model", "round", "mean", "win_rate_vs_sft", "win_rate_vs_sft_se",
+           "win_rate_vs_offline_dpo", "win_rate_vs_offline_dpo_se"]
 
 
 def _afinn() -> Judge:
@@ -57,73 +60,92 @@ def scorer(name: str) -> Judge | None:
     """The built-in judge `name` (None for ``oracle``, whose scores are stored with the samples)."""
     if name == "oracle":
         return None
-    makers = {"vader": (_vader, "vadersentiment==3.3.2"), "afinn": (_afinn, "afinn"), "textblob": (_textblob, "textblob")}
+    makers = {"vader": _vader, "afinn": _afinn, "textblob": _textblob}
     if name not in makers:
-        raise ValueError(f"unknown judge {name!r}; built in: {', '.join(BUILTIN)}, or pass (name, function)")
-    make, package = makers[name]
+        raise ValueError(f"unknown judge {name!r}; built in: {', '.join(BUILTIN)}, or pass (name, judge)")
     try:
-        return make()
+        return makers[name]()
     except ImportError as e:
-        raise ImportError(f"judge {name!r} needs `pip install {package}` ({e})") from None
+        raise ImportError(f"judge {name!r} needs `pip install {PINS[name]}` ({e})") from None
 
 
-def for_run(cfg) -> list:
-    """The judges worth reading for the run `cfg` (its RunConfig): the oracle and its world's other readings
-    (toy: ``exact`` and ``coverage``; sentiment: AFINN and TextBlob where installed, with a line naming any that
-    are not); none for a source without a world."""
-    if cfg.data.source == "toy":
-        from .toyworld import ToyWorld
-
-        world = ToyWorld(cfg.toy)
-        return ["oracle", ("exact", world.exact), ("coverage", world.coverage)]
-    if cfg.data.source != "sentiment":
-        return []
-    out, missing = ["oracle"], []
-    for name in ("afinn", "textblob"):
+def installed(names) -> list[tuple[str, Judge]]:
+    """(name, judge) for each built-in judge in `names` whose package is installed; one line names the others."""
+    out, missing = [], []
+    for name in names:
         try:
             out.append((name, scorer(name)))
         except ImportError:
             missing.append(name)
     if missing:
-        print(f"judges: {', '.join(missing)} not installed, so not asked (pip install {' '.join(missing)})")
+        print(f"judges: {', '.join(missing)} not installed, so not asked "
+              f"(pip install {' '.join(PINS[m] for m in missing)})")
     return out
 
 
-def _scores(samples: list[dict], name: str, judge: Judge | None, where: Path) -> list[float]:
+def for_run(cfg) -> list:
+    """The judges worth reading for the run `cfg` (its RunConfig): the oracle and its world's own judges;
+    none for a source without a world."""
+    from .worlds import world_of
+
+    world = world_of(cfg)
+    if world is None:
+        print(f"data.source {cfg.data.source!r} has no world, so no oracle: the reward model is the only judge")
+        return []
+    return ["oracle", *(world.judges() if hasattr(world, "judges") else [])]
+
+
+def _scores(samples: list[dict], name: str, judge: Judge | None, where: Path) -> torch.Tensor:
+    check_records(samples, ("prompt", "response", "ended") + (("oracle",) if judge is None else ()), str(where))
     if judge is None:
-        missing = next((i for i, s in enumerate(samples) if "oracle" not in s), None)
-        if missing is not None:
-            raise ValueError(f"{where}:{missing + 1}: no 'oracle' score stored (a world without an oracle); "
-                             f"use another judge")
-        return [float(s["oracle"]) for s in samples]
-    return [float(judge(s["prompt"], s["response"], s["ended"])) for s in samples]
+        return torch.tensor([float(s["oracle"]) for s in samples])
+    out = []
+    for i, s in enumerate(samples, 1):
+        try:
+            out.append(float(judge(s["prompt"], s["response"], s["ended"])))
+        except Exception as e:
+            raise ValueError(f"{where}:{i}: judge {name!r} cannot score this sample: {e}") from e
+    return torch.tensor(out)
+
+
+def _same_prompts(a: list[dict], b: list[dict], path_a: Path, path_b: Path) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{path_a}: {len(a)} samples, {path_b}: {len(b)}; win rates need the same prompts")
+    for i, (x, y) in enumerate(zip(a, b), 1):
+        if x["prompt"] != y["prompt"]:
+            raise ValueError(f"{path_a}:{i}: prompt differs from {path_b}:{i}; win rates need the same prompts")
 
 
 def table(runs, judges=("oracle",)) -> pd.DataFrame:
     """One row per run, judge and evaluated model (SFT, each round, offline DPO): the judge's mean score, and
     the win rate (ties counting half) of the model's sample over SFT's and over offline DPO's on the same
-    prompt, each with its standard error.
+    prompt, each with its standard error. Rounds without an evaluation (a failed round) are left out.
 
     Args:
         runs: a run folder or a list of them.
         judges: built-in names (see the module notes) or (name, judge(prompt, response, ended)) pairs.
     """
+    judges = [judges] if isinstance(judges, str) else list(judges)
     named = [(j, scorer(j)) if isinstance(j, str) else (j[0], j[1]) for j in judges]
     rows = []
     for run in [runs] if isinstance(runs, (str, Path)) else list(runs):
         rf = RunFolder(run)
-        models = [(label, rnd, rf.samples(rnd), rf.eval(rnd) / "samples.jsonl") for label, rnd, _ in model_folders(run)]
+        models = [(label, rnd, rf.samples(rnd), rf.eval(rnd) / "samples.jsonl") for label, rnd, _ in rf.models()]
         models = [m for m in models if m[2]]
-        prompts = {label: [s["prompt"] for s in ss] for label, _, ss, _ in models}
+        if not models:
+            raise FileNotFoundError(f"{run}: no evaluated models (round_*/eval/samples.jsonl)")
+        where = {label: (samples, path) for label, _, samples, path in models}
+        for label, _, samples, path in models:
+            for other in (SFT, OFFLINE):
+                if other in where and other != label:
+                    _same_prompts(samples, where[other][0], path, where[other][1])
         for name, judge in named:
-            scores = {label: torch.tensor(_scores(ss, name, judge, path)) for label, _, ss, path in models}
+            scores = {label: _scores(samples, name, judge, path) for label, _, samples, path in models}
             for label, rnd, _, _ in models:
                 row = {"run": str(run), "judge": name, "model": label, "round": rnd, "mean": scores[label].mean().item()}
-                for other, col in ((SFT, "vs_sft"), (OFFLINE, "vs_offline")):
+                for other, col in ((SFT, "sft"), (OFFLINE, "offline_dpo")):
                     if other in scores and other != label:
-                        if prompts[other] != prompts[label]:
-                            raise ValueError(f"{run}: {label} and {other} were evaluated on different prompts")
-                        row[f"win_rate_{col}"] = win_rate(scores[label], scores[other])
-                        row[f"win_rate_{col}_se"] = win_rate_se(scores[label], scores[other])
+                        row[f"win_rate_vs_{col}"] = win_rate(scores[label], scores[other])
+                        row[f"win_rate_vs_{col}_se"] = win_rate_se(scores[label], scores[other])
                 rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[c for c in COLUMNS if any(c in r for r in rows)])

@@ -24,6 +24,7 @@ from .folder import CONFIG_FILE, DONE_FILE, is_done, read_json, read_jsonl
 
 Round = Union[int, str]
 ARMS = ("offline_dpo",)
+SFT, OFFLINE = "SFT", "offline DPO"  # how tables, figures and judges label round 0 and the offline arm
 
 
 class StageFiles:
@@ -257,6 +258,13 @@ class RunFolder:
     def model_card(self) -> Path:
         """best/README.md: the exported model's card."""
         return self.best / "README.md"
+
+    def models(self) -> list[tuple[str, Round, Path]]:
+        """(label, round, folder) for SFT, every round and the offline baseline that exist, in order."""
+        out = [(SFT if r == 0 else f"round {r}", r, self.round_dir(r)) for r in self.round_numbers()]
+        if self.round_dir("offline_dpo").is_dir():
+            out.append((OFFLINE, "offline_dpo", self.round_dir("offline_dpo")))
+        return out
 
     def round_numbers(self) -> list[int]:
         """Round numbers that have a folder, finished or not, in order (0 = SFT)."""

@@ -64,6 +64,12 @@ class SentimentWorld:
         """VADER's compound sentiment of the reply; the prompt and `ended` do not enter (see the module notes)."""
         return sentiment(response)
 
+    def judges(self) -> list:
+        """Two other sentiment lexicons, AFINN and TextBlob, where installed (iterdpo.judges): the loop never sees them."""
+        from .judges import installed
+
+        return installed(("afinn", "textblob"))
+
     def split_prompts(self, tokenizer) -> tuple[list[str], list[str], list[str], Skips]:
         """(held-out prompts, generation prompts, seed-pair prompts, skips): disjoint, rendered, seeded.
 

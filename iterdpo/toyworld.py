@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 from .config import ToyConfig
 
@@ -99,26 +100,31 @@ class ToyWorld:
         """Score in [0, 1]: coverage of the request minus a penalty per extra word; 0 when not ended."""
         if not ended:
             return 0.0
-        n, topic = self.request_of(prompt)
-        words = response.split()
-        useful = min(len(set(words) & set(self.topics[topic])), n)
-        extras = len(words) - useful
-        return max(0.0, min(1.0, useful / n - self.cfg.extra_penalty * extras))
+        n, useful, words = self._useful(prompt, response)
+        return max(0.0, min(1.0, useful / n - self.cfg.extra_penalty * (len(words) - useful)))
 
-    # two stricter and looser readings of the same task, for judging with a rule the loop never trained on
-    # (iterdpo.judges); neither enters training or the controller
-    def exact(self, prompt: str, response: str, ended: bool = True) -> float:
-        """1 when the reply is exactly n distinct words of the topic and nothing else (and ended), else 0."""
+    def _useful(self, prompt: str, response: str) -> tuple[int, int, list[str]]:
+        """(n asked for, distinct topic words given up to n, the reply's words)."""
         n, topic = self.request_of(prompt)
         words = response.split()
-        return float(ended and len(words) == n == len(set(words)) and set(words) <= set(self.topics[topic]))
+        return n, min(len(set(words) & set(self.topics[topic])), n), words
+
+    # a stricter and a looser reading of the same task, for iterdpo.judges; neither enters training or the controller
+    def judges(self) -> list[tuple[str, Callable[[str, str, bool], float]]]:
+        return [("exact", self.exact), ("coverage", self.coverage)]
+
+    def exact(self, prompt: str, response: str, ended: bool = True) -> float:
+        """1 when the reply is exactly n distinct words of the topic and nothing else (and ended), else 0: the
+        oracle's top score read as pass or fail (the same as oracle == 1 while toy.extra_penalty > 0)."""
+        n, useful, words = self._useful(prompt, response)
+        return float(ended and useful == n == len(words))
 
     def coverage(self, prompt: str, response: str, ended: bool = True) -> float:
         """The oracle without its penalty for extra words: the share of the n requested topic words given."""
         if not ended:
             return 0.0
-        n, topic = self.request_of(prompt)
-        return min(len(set(response.split()) & set(self.topics[topic])), n) / n
+        n, useful, _ = self._useful(prompt, response)
+        return useful / n
 
     # data sets ----------------------------------------------------------------------------------
     def seed_pairs(self, n: int, seed: int) -> list[dict]:

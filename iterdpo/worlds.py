@@ -32,6 +32,9 @@ class World(Protocol):
         """The true score of `response` to the rendered `prompt` (`ended`: it finished with an EOS token)."""
         ...
 
+    # Optional: judges() -> [(name, judge(prompt, response, ended))], other readings of the task that neither
+    # training nor the controller uses; iterdpo.judges scores every model's evaluation samples with them.
+
     def seed_data(self, cfg, tokenizer, base: str) -> SeedData:
         """Prompts and labelled seed pairs for the run `cfg` (the RunConfig), rendered with `tokenizer`;
         `base` is where the base model loads from (a world may sample its seed replies from it)."""

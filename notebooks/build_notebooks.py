@@ -59,7 +59,7 @@ if "google.colab" in sys.modules:  # Colab only: elsewhere the package is alread
 
 def config(name: str, show: str, extra: str = "") -> str:
     return f'''import pandas as pd
-from iterdpo import export, judges, notebook, pipeline, plots
+from iterdpo import export, notebook, pipeline, plots
 from iterdpo.config import load_preset
 
 cfg = load_preset(preset, {{**overrides, "seed": seed, "out": notebook.anchored(out)}})
@@ -324,12 +324,12 @@ def tutorials(ref: str) -> dict:
                "`dpo.beta` values) to draw the frontier: `plots.frontier([out_a, out_b, out_c])`."),
             code("plots.frontier(cfg.out)"),
             md("## Other judges\n\nThe oracle is one scorer, and a gain could be its quirk. Here every model's "
-               "stored evaluation samples are scored again by rules the loop never trained on: in the toy world "
-               "*exact* success (the requested words and nothing else) and *coverage* (the oracle without its "
-               "penalty for extra words); in the sentiment world two other lexicons, AFINN and TextBlob "
-               "(`pip install afinn textblob`). **Look for** round 2 ahead of SFT and offline DPO under every judge, "
-               "not just the oracle. `win_rate_vs_sft` counts ties as half."),
-            code("judges.table(cfg.out, judges.for_run(cfg))"),
+               "stored evaluation samples are scored again by judges that neither training nor the controller uses: "
+               "in the toy world *exact* success (the oracle's top score read as pass or fail) and *coverage* (the "
+               "oracle without its penalty for extra words); in the sentiment world two other lexicons, AFINN and "
+               "TextBlob (`pip install afinn==0.1 textblob==0.20.1`). **Look for** the rounds ahead of SFT and "
+               "offline DPO under every judge, not just the oracle. Win rates count ties as half."),
+            code("from iterdpo import judges\n\njudges.table(cfg.out, judges.for_run(cfg))"),
             md("## DPO training curves\n\nOne colour per round; ln 2 and chance dotted; a flat loss is called out."),
             code("plots.dpo_training_curves(cfg.out)"),
             md("## The controller's decisions"),

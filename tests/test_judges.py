@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from iterdpo import judges
+from iterdpo.config import ToyConfig
 from iterdpo.sentiment import sentiment
+from iterdpo.toyworld import ToyWorld
 
 PROMPTS = ["p1", "p2", "p3", "p4"]
 REPLIES = {  # model folder -> replies to PROMPTS
@@ -44,7 +46,7 @@ def test_a_custom_judge_gives_means_and_win_rates_computed_by_hand(tmp_path):
     # words: SFT 3, 5, 1, 1; round 1 6, 4, 1, 4; offline 3, 5, 1, 1
     assert r1["mean"] == pytest.approx(15 / 4)
     assert r1["win_rate_vs_sft"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
-    assert r1["win_rate_vs_offline"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert r1["win_rate_vs_offline_dpo"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
     off = _row(t, "words", "offline DPO")
     assert off["win_rate_vs_sft"] == pytest.approx(0.5)  # the same lengths everywhere: four ties
     assert off["win_rate_vs_sft_se"] == pytest.approx(0.0)
@@ -66,20 +68,37 @@ def test_several_runs_stack(tmp_path):
 
 
 def test_bad_requests_fail_with_one_line_naming_the_problem(tmp_path, monkeypatch):
+    from iterdpo.data import DataError
+
     with pytest.raises(ValueError, match="unknown judge 'gpt'"):
         judges.table(_run(tmp_path / "a"), ["gpt"])
+    with pytest.raises(FileNotFoundError, match="no evaluated models"):
+        judges.table(tmp_path / "typo", ["oracle"])
     no_oracle = _run(tmp_path / "b", oracle=None)
-    with pytest.raises(ValueError, match=r"round_0/eval/samples.jsonl:1: no 'oracle' score stored"):
+    with pytest.raises(DataError, match=r"round_0/eval/samples.jsonl:1: missing key\(s\) \['oracle'\]"):
         judges.table(no_oracle, ["oracle"])
+    with pytest.raises(ValueError, match=r"round_0/eval/samples.jsonl:3: judge 'picky' cannot score this sample: division by zero"):
+        judges.table(no_oracle, [("picky", lambda prompt, text, ended: 1 / 0 if text == "ok" else 1.0)])
     shifted = _run(tmp_path / "c", replies={"round_0": REPLIES["round_0"]})
     _run(tmp_path / "c2", replies={"round_1": REPLIES["round_1"]}, prompts=PROMPTS[::-1])
     (tmp_path / "c2" / "round_1").rename(shifted / "round_1")
-    with pytest.raises(ValueError, match="round 1 and SFT were evaluated on different prompts"):
+    with pytest.raises(ValueError, match=r"round_1/eval/samples.jsonl:1: prompt differs from .*round_0/eval/samples.jsonl:1"):
         judges.table(shifted, ["oracle"])
-    # An optional judge whose package is absent names the install (None in sys.modules makes the import fail).
+    # An optional judge whose package is absent names the pinned install (None in sys.modules fails the import).
     monkeypatch.setitem(sys.modules, "afinn", None)
-    with pytest.raises(ImportError, match="judge 'afinn' needs `pip install afinn`"):
+    with pytest.raises(ImportError, match=r"judge 'afinn' needs `pip install afinn==0.1`"):
         judges.table(_run(tmp_path / "d"), ["afinn"])
+
+
+def test_a_failed_round_and_a_run_without_offline_dpo(tmp_path):
+    """A round folder without an evaluation (its training failed) is left out; without an offline arm there are
+    no win rates against it. A single judge name is one judge, not its letters."""
+    run = _run(tmp_path / "run", replies={k: REPLIES[k] for k in ("round_0", "round_1")})
+    (run / "round_2" / "generate").mkdir(parents=True)
+    t = judges.table(run, "oracle")
+    assert list(t["model"]) == ["SFT", "round 1"] and set(t["judge"]) == {"oracle"}
+    assert "win_rate_vs_offline_dpo" not in t.columns
+    assert list(t.columns) == ["run", "judge", "model", "round", "mean", "win_rate_vs_sft", "win_rate_vs_sft_se"]
 
 
 def test_a_judge_is_called_like_an_oracle_with_the_prompt_and_whether_the_reply_ended(tmp_path):
@@ -96,9 +115,6 @@ def test_a_judge_is_called_like_an_oracle_with_the_prompt_and_whether_the_reply_
 
 
 def test_the_toy_worlds_exact_and_coverage_readings_by_hand():
-    from iterdpo.config import ToyConfig
-    from iterdpo.toyworld import ToyWorld
-
     w, p = ToyWorld(ToyConfig()), "user: list 3 fruit\nassistant:"
     cases = {  # reply: (oracle, exact, coverage)
         "apple lemon plum": (1.0, 1.0, 1.0),
@@ -113,13 +129,15 @@ def test_the_toy_worlds_exact_and_coverage_readings_by_hand():
             w.coverage(p, "apple lemon plum", False)) == (0.0, 0.0, 0.0)
 
 
-def test_for_run_picks_each_worlds_readings_and_names_missing_packages(monkeypatch, capsys):
+def test_for_run_asks_each_worlds_own_judges_and_names_missing_packages(monkeypatch, capsys):
     from iterdpo.config import load_preset
 
     toy = judges.for_run(load_preset("tiny"))
     assert toy[0] == "oracle" and [name for name, _ in toy[1:]] == ["exact", "coverage"]
-    assert judges.for_run(load_preset("smollm2-hh")) == []  # no world, no oracle
+    assert toy[1][1].__func__ is ToyWorld.exact and toy[2][1].__func__ is ToyWorld.coverage
+    assert judges.for_run(load_preset("smollm2-hh")) == []
+    assert "no world, so no oracle" in capsys.readouterr().out
     monkeypatch.setitem(sys.modules, "afinn", None)
     monkeypatch.setitem(sys.modules, "textblob", None)
     assert judges.for_run(load_preset("smollm2-sentiment")) == ["oracle"]
-    assert "afinn, textblob not installed, so not asked (pip install afinn textblob)" in capsys.readouterr().out
+    assert "afinn, textblob not installed, so not asked (pip install afinn==0.1 textblob==0.20.1)" in capsys.readouterr().out

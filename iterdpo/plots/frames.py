@@ -17,9 +17,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ..export import best_round  # noqa: E402
-from ..runfolder import RunFolder  # noqa: E402
+from ..runfolder import OFFLINE, SFT, RunFolder  # noqa: E402
 
-SFT, OFFLINE = "SFT", "offline DPO"
 # Metrics shown first in tables, in this order; the rest follow alphabetically.
 HEADLINE = ["oracle_score", "mean_reward", "win_rate_vs_sft", "win_rate_vs_previous", "oracle_win_rate_vs_sft",
             "preference_accuracy", "reward_margin", "kl_to_reference", "perplexity", "mean_length",
@@ -44,11 +43,7 @@ MARKS = {"best": dict(marker="*", s=260, color="gold", edgecolor="black", zorder
 
 def model_folders(run: str | Path) -> list[tuple[str, int | str, Path]]:
     """(label, round, folder) for SFT, every round and the offline baseline that exist, in order."""
-    rf = RunFolder(run)
-    out = [(SFT if r == 0 else f"round {r}", r, rf.round_dir(r)) for r in rf.round_numbers()]
-    if rf.round_dir("offline_dpo").is_dir():
-        out.append((OFFLINE, "offline_dpo", rf.round_dir("offline_dpo")))
-    return out
+    return RunFolder(run).models()
 
 
 def eval_metrics(run: str | Path) -> pd.DataFrame:
