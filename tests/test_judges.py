@@ -141,3 +141,15 @@ def test_for_run_asks_each_worlds_own_judges_and_names_missing_packages(monkeypa
     monkeypatch.setitem(sys.modules, "textblob", None)
     assert judges.for_run(load_preset("smollm2-sentiment")) == ["oracle"]
     assert "afinn, textblob not installed, so not asked (pip install afinn==0.1 textblob==0.20.1)" in capsys.readouterr().out
+
+
+def test_the_afinn_and_textblob_judges_read_sentiment_without_the_length():
+    """The real lexicons (requirements-dev.txt): positive above negative, and AFINN's mean valence does not grow
+    when a reply repeats itself."""
+    for name in ("afinn", "textblob"):
+        judge = judges.scorer(name)
+        good, bad = judge("p", "What a wonderful, happy day!", True), judge("p", "What an awful, terrible day.", True)
+        assert good > 0 > bad, (name, good, bad)
+    afinn = judges.scorer("afinn")
+    once = afinn("p", "I love it.", True)
+    assert afinn("p", "I love it. I love it. I love it.", True) == pytest.approx(once)
