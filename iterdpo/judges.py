@@ -148,4 +148,4 @@ def table(runs, judges=("oracle",)) -> pd.DataFrame:
                         row[f"win_rate_vs_{col}"] = win_rate(scores[label], scores[other])
                         row[f"win_rate_vs_{col}_se"] = win_rate_se(scores[label], scores[other])
                 rows.append(row)
-    return pd.DataFrame(rows, columns=[c for c in COLUMNS if any(c in r for r in rows)])
+    return pd.DataFrame(rows, columns=COLUMNS[:5] + [c for c in COLUMNS[5:] if any(c in r for r in rows)])

@@ -329,7 +329,7 @@ def tutorials(ref: str) -> dict:
                "oracle without its penalty for extra words); in the sentiment world two other lexicons, AFINN and "
                "TextBlob (`pip install afinn==0.1 textblob==0.20.1`). **Look for** the rounds ahead of SFT and "
                "offline DPO under every judge, not just the oracle. Win rates count ties as half."),
-            code("from iterdpo import judges\n\njudges.table(cfg.out, judges.for_run(cfg))"),
+            code("from iterdpo import judges\n\njudges.table(cfg.out, judges.for_run(cfg)).drop(columns=\"run\").round(3)"),
             md("## DPO training curves\n\nOne colour per round; ln 2 and chance dotted; a flat loss is called out."),
             code("plots.dpo_training_curves(cfg.out)"),
             md("## The controller's decisions"),

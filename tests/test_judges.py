@@ -99,6 +99,8 @@ def test_a_failed_round_and_a_run_without_offline_dpo(tmp_path):
     assert list(t["model"]) == ["SFT", "round 1"] and set(t["judge"]) == {"oracle"}
     assert "win_rate_vs_offline_dpo" not in t.columns
     assert list(t.columns) == ["run", "judge", "model", "round", "mean", "win_rate_vs_sft", "win_rate_vs_sft_se"]
+    empty = judges.table(run, [])  # a run without a world: no judges, an empty table with the same columns
+    assert empty.empty and list(empty.columns) == ["run", "judge", "model", "round", "mean"]
 
 
 def test_a_judge_is_called_like_an_oracle_with_the_prompt_and_whether_the_reply_ended(tmp_path):
