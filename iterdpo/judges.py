@@ -96,8 +96,9 @@ def for_run(cfg) -> list:
 
 
 def _scores(samples: list[dict], name: str, judge: Judge | None, where: Path) -> torch.Tensor:
-    check_records(samples, ("prompt", "response", "ended") + (("oracle",) if judge is None else ()), str(where))
+    """One judge's scores of samples already checked for prompt, response and ended (see table)."""
     if judge is None:
+        check_records(samples, ("oracle",), str(where))
         return torch.tensor([float(s["oracle"]) for s in samples])
     out = []
     for i, s in enumerate(samples, 1):
@@ -131,7 +132,8 @@ def table(runs, judges=("oracle",)) -> pd.DataFrame:
     for run in [runs] if isinstance(runs, (str, Path)) else list(runs):
         rf = RunFolder(run)
         models = [(label, rnd, rf.samples(rnd), rf.eval(rnd) / "samples.jsonl") for label, rnd, _ in rf.models()]
-        models = [m for m in models if m[2]]
+        models = [(label, rnd, check_records(samples, ("prompt", "response", "ended"), str(path)), path)
+                  for label, rnd, samples, path in models if samples]
         if not models:
             raise FileNotFoundError(f"{run}: no evaluated models (round_*/eval/samples.jsonl)")
         where = {label: (samples, path) for label, _, samples, path in models}
