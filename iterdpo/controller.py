@@ -8,8 +8,9 @@ decision               when
 rollback               the round degrades (score clearly below the top earlier round's, see below,
                        or it collapsed, or its samples lost fluency): the next round restarts from
                        the best round
-adjust_retry           KL violation or capability regression: new hyper-parameters, restart from
-                       the best round
+adjust_retry           KL violation or capability regression that the repair (iterdpo.repair: the
+                       round stepped back toward its start) could not mend: new hyper-parameters,
+                       restart from the best round
 stop_budget            rounds or wall time used up: the best round is the result
 final_evaluation       converged and every quality gate passes
 stop_converged         converged, some gate still failing
@@ -24,7 +25,8 @@ every gate, acts only on a drop clear of the noise. The best round is the latest
 fluency collapse, capability regression or KL violation, that is not clearly below the highest-scoring such
 round: later rounds have trained on more data, and a point-estimate lead of an earlier round is not evidence
 against them. Round 0 (SFT) always qualifies.
-Each decision is one line of decisions.jsonl, with its triggers and {param: [before, after]}.
+Each decision is one line of decisions.jsonl, with its triggers and {param: [before, after]}; after a repair the
+metrics it reads are the kept candidate's, and its "repair" entry holds every candidate and the round as trained.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ GATES = (("capability_regression", "capability_retention", "min_retention", "bel
          ("fluency_collapse", "base_perplexity_ratio_vs_sft", "collapse_max_perplexity_ratio", "above"))
 # gates whose trigger makes a round ineligible as the best round, and a rollback
 DEGRADING = {"collapse", "fluency_collapse"}
+# gates whose trigger makes a round ineligible, and a retry with gentler settings (after a repair, iterdpo.repair)
+RETRY = {"capability_regression", "kl_violation"}
 
 
 def gates(m: dict, cfg: ControllerConfig) -> dict:
@@ -92,7 +96,7 @@ def score(m: dict) -> float:
 
 def eligible(m: dict, cfg: ControllerConfig) -> bool:
     names = {t.name for t in weaknesses(m, cfg)}
-    return not names & ({"capability_regression", "kl_violation"} | DEGRADING)
+    return not names & (RETRY | DEGRADING)
 
 
 def clearly_below(a: dict, b: dict, cfg: ControllerConfig) -> bool:
@@ -173,7 +177,7 @@ def decide(history: dict[int, dict], rnd: int, params: dict, cfg: ControllerConf
     gates_pass = not triggers
     if degrading:
         decision, start = "rollback", best
-    elif names & {"kl_violation", "capability_regression"}:
+    elif names & RETRY:
         decision, start = "adjust_retry", best
     elif out_of_budget:
         decision, start = "stop_budget", best
@@ -205,6 +209,8 @@ def iteration_log(d: dict, m: dict, used: dict) -> str:
         for t in d["triggers"]) or "no weaknesses"
     status += "".join(f"; collapse: {r}" for r in d.get("collapse_reasons", []))
     status += "".join(f"; warning: {w}" for w in d.get("collapse_warnings", []))
+    if d.get("repair"):
+        status = f"{repair_line(d['repair'])}; then {status}"
     changes = ", ".join(f"{k}: {a:g} -> {b:g}" for k, (a, b) in d["changes"].items()) or "none"
     cfg_line = "  ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in used.items())
     return (f"=== Iteration {d['round']} ===\n"
@@ -213,6 +219,17 @@ def iteration_log(d: dict, m: dict, used: dict) -> str:
             f"  status:   {status}\n"
             f"  decision: {d['decision']} (changes: {changes}; best round {d['best_round']}; "
             f"next starts from round {d['next_start_round']}{'; stop' if d['stop'] else ''})")
+
+
+def repair_line(rep: dict) -> str:
+    """One line on a repair (iterdpo.repair): what failed, each step back tried, and the one kept."""
+    failed = ", ".join(f"{t['name']} ({t['metric']}={t['value']:.3f} vs {t['threshold']})" for t in rep["triggers"]
+                       if t["name"] in RETRY)
+    tried = ", ".join(f"alpha {t['alpha']:g}: retention {t.get('capability_retention', float('nan')):.3f}, "
+                      f"KL {t.get('kl_to_reference', float('nan')):.3f}, {'passes' if t['passes'] else 'fails'}"
+                      for t in rep["tried"])
+    kept = f"kept alpha {rep['alpha']:g}" if rep["alpha"] is not None else "none passes; the round stays as trained"
+    return f"repair toward round {rep['start_round']} after {failed}: {tried}; {kept}"
 
 
 def collapse_check(chosen_logratios: list[float], rejected_logratios: list[float], mean_length: float,
@@ -370,6 +387,8 @@ def record(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dic
                                      "label_gain_est_se")
                    if k in m}
     d.update(used_params=plan["params"], start_round=plan["start"])
+    if run.done(run.repair(rnd)):  # what the repair found: the metrics above are its kept candidate's, if any
+        d["repair"] = run.metrics(run.repair(rnd))
     append_jsonl(run.decisions_path, d)
     return d
 
@@ -415,6 +434,10 @@ def yardstick(run: RunFolder, cfg: RunConfig) -> dict:
             g = gates(m, cfg.controller)
             out[arm] = {"round": rnd, **{k: m.get(k) for k in keys}, "gates": g,
                         "passes_gates": all(x["passes"] for x in g.values())}
+            if run.done(run.repair(rnd)):  # a repaired arm: also as trained, before the repair
+                rep = run.metrics(run.repair(rnd))
+                out[arm]["repair"] = {"alpha": rep["alpha"], "start_round": rep["start_round"],
+                                      "trained": {k: rep["trained"].get(k) for k in keys}}
     return out
 
 

@@ -237,8 +237,10 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str |
 
 
 
-def evaluate_round(cfg, run, rnd, ref: str | None = None, beta: float | None = None) -> tuple[dict, list[dict]]:
-    """(metrics, scored samples) of round `rnd`'s policy against `ref` (a path; None: itself), on the held-out set."""
+def evaluate_round(cfg, run, rnd, ref: str | None = None, beta: float | None = None,
+                   policy: str | None = None) -> tuple[dict, list[dict]]:
+    """(metrics, scored samples) of round `rnd`'s trained policy (or the one at `policy`, e.g. a repair candidate)
+    against `ref` (a path; None: itself), on the held-out set."""
     from .worlds import world_of
 
     inputs = EvalInputs(run.pairs("heldout_pairs"), run.prompts("heldout_prompts"), world_of(cfg),
@@ -246,6 +248,6 @@ def evaluate_round(cfg, run, rnd, ref: str | None = None, beta: float | None = N
     sft = run.metrics(run.eval(0)) if rnd != 0 else {}
     base_cap, base_cap_se = sft.get("capability_score"), sft.get("capability_score_se", 0.0)
     prev = run.samples(rnd - 1) if isinstance(rnd, int) and rnd > 0 else None
-    return evaluate(str(run.policy(rnd)), ref, beta or cfg.dpo.beta, [str(p) for p in run.reward_models()], inputs, cfg,
+    return evaluate(policy or str(run.trained_policy(rnd)), ref, beta or cfg.dpo.beta, [str(p) for p in run.reward_models()], inputs, cfg,
                     sft_samples=run.samples(0) if rnd != 0 else None, prev_samples=prev, baseline_capability=base_cap,
                     baseline_capability_se=base_cap_se)

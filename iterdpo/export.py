@@ -92,8 +92,11 @@ def _decision_rows(rf: RunFolder) -> list[dict]:
     for rnd, d in sorted(rf.decisions().items()):
         triggers = ", ".join(f"{t['name']} ({t['metric']}={t['value']:.3f} vs {t['threshold']})" for t in d["triggers"])
         changes = ", ".join(f"{k}: {a:g} -> {b:g}" for k, (a, b) in d["changes"].items())
+        rep = d.get("repair")
+        repair = "" if not rep else (f"alpha {rep['alpha']:g} toward round {rep['start_round']}" if rep["alpha"] is not None
+                                     else "none passed")
         rows.append({"round": rnd, "decision": d["decision"], "triggers": triggers or "none",
-                     "changes": changes or "none", "next starts from": d["next_start_round"],
+                     "changes": changes or "none", "repair": repair, "next starts from": d["next_start_round"],
                      "best so far": d["best_round"]})
     return rows
 
@@ -117,14 +120,19 @@ def model_card(cfg: RunConfig) -> str:
         f"# iterdpo: {cfg.preset}, round {rnd} of {n_rounds}", "",
         f"The policy of round {rnd}{' (the SFT policy)' if rnd == 0 else ''}, the controller's best round of an iterative "
         "DPO run: SFT, a Bradley-Terry reward model, then rounds of sampling from the current policy, pairing its "
-        "samples by reward and training DPO on them, with a controller that adjusts, rolls back or stops.", "",
+        "samples by reward and training DPO on them, with a controller that adjusts, rolls back or stops."
+        + (f" The round failed a capability or KL gate as trained; this is its repair: round "
+           f"{rf.metrics(rf.repair(rnd))['start_round']}'s weights plus {rf.metrics(rf.repair(rnd))['alpha']:g} of the "
+           "round's trained step, which passes the gates."
+           if rf.repaired(rnd) else ""),
+        "",
         "## Base model and data", "",
         f"- **base model**: {base}",
         f"- **seed pairs**: {source}" + (f"; {data.get('train_pairs', '?')} for training, {data.get('heldout_pairs', '?')} "
                                          "held out" if data else ""),
         f"- **rounds**: {n_rounds} ({cfg.rounds} asked), best round **{rnd}**, seed {cfg.seed}", "",
         "## Every decision of the controller", "",
-        _table(_decision_rows(rf), ["round", "decision", "triggers", "changes", "next starts from", "best so far"])
+        _table(_decision_rows(rf), ["round", "decision", "triggers", "changes", "repair", "next starts from", "best so far"])
         if rf.decisions() else "No DPO round ran.", "",
         "## Metrics on held-out prompts", "",
         "Win rates are judged by the run's reward model; `oracle_score` exists only in the toy world.", "",
@@ -142,7 +150,8 @@ def model_card(cfg: RunConfig) -> str:
         'print(tok.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True))',
         "```", "",
         "`adapter/` holds the LoRA adapter of the last training step (load it with `peft.PeftModel.from_pretrained` "
-        "on the policy the round started from)." if rf.best_adapter.exists() else "", "",
+        "on the policy the round started from)" + (", its step scaled as the repair scaled it." if rf.repaired(rnd) else ".")
+        if rf.best_adapter.exists() else "", "",
         "## Config", "",
         "<details><summary>The run's full config</summary>", "", "```yaml", cfg.to_yaml().strip(), "```", "", "</details>", "",
     ]

@@ -11,17 +11,19 @@ sequences them:
     reward/  round_0/eval/                reward.train_stage, evaluate.evaluate_round
     round_r/generate/                     generate.generate_round (the plan: controller.round_plan)
     round_r/dpo/  round_r/eval/           dpo.round_stage, evaluate.evaluate_round, controller.record
-    offline_dpo/dpo/  offline_dpo/eval/   dpo.offline_stage: the baseline arm
+    round_r/repair/                       repair.repair_stage, where a capability or KL gate fails
+    offline_dpo/{dpo,eval,repair}/        dpo.offline_stage: the baseline arm, held to the same repair
     summary.json                          write_summary
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
-from . import controller, dist, dpo, evaluate, generate, reward, sft, toyworld
+from . import controller, dist, dpo, evaluate, generate, repair, reward, sft, toyworld
 from .config import RunConfig
 from .data import load_pairs, split_heldout, unique
 from .folder import read_json, write_json, write_jsonl
@@ -103,7 +105,7 @@ def run_reward(cfg: RunConfig, force: bool = False) -> dict:
 
 def evaluate_round(cfg: RunConfig, rnd: int | str, force: bool = False, ref: str | None = None,
                    beta: float | None = None) -> dict:
-    """Evaluate round `rnd`'s policy into round_<rnd>/eval (samples.jsonl, metrics.json)."""
+    """Evaluate round `rnd`'s trained policy into round_<rnd>/eval (samples.jsonl, metrics.json)."""
     run = RunFolder(cfg.out)
 
     def work(tmp: Path) -> dict:
@@ -111,7 +113,26 @@ def evaluate_round(cfg: RunConfig, rnd: int | str, force: bool = False, ref: str
         write_jsonl(StageFiles(tmp).samples, samples)
         return m
 
-    return stage(run.eval(rnd), cfg.to_dict(), force, work)
+    return stage(run.trained_eval(rnd), cfg.to_dict(), force, work)
+
+
+def repair_round(cfg: RunConfig, rnd: int | str, start: int, m: dict, ref: str | None, beta: float,
+                 force: bool = False) -> dict:
+    """Round `rnd` (evaluated as `m`) moved back toward round `start` where a capability or KL gate fails
+    (iterdpo.repair); returns the metrics that stand for the round: the repair's, where it chose a candidate."""
+    run = RunFolder(cfg.out)
+    kept = run.done(run.repair(rnd)) and not force
+    if not kept and not (cfg.controller.enabled and repair.needed(m, cfg.controller)):
+        if run.repair(rnd).exists():  # the repair of a round since retrained (force): it no longer applies
+            dist.on_main(shutil.rmtree, run.repair(rnd))
+        return m
+    rm = stage(run.repair(rnd), {"run": cfg.to_dict(), "start": start}, force,
+               lambda tmp: repair.repair_stage(cfg, run, rnd, start, m, ref, beta, tmp))
+    if rm["alpha"] is None:
+        tried = ", ".join(f"{t['alpha']:g}" for t in rm["tried"])
+        print(f"repair: no step back toward round {start} passes the gates (alpha {tried})")
+        return m
+    return run.metrics(run.eval(rnd))
 
 
 # per round -------------------------------------------------------------------------------------------
@@ -147,8 +168,11 @@ def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
                    lambda tmp: dpo.round_stage(cfg, run, rnd, plan, tmp))
     except NonFiniteError as e:  # nothing of the round was saved: the controller rolls back and retries gentler
         return dist.on_main(controller.record_non_finite, run, cfg, rnd, plan, e) or run.decisions()[rnd]
-    beta = plan["params"]["beta"]
-    m = evaluate_round(cfg, rnd, force, ref=str(run.policy(dm["reference_round"])), beta=beta)
+    beta, ref = plan["params"]["beta"], str(run.policy(dm["reference_round"]))
+    m = evaluate_round(cfg, rnd, force, ref=ref, beta=beta)
+    m = {**m, **controller.round_collapse(run, cfg, rnd, m, beta)}  # a collapse is rolled back, never repaired
+    m = repair_round(cfg, rnd, plan["start"], m, ref, beta, force)
+    # the collapse check again on the metrics that stand for the round (a repair's samples are its own)
     m = {**m, **controller.round_collapse(run, cfg, rnd, m, beta), **controller.label_check(run, cfg, rnd)}
     dist.on_main(controller.record, run, cfg, rnd, m, plan)  # once; the others read it after the barrier
     print(iteration_report(cfg, rnd))
@@ -175,7 +199,9 @@ def run_offline_baseline(cfg: RunConfig, force: bool = False) -> dict:
         print(f"offline arm: retrained for {steps} steps (it had {run.metrics(dest)['max_steps']})")
         force = True
     stage(dest, {"run": cfg.to_dict(), "max_steps": steps}, force, lambda tmp: dpo.offline_stage(cfg, run, tmp))
-    return evaluate_round(cfg, "offline_dpo", force, ref=str(run.policy(0)), beta=cfg.dpo.beta)
+    ref = str(run.policy(0))
+    m = evaluate_round(cfg, "offline_dpo", force, ref=ref, beta=cfg.dpo.beta)
+    return repair_round(cfg, "offline_dpo", 0, m, ref, cfg.dpo.beta, force)
 
 
 # summary ---------------------------------------------------------------------------------------------
@@ -197,11 +223,13 @@ def write_summary(cfg: RunConfig) -> dict:
                                       "synthetic_pair_oracle_agreement", "labels_worse_than_seed") if k in gen})
         m.update({"train_loss": dm["train_loss"], "train_reward_accuracy": dm["train_reward_accuracy"]})
         m["collapsing"] = done[r].get("collapsing", False)
-        m["wall_seconds"] = m["wall_seconds"] + gen["wall_seconds"] + dm["wall_seconds"]
+        m["wall_seconds"] = sum(run.metrics(d)["wall_seconds"] for d in (run.trained_eval(r), run.generate(r), run.dpo(r),
+                                                                       run.repair(r)) if run.done(d))
         if offline:
             m.update(evaluate.compare(run.samples(r), offline, "offline_dpo", world))
         rounds.append({"round": r, "params": dm["params"], "start_round": dm["start_round"],
-                       "decision": done[r]["decision"], "metrics": m})
+                       "decision": done[r]["decision"], "metrics": m,
+                       **({"repair": run.metrics(run.repair(r))} if run.done(run.repair(r)) else {})})
     summary = {"preset": cfg.preset, "seed": cfg.seed, "rounds": rounds,
                "best_round": done[max(done)]["best_round"] if done else 0,
                "baselines": {}, "reward_model": run.metrics(run.stage("reward")), "data": run.metrics(run.stage("data")),

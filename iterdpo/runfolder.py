@@ -7,12 +7,15 @@ in the package builds a path into it; everything asks this type.
     base/ data/ sft/ reward/      once per run
     round_0/eval/                 the SFT policy's evaluation
     round_r/{generate,dpo,eval}/  per round
-    offline_dpo/{dpo,eval}/       the baseline arm
+    round_r/repair/               a gate-failing round moved back toward its start (iterdpo.repair)
+    offline_dpo/{dpo,eval,repair}/  the baseline arm
     best/                         the controller's best round, exported
     decisions.jsonl               the controller's only state: one line per round
     summary.json  plots/  notebooks/  logs/
 
-A *round* is an int (0 = SFT) or the name of an arm (``"offline_dpo"``).
+A *round* is an int (0 = SFT) or the name of an arm (``"offline_dpo"``). Where a round's repair chose a
+policy, that policy and its evaluation stand for the round: ``policy(r)`` and ``eval(r)`` point into
+``repair/``; ``trained_policy(r)`` and ``trained_eval(r)`` are the round as DPO left it.
 """
 
 from __future__ import annotations
@@ -123,16 +126,36 @@ class RunFolder:
     def dpo(self, rnd: Round) -> Path:
         return self.round_dir(rnd) / "dpo"
 
+    def repair(self, rnd: Round) -> Path:
+        """The repair stage of a round that failed a capability or KL gate (iterdpo.repair)."""
+        return self.round_dir(rnd) / "repair"
+
+    def repaired(self, rnd: Round) -> bool:
+        """Whether round `rnd`'s repair chose a policy, which then stands for the round."""
+        d = self.repair(rnd)
+        return rnd != 0 and is_done(d) and read_json(StageFiles(d).metrics).get("alpha") is not None
+
     def eval(self, rnd: Round) -> Path:
+        """The evaluation that stands for round `rnd`: its repair's where one was chosen."""
+        return self.repair(rnd) / "eval" if self.repaired(rnd) else self.trained_eval(rnd)
+
+    def trained_eval(self, rnd: Round) -> Path:
+        """The evaluation of round `rnd` as DPO left it (what the repair starts from)."""
         return self.round_dir(rnd) / "eval"
 
     def policy(self, rnd: Round) -> Path:
-        """The merged policy of round `rnd` (0 = SFT, 'offline_dpo' = the baseline arm)."""
+        """The merged policy of round `rnd` (0 = SFT, 'offline_dpo' = the baseline arm); its repair's where one was
+        chosen."""
+        return StageFiles(self.repair(rnd)).policy if self.repaired(rnd) else self.trained_policy(rnd)
+
+    def trained_policy(self, rnd: Round) -> Path:
+        """The merged policy of round `rnd` as DPO (or SFT) left it."""
         return self._trained(rnd).policy
 
     def adapter(self, rnd: Round) -> Path:
-        """The LoRA adapter that produced `policy(rnd)`, kept beside the merged weights."""
-        return self._trained(rnd).adapter
+        """The LoRA adapter that produced `policy(rnd)`, kept beside the merged weights (a repaired round's is its
+        trained adapter with the step scaled, iterdpo.repair.scale_adapter)."""
+        return StageFiles(self.repair(rnd)).adapter if self.repaired(rnd) else self._trained(rnd).adapter
 
     def has_policy(self, rnd: Round) -> bool:
         return (self.policy(rnd) / "config.json").exists()

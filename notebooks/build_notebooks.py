@@ -302,7 +302,9 @@ def tutorials(ref: str) -> dict:
                "`labels_worse_than_seed: True` means that round trained on worse labels than it started with."),
             code("plots.label_quality_table(cfg.out)"),
             md("## Metrics by model\n\n`status`: best, rejected (`adjust_retry`) or rolled back (`rollback`); "
-               "`trend`: change of the headline score against the previous round (offline DPO: against SFT)."),
+               "`trend`: change of the headline score against the previous round (offline DPO: against SFT); "
+               "`repair_alpha`, where present: the model failed the capability or KL gate and was stepped back "
+               "toward its start by this share of its step (`iterdpo/repair.py`); its figures are the repaired model's."),
             code("plots.comparison_table(cfg.out)"),
             md("## Improvement over rounds\n\nThe gold star is the best round, a red cross a rejected round, a red "
                "ring a rolled-back one; the dotted line is chance (0.5) and the dashed one offline DPO. **Look "

@@ -101,6 +101,10 @@ def test_every_float_field_rejects_non_finite_values(key, value):
     ("generation.k=1000", r"generation\.k=1000: must be <= 64"),
     ("eval.capability_n=10000000", r"eval\.capability_n=10000000: must be <= 100000"),
     ("data.heldout_pairs=100000000", r"data\.heldout_pairs=100000000: must be <= 1000000"),
+    ("controller.repair_alphas=[1.0]", r"controller\.repair_alphas=1\.0: each alpha must be a number in \(0, 1\)"),
+    ("controller.repair_alphas=[0.5, nan]", r"controller\.repair_alphas=nan: each alpha"),
+    ("controller.repair_alphas=[0.5, x]", r"controller\.repair_alphas='x': each alpha"),
+    ("controller.repair_alphas=[0.25, 0.5]", r"controller\.repair_alphas=\[0\.25, 0\.5\]: must be strictly decreasing"),
 ])
 def test_invalid_values_are_rejected_at_construction(override, fragment):
     with pytest.raises(ConfigError, match=fragment):

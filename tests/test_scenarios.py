@@ -1,8 +1,10 @@
-"""The controller's behaviour on real tiny-preset runs: KL violation, rollback, convergence."""
+"""The controller's behaviour on real tiny-preset runs: KL violation, repair, rollback, convergence."""
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from iterdpo import pipeline
+from iterdpo import evaluate, pipeline, repair
 from iterdpo.runfolder import RunFolder
 
 pytestmark = pytest.mark.integration
@@ -13,7 +15,9 @@ def _decisions(cfg):
 
 
 def test_kl_violation_raises_beta_and_cuts_lr(tiny_run, capsys):
-    cfg, summary = tiny_run("kl", rounds=2, dpo__beta=0.01, dpo__learning_rate=3e-3, baseline__offline_dpo=False)
+    # without the repair (test_a_gate_failing_round_is_repaired_toward_its_start), the retry rule acts
+    cfg, summary = tiny_run("kl", rounds=2, dpo__beta=0.01, dpo__learning_rate=3e-3, baseline__offline_dpo=False,
+                            controller__repair_alphas=[])
     first = _decisions(cfg)[0]
     assert summary["rounds"][1]["metrics"]["kl_to_reference"] > cfg.controller.max_kl
     assert "kl_violation" in [t["name"] for t in first["triggers"]]
@@ -42,3 +46,57 @@ def test_converging_run_stops_by_itself(tiny_run):
     assert d[-1]["decision"] in ("stop_converged", "final_evaluation") and d[-1]["stop"]
     assert len(d) < cfg.controller.max_rounds  # stopped before the budget
     assert pipeline.next_round(cfg) is None
+
+
+def test_a_gate_failing_round_is_repaired_toward_its_start(tiny_run, capsys, monkeypatch):
+    # a KL bound far below the quick settings' round 1 (KL 0.013 measured) and offline arm (0.010 ± 0.004)
+    cfg, summary = tiny_run("repair", rounds=1, controller__max_kl=0.002)
+    run = RunFolder(cfg.out)
+    d = run.decisions()[1]
+    rep = d["repair"]
+    assert rep["trained"]["kl_to_reference"] > cfg.controller.max_kl and rep["start_round"] == 0
+    assert [t["alpha"] for t in rep["tried"]] == cfg.controller.repair_alphas[: len(rep["tried"])]
+    assert all(not t["passes"] for t in rep["tried"][:-1])  # tried largest first, until one passes
+    if rep["alpha"] is not None:  # the kept candidate stands for the round, and the controller reads it
+        assert rep["tried"][-1]["passes"] and run.repaired(1) and d["decision"] != "adjust_retry"
+        assert run.metrics(run.eval(1))["repair_alpha"] == rep["alpha"] == summary["rounds"][1]["repair"]["alpha"]
+        assert summary["rounds"][1]["metrics"]["kl_to_reference"] == rep["tried"][-1]["kl_to_reference"]
+    else:
+        assert d["decision"] == "adjust_retry" and run.policy(1) == run.trained_policy(1)
+    offline = summary["yardstick"]["offline_dpo"]
+    assert ("repair" in offline) == run.done(run.repair("offline_dpo"))  # the same repair, toward SFT
+    assert "repair toward round 0 after kl_violation" in capsys.readouterr().out
+
+    # The same round with thresholds set from what was measured, so that each branch is taken for certain.
+    m = run.metrics(run.trained_eval(1))
+    a, kl_a = rep["tried"][0]["alpha"], rep["tried"][0]["kl_to_reference"]
+    ref, beta = str(run.policy(0)), cfg.dpo.beta
+
+    def with_gates(max_kl, min_retention=0.0):
+        return cfg.replace(**{"controller.max_kl": max_kl, "controller.gate_z": 0.0,
+                              "controller.min_retention": min_retention})
+
+    assert kl_a < m["kl_to_reference"]
+    passing = with_gates((kl_a + m["kl_to_reference"]) / 2)  # the round fails, its first step back passes
+    got = pipeline.repair_round(passing, 1, 0, m, ref, beta, force=True)
+    assert run.repaired(1) and got["repair_alpha"] == a and got["kl_to_reference"] == pytest.approx(kl_a, rel=1e-5)
+    mixed = load_file(str(run.policy(1) / "model.safetensors"))
+    want = repair.interpolate_state(load_file(str(run.policy(0) / "model.safetensors")),
+                                    load_file(str(run.trained_policy(1) / "model.safetensors")), a)
+    assert all(torch.equal(mixed[k], want[k]) for k in want)
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a finished repair is read back, not evaluated again")
+
+    monkeypatch.setattr(evaluate, "evaluate_round", no_evaluation)
+    assert pipeline.repair_round(passing, 1, 0, m, ref, beta) == got  # resumed
+    monkeypatch.undo()
+
+    nothing_passes = with_gates(0.0, min_retention=10.0)
+    got = pipeline.repair_round(nothing_passes, 1, 0, m, ref, beta, force=True)
+    assert got == m and not run.repaired(1) and run.policy(1) == run.trained_policy(1)
+    assert [t["passes"] for t in run.metrics(run.repair(1))["tried"]] == [False] * len(cfg.controller.repair_alphas)
+
+    nothing_fails = with_gates(10.0)
+    assert pipeline.repair_round(nothing_fails, 1, 0, m, ref, beta, force=True) == m
+    assert not run.repair(1).exists()  # a repair of a round that no longer needs one is removed

@@ -1,0 +1,132 @@
+"""The repair of a round that fails a capability or KL gate: its weights moved back toward its start.
+
+A round that gains alignment but loses capability (or drifts too far) is, by weight, its start policy plus
+a step. Taking part of the step, start + alpha (round - start), keeps much of the gain and gives back much
+of the loss: WiSE-FT (Wortsman et al., 2022) for fine-tuning, and WARP's LITI (Rame et al., 2024) for RLHF.
+With LoRA it is the round's adapter with its step scaled by alpha, which the stage keeps beside the policy.
+
+The repair stage tries controller.repair_alphas, largest first, and keeps the first candidate that passes
+every gate (controller.eligible: capability, KL, fluency), judged like a round on the same held-out prompts
+and probes: the oracle is never asked. The kept candidate's policy and evaluation then stand for the round
+(RunFolder.policy, RunFolder.eval); when none passes, the round is left as it is, and the controller retries
+with gentler settings as before. The offline arm gets the same repair toward SFT, so both arms meet the same
+gates the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import controller, evaluate
+from .folder import write_json, write_jsonl
+from .runfolder import RunFolder, StageFiles
+
+# what the repair stage records of each candidate (the gates' metrics, and the oracle's for the report only)
+KEYS = ("capability_retention", "capability_retention_se", "kl_to_reference", "kl_to_reference_se", "win_rate_vs_sft",
+        "base_perplexity_ratio_vs_sft", "oracle_score", "oracle_win_rate_vs_sft")
+
+
+def interpolate_state(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """start + alpha * (end - start), tensor by tensor, computed in float32 and stored in `end`'s dtypes.
+
+    Args:
+        start, end: state dicts with the same keys and shapes (any shapes; tensors that are not floating
+            point, e.g. integer buffers, are taken from `end`).
+        alpha: 0 gives `start`, 1 gives `end`.
+    Returns:
+        a state dict with `end`'s keys, shapes and dtypes.
+    """
+    if set(start) != set(end):
+        raise ValueError(f"the two policies differ in tensors: {sorted(set(start) ^ set(end))[:5]}")
+    out = {}
+    for k, e in end.items():
+        s = start[k]
+        if s.shape != e.shape:
+            raise ValueError(f"tensor {k}: shape {tuple(s.shape)} at the start, {tuple(e.shape)} at the end")
+        if not e.is_floating_point():
+            out[k] = e.clone()
+            continue
+        v = torch.lerp(s.float(), e.float(), alpha)  # exact at both ends
+        if not torch.isfinite(v).all():
+            raise ValueError(f"tensor {k}: non-finite values after interpolation at alpha {alpha:g}")
+        out[k] = v.to(e.dtype).contiguous()
+    return out
+
+
+def interpolate(start: Path, end: Path, alpha: float, dest: Path) -> Path:
+    """The policy start + alpha (end - start), written to `dest` (safetensors; config and tokenizer from `end`)."""
+    from safetensors.torch import load_file, save_file
+
+    shards = sorted(Path(end).glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"{end}: no *.safetensors weights to interpolate")
+    shutil.copytree(end, dest)
+    for shard in shards:
+        other = Path(start) / shard.name
+        if not other.exists():
+            raise FileNotFoundError(f"{other}: the start policy has no {shard.name} (its weights are sharded differently)")
+        save_file(interpolate_state(load_file(str(other)), load_file(str(shard)), alpha), str(dest / shard.name),
+                  metadata={"format": "pt"})
+    return dest
+
+
+def scale_adapter(src: Path, alpha: float, dest: Path) -> Path | None:
+    """The LoRA adapter at `src` with its step scaled by `alpha` (every lora_B times alpha), written to `dest`:
+    merged into the round's start policy it gives the repaired policy. None (nothing written) where scaling B
+    is not the same as scaling the step: no adapter, DoRA magnitudes, or modules trained in full."""
+    from safetensors.torch import load_file, save_file
+
+    weights = Path(src) / "adapter_model.safetensors"
+    if not weights.exists():
+        return None
+    state = load_file(str(weights))
+    if not any("lora_B" in k for k in state) or any("lora_B" not in k and "lora_A" not in k for k in state):
+        return None
+    shutil.copytree(src, dest)
+    save_file({k: (v * alpha).to(v.dtype) if "lora_B" in k else v for k, v in state.items()},
+              str(dest / weights.name), metadata={"format": "pt"})
+    return dest
+
+
+def needed(m: dict, cfg) -> bool:
+    """Whether metrics `m` call for a repair: the capability or KL gate fails, and nothing worse (a collapse or
+    a fluency collapse is a rollback)."""
+    names = {t.name for t in controller.weaknesses(m, cfg)}
+    return bool(cfg.repair_alphas) and bool(names & controller.RETRY) and not names & controller.DEGRADING
+
+
+def repair_stage(cfg, run: RunFolder, rnd, start, m: dict, ref: str | None, beta: float, tmp: Path) -> dict:
+    """Try each alpha on round `rnd` (trained, evaluated as `m`) toward round `start`; keep the first that passes.
+
+    Writes the kept candidate to `tmp`/policy (with its adapter, scale_adapter, where one is exact) and its
+    evaluation to `tmp`/eval; returns the stage's metrics:
+    the alpha kept (None: none passed), the start round, the triggers it repaired and every candidate tried."""
+    c = cfg.controller
+    files = StageFiles(tmp)
+    tried, kept = [], None
+    for alpha in c.repair_alphas:
+        cand = tmp / "candidates" / f"alpha_{alpha:g}"
+        interpolate(run.policy(start), run.trained_policy(rnd), alpha, cand)
+        cm, samples = evaluate.evaluate_round(cfg, run, rnd, ref, beta, policy=str(cand))
+        passes = controller.eligible(cm, c)
+        tried.append({"alpha": alpha, "passes": passes, **{k: cm[k] for k in KEYS if k in cm}})
+        print(f"repair of {'round ' if isinstance(rnd, int) else ''}{rnd}: alpha {alpha:g}: capability retention "
+              f"{cm.get('capability_retention', float('nan')):.3f}, KL {cm.get('kl_to_reference', float('nan')):.3f}: "
+              f"{'passes' if passes else 'fails'} the gates", flush=True)
+        if passes:
+            os.replace(cand, files.policy)
+            scale_adapter(StageFiles(run.dpo(rnd)).adapter, alpha, files.adapter)
+            ev = StageFiles(tmp / "eval")
+            ev.folder.mkdir()
+            write_json(ev.config, {"run": cfg.to_dict(), "start": start, "alpha": alpha})
+            write_jsonl(ev.samples, samples)
+            write_json(ev.metrics, {**cm, "repair_alpha": alpha, "repair_start_round": start})
+            kept = alpha
+            break
+    shutil.rmtree(tmp / "candidates", ignore_errors=True)
+    return {"alpha": kept, "start_round": start, "triggers": [t.to_dict() for t in controller.weaknesses(m, c)],
+            "trained": {k: m[k] for k in KEYS if k in m}, "tried": tried}
