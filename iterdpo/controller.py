@@ -434,7 +434,7 @@ def yardstick(run: RunFolder, cfg: RunConfig) -> dict:
             g = gates(m, cfg.controller)
             out[arm] = {"round": rnd, **{k: m.get(k) for k in keys}, "gates": g,
                         "passes_gates": all(x["passes"] for x in g.values())}
-            if run.done(run.repair(rnd)):  # a repaired arm: also as trained, before the repair
+            if run.done(run.repair(rnd)):  # a repair was tried (alpha None: none passed): the arm as trained too
                 rep = run.metrics(run.repair(rnd))
                 out[arm]["repair"] = {"alpha": rep["alpha"], "start_round": rep["start_round"],
                                       "trained": {k: rep["trained"].get(k) for k in keys}}

@@ -121,13 +121,15 @@ def repair_round(cfg: RunConfig, rnd: int | str, start: int, m: dict, ref: str |
     """Round `rnd` (evaluated as `m`) moved back toward round `start` where a capability or KL gate fails
     (iterdpo.repair); returns the metrics that stand for the round: the repair's, where it chose a candidate."""
     run = RunFolder(cfg.out)
-    kept = run.done(run.repair(rnd)) and not force
+    # the repair belongs to one training of the round: a retrained round (force, or a resumed run whose offline
+    # arm was retrained and then killed) must not keep the repair of its earlier weights
+    config = {"run": cfg.to_dict(), "start": start, "trained": repair.fingerprint(run.dpo(rnd))}
+    dest = StageFiles(run.repair(rnd))
+    kept = not force and run.done(dest.folder) and read_json(dest.config).get("trained") == config["trained"]
     if not kept and not (cfg.controller.enabled and repair.needed(m, cfg.controller)):
-        if run.repair(rnd).exists():  # the repair of a round since retrained (force): it no longer applies
-            dist.on_main(shutil.rmtree, run.repair(rnd))
+        dist.on_main(shutil.rmtree, dest.folder, ignore_errors=True)  # a repair that no longer applies
         return m
-    rm = stage(run.repair(rnd), {"run": cfg.to_dict(), "start": start}, force,
-               lambda tmp: repair.repair_stage(cfg, run, rnd, start, m, ref, beta, tmp))
+    rm = stage(dest.folder, config, not kept, lambda tmp: repair.repair_stage(cfg, run, rnd, start, m, ref, beta, tmp))
     if rm["alpha"] is None:
         tried = ", ".join(f"{t['alpha']:g}" for t in rm["tried"])
         print(f"repair: no step back toward round {start} passes the gates (alpha {tried})")

@@ -7,7 +7,7 @@ With LoRA it is the round's adapter with its step scaled by alpha, which the sta
 
 The repair stage tries controller.repair_alphas, largest first, and keeps the first candidate that passes
 every gate (controller.eligible: capability, KL, fluency), judged like a round on the same held-out prompts
-and probes: the oracle is never asked. The kept candidate's policy and evaluation then stand for the round
+and probes. The choice never reads the oracle; its score is recorded with each candidate, for the report only. The kept candidate's policy and evaluation then stand for the round
 (RunFolder.policy, RunFolder.eval); when none passes, the round is left as it is, and the controller retries
 with gentler settings as before. The offline arm gets the same repair toward SFT, so both arms meet the same
 gates the same way.
@@ -15,6 +15,7 @@ gates the same way.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -92,6 +93,12 @@ def scale_adapter(src: Path, alpha: float, dest: Path) -> Path | None:
     return dest
 
 
+def fingerprint(trained_stage: Path) -> str:
+    """Which training of a round a repair belongs to: a hash of its DPO stage's metrics.json (a new training
+    writes new figures and timings)."""
+    return hashlib.sha256(StageFiles(trained_stage).metrics.read_bytes()).hexdigest()[:16]
+
+
 def needed(m: dict, cfg) -> bool:
     """Whether metrics `m` call for a repair: the capability or KL gate fails, and nothing worse (a collapse or
     a fluency collapse is a rollback)."""
@@ -127,6 +134,7 @@ def repair_stage(cfg, run: RunFolder, rnd, start, m: dict, ref: str | None, beta
             write_json(ev.metrics, {**cm, "repair_alpha": alpha, "repair_start_round": start})
             kept = alpha
             break
+        shutil.rmtree(cand)  # one candidate on disk at a time
     shutil.rmtree(tmp / "candidates", ignore_errors=True)
     return {"alpha": kept, "start_round": start, "triggers": [t.to_dict() for t in controller.weaknesses(m, c)],
             "trained": {k: m[k] for k in KEYS if k in m}, "tried": tried}

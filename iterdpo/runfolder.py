@@ -198,7 +198,11 @@ class RunFolder:
         """The run's own RunConfig, read back from config.json."""
         from .config import RunConfig
 
-        return RunConfig.from_dict(read_json(self.config_path))
+        d = read_json(self.config_path)
+        ctl = d.get("controller")
+        if isinstance(ctl, dict) and "repair_alphas" not in ctl:  # started before the repair existed: none, so that
+            d = {**d, "controller": {**ctl, "repair_alphas": []}}  # a resumed run treats both arms alike
+        return RunConfig.from_dict(d)
 
     def done(self, stage_dir: Path) -> bool:
         return is_done(stage_dir)

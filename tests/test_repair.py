@@ -100,3 +100,13 @@ def test_the_scaled_adapter_merged_into_the_start_is_the_repaired_policy(tmp_pat
     want = load_file(str(want / "model.safetensors"))
     assert max((got[k] - want[k]).abs().max().item() for k in want) < 1e-5
     assert repair.scale_adapter(tmp_path / "nothing", 0.25, tmp_path / "none") is None
+
+
+def test_a_run_started_before_the_repair_existed_resumes_without_it(tmp_path):
+    cfg = load_preset("tiny", {"out": str(tmp_path)})
+    old = cfg.to_dict()
+    del old["controller"]["repair_alphas"]
+    write_json(tmp_path / "config.json", old)
+    assert RunFolder(tmp_path).config().controller.repair_alphas == []  # both arms alike: neither is repaired
+    write_json(tmp_path / "config.json", cfg.to_dict())
+    assert RunFolder(tmp_path).config().controller.repair_alphas == [0.5, 0.25]

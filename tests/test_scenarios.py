@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from iterdpo import evaluate, pipeline, repair
-from iterdpo.runfolder import RunFolder
+from iterdpo.runfolder import RunFolder, StageFiles
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ def test_converging_run_stops_by_itself(tiny_run):
 
 def test_a_gate_failing_round_is_repaired_toward_its_start(tiny_run, capsys, monkeypatch):
     # a KL bound far below the quick settings' round 1 (KL 0.013 measured) and offline arm (0.010 ± 0.004)
-    cfg, summary = tiny_run("repair", rounds=1, controller__max_kl=0.002)
+    cfg, summary = tiny_run("repair", rounds=1, controller__max_kl=0.001)
     run = RunFolder(cfg.out)
     d = run.decisions()[1]
     rep = d["repair"]
@@ -64,7 +64,8 @@ def test_a_gate_failing_round_is_repaired_toward_its_start(tiny_run, capsys, mon
     else:
         assert d["decision"] == "adjust_retry" and run.policy(1) == run.trained_policy(1)
     offline = summary["yardstick"]["offline_dpo"]
-    assert ("repair" in offline) == run.done(run.repair("offline_dpo"))  # the same repair, toward SFT
+    assert run.done(run.repair("offline_dpo")) and offline["repair"]["start_round"] == 0  # the same repair, toward SFT
+    assert offline["repair"]["trained"]["kl_to_reference"] > cfg.controller.max_kl
     assert "repair toward round 0 after kl_violation" in capsys.readouterr().out
 
     # The same round with thresholds set from what was measured, so that each branch is taken for certain.
@@ -90,6 +91,12 @@ def test_a_gate_failing_round_is_repaired_toward_its_start(tiny_run, capsys, mon
 
     monkeypatch.setattr(evaluate, "evaluate_round", no_evaluation)
     assert pipeline.repair_round(passing, 1, 0, m, ref, beta) == got  # resumed
+    trained = StageFiles(run.dpo(1)).metrics
+    before = trained.read_text()
+    trained.write_text(before.replace("{", '{"retrained": true, ', 1))  # as if the round had been trained again
+    with pytest.raises(AssertionError, match="evaluated again"):  # so the repair of the old weights is not kept
+        pipeline.repair_round(passing, 1, 0, m, ref, beta)
+    trained.write_text(before)
     monkeypatch.undo()
 
     nothing_passes = with_gates(0.0, min_retention=10.0)
