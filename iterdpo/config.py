@@ -219,7 +219,7 @@ class ControllerConfig(_Section):
     collapse_window: int = F(3, "Logged training steps the collapse check averages over.", min=1)
     collapse_min_length_ratio: float = F(0.3, "Collapse: mean response length below this share of the SFT policy's.", min=0.0, max=1.0)
     collapse_max_perplexity_ratio: float = F(1.5, "Fluency collapse (gate fluency_collapse): the base model's perplexity on a round's samples above this multiple of its perplexity on SFT's, by more than gate_z standard errors. Where that perplexity is measured, a log-prob fall (collapse_max_drop) counts as a collapse only if the samples are less fluent than this or shrank; otherwise it is logged as a warning.", min=1.0)
-    repair_alphas: list = F([0.5, 0.25], "A round (or the offline arm) that fails the capability or KL gate, and nothing worse, is moved back toward the policy it started from: start + alpha (round - start), for each alpha here, largest first, until one passes every gate; it then stands for the round (iterdpo.repair). Empty: no repair; the controller retries with gentler settings.")
+    repair_alphas: list = F([0.5, 0.25], "A round (or the offline arm) that fails the capability or KL gate, and nothing worse, is moved back toward the policy it started from: start + alpha (round - start), for each alpha here, largest first, until one passes the gates that exclude a round (capability, KL, fluency); it then stands for the round (iterdpo.repair). Empty: no repair; the controller retries with gentler settings.")
 
     def validate(self) -> None:
         self.repair_alphas = [_number(a) for a in self.repair_alphas]  # '5e-1' is a string to YAML 1.1

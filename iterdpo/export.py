@@ -43,7 +43,8 @@ def export_best(cfg: RunConfig) -> Path:
     source = rf.policy(rnd)
     if not rf.has_policy(rnd):
         raise FileNotFoundError(f"round {rnd} has no merged policy at {source}; run the stages first")
-    record = {"round": rnd, "policy": str(source), "adapter": str(rf.adapter(rnd)) if rf.adapter(rnd).exists() else None}
+    record = {"round": rnd, "policy": str(source), "adapter": str(rf.adapter(rnd)) if rf.adapter(rnd).exists() else None,
+              "repair": rf.metrics(rf.repair(rnd)) if rf.repaired(rnd) else None}  # a new repair is a new model
     marker = StageFiles(rf.best).export_record
     if not (marker.exists() and read_json(marker) == record):
         tmp = rf.best.with_name(f"best.tmp-{os.getpid()}")
@@ -123,7 +124,7 @@ def model_card(cfg: RunConfig) -> str:
         "samples by reward and training DPO on them, with a controller that adjusts, rolls back or stops."
         + (f" The round failed a capability or KL gate as trained; this is its repair: round "
            f"{rf.metrics(rf.repair(rnd))['start_round']}'s weights plus {rf.metrics(rf.repair(rnd))['alpha']:g} of the "
-           "round's trained step, which passes the gates."
+           "round's trained step, which passes the gates that exclude a round (capability, KL, fluency)."
            if rf.repaired(rnd) else ""),
         "",
         "## Base model and data", "",

@@ -105,15 +105,22 @@ def run_reward(cfg: RunConfig, force: bool = False) -> dict:
 
 def evaluate_round(cfg: RunConfig, rnd: int | str, force: bool = False, ref: str | None = None,
                    beta: float | None = None) -> dict:
-    """Evaluate round `rnd`'s trained policy into round_<rnd>/eval (samples.jsonl, metrics.json)."""
+    """Evaluate round `rnd`'s trained policy into round_<rnd>/eval (samples.jsonl, metrics.json).
+
+    The evaluation belongs to one training of the round (repair.fingerprint in its config.json): after a round
+    was trained again (force, or a resumed run that retrained its offline arm and was killed before evaluating
+    it), an earlier evaluation is not kept. Evaluations written before the fingerprint existed are kept."""
     run = RunFolder(cfg.out)
+    dest = StageFiles(run.trained_eval(rnd))
+    config = cfg.to_dict() if rnd == 0 else {**cfg.to_dict(), "trained": repair.fingerprint(run.dpo(rnd))}
+    stale = run.done(dest.folder) and read_json(dest.config).get("trained", config.get("trained")) != config.get("trained")
 
     def work(tmp: Path) -> dict:
         m, samples = evaluate.evaluate_round(cfg, run, rnd, ref, beta)
         write_jsonl(StageFiles(tmp).samples, samples)
         return m
 
-    return stage(run.trained_eval(rnd), cfg.to_dict(), force, work)
+    return stage(dest.folder, config, force or stale, work)
 
 
 def repair_round(cfg: RunConfig, rnd: int | str, start: int, m: dict, ref: str | None, beta: float,
@@ -121,8 +128,8 @@ def repair_round(cfg: RunConfig, rnd: int | str, start: int, m: dict, ref: str |
     """Round `rnd` (evaluated as `m`) moved back toward round `start` where a capability or KL gate fails
     (iterdpo.repair); returns the metrics that stand for the round: the repair's, where it chose a candidate."""
     run = RunFolder(cfg.out)
-    # the repair belongs to one training of the round: a retrained round (force, or a resumed run whose offline
-    # arm was retrained and then killed) must not keep the repair of its earlier weights
+    # the repair belongs to one training of the round, like its evaluation (evaluate_round): a retrained round
+    # must not keep the repair of its earlier weights
     config = {"run": cfg.to_dict(), "start": start, "trained": repair.fingerprint(run.dpo(rnd))}
     dest = StageFiles(run.repair(rnd))
     kept = not force and run.done(dest.folder) and read_json(dest.config).get("trained") == config["trained"]

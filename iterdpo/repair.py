@@ -6,7 +6,7 @@ of the loss: WiSE-FT (Wortsman et al., 2022) for fine-tuning, and WARP's LITI (R
 With LoRA it is the round's adapter with its step scaled by alpha, which the stage keeps beside the policy.
 
 The repair stage tries controller.repair_alphas, largest first, and keeps the first candidate that passes
-every gate (controller.eligible: capability, KL, fluency), judged like a round on the same held-out prompts
+the gates that exclude a round (controller.eligible: capability, KL, fluency; weak alignment does not exclude), judged like a round on the same held-out prompts
 and probes. The choice never reads the oracle; its score is recorded with each candidate, for the report only. The kept candidate's policy and evaluation then stand for the round
 (RunFolder.policy, RunFolder.eval); when none passes, the round is left as it is, and the controller retries
 with gentler settings as before. The offline arm gets the same repair toward SFT, so both arms meet the same

@@ -96,6 +96,8 @@ def test_a_gate_failing_round_is_repaired_toward_its_start(tiny_run, capsys, mon
     trained.write_text(before.replace("{", '{"retrained": true, ', 1))  # as if the round had been trained again
     with pytest.raises(AssertionError, match="evaluated again"):  # so the repair of the old weights is not kept
         pipeline.repair_round(passing, 1, 0, m, ref, beta)
+    with pytest.raises(AssertionError, match="evaluated again"):  # nor the evaluation of the old weights
+        pipeline.evaluate_round(passing, 1, ref=ref, beta=beta)
     trained.write_text(before)
     monkeypatch.undo()
 
