@@ -218,6 +218,7 @@ recs = generate.sample(model, tok, prompts, 4, 16, batch_size=32, seed=1)
 seconds = time.perf_counter() - t0
 if dist.is_main():
     print(json.dumps({"samples": 4 * len(recs), "seconds": seconds, "tokens": sum(sum(r["n_tokens"]) for r in recs)}))
+dist.shutdown()  # a gloo group left to interpreter exit can abort the process that finishes first
 """
 
 
