@@ -248,6 +248,7 @@ def evaluate_round(cfg, run, rnd, ref: str | None = None, beta: float | None = N
     sft = run.metrics(run.eval(0)) if rnd != 0 else {}
     base_cap, base_cap_se = sft.get("capability_score"), sft.get("capability_score_se", 0.0)
     prev = run.samples(rnd - 1) if isinstance(rnd, int) and rnd > 0 else None
-    return evaluate(policy or str(run.trained_policy(rnd)), ref, beta or cfg.dpo.beta, [str(p) for p in run.reward_models()], inputs, cfg,
+    return evaluate(policy or str(run.trained_policy(rnd)), ref, beta or cfg.dpo.beta, [str(p) for p in run.reward_models()],
+                    inputs, cfg,
                     sft_samples=run.samples(0) if rnd != 0 else None, prev_samples=prev, baseline_capability=base_cap,
                     baseline_capability_se=base_cap_se)

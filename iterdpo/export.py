@@ -106,6 +106,7 @@ def model_card(cfg: RunConfig) -> str:
     """best/README.md: what the model is, how it was made, how it scored, and how to load it."""
     rf = RunFolder(cfg.out)
     rnd = best_round(rf.root)
+    rep = rf.metrics(rf.repair(rnd)) if rf.repaired(rnd) else None
     toy = cfg.is_toy
     base = ("a tiny Llama trained from scratch on the toy world (`list N <topic>` prompts, scored by an oracle)"
             if toy else f"`{cfg.model.name_or_path}`")
@@ -122,10 +123,9 @@ def model_card(cfg: RunConfig) -> str:
         f"The policy of round {rnd}{' (the SFT policy)' if rnd == 0 else ''}, the controller's best round of an iterative "
         "DPO run: SFT, a Bradley-Terry reward model, then rounds of sampling from the current policy, pairing its "
         "samples by reward and training DPO on them, with a controller that adjusts, rolls back or stops."
-        + (f" The round failed a capability or KL gate as trained; this is its repair: round "
-           f"{rf.metrics(rf.repair(rnd))['start_round']}'s weights plus {rf.metrics(rf.repair(rnd))['alpha']:g} of the "
-           "round's trained step, which passes the gates that exclude a round (capability, KL, fluency)."
-           if rf.repaired(rnd) else ""),
+        + (f" The round failed a capability or KL gate as trained; this is its repair: round {rep['start_round']}'s "
+           f"weights plus {rep['alpha']:g} of the round's trained step, which passes the gates that exclude a round "
+           "(capability, KL, fluency)." if rep else ""),
         "",
         "## Base model and data", "",
         f"- **base model**: {base}",
@@ -151,7 +151,7 @@ def model_card(cfg: RunConfig) -> str:
         'print(tok.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True))',
         "```", "",
         "`adapter/` holds the LoRA adapter of the last training step (load it with `peft.PeftModel.from_pretrained` "
-        "on the policy the round started from)" + (", its step scaled as the repair scaled it." if rf.repaired(rnd) else ".")
+        "on the policy the round started from)" + (", its step scaled as the repair scaled it." if rep else ".")
         if rf.best_adapter.exists() else "", "",
         "## Config", "",
         "<details><summary>The run's full config</summary>", "", "```yaml", cfg.to_yaml().strip(), "```", "", "</details>", "",

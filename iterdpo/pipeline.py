@@ -107,20 +107,20 @@ def evaluate_round(cfg: RunConfig, rnd: int | str, force: bool = False, ref: str
                    beta: float | None = None) -> dict:
     """Evaluate round `rnd`'s trained policy into round_<rnd>/eval (samples.jsonl, metrics.json).
 
-    The evaluation belongs to one training of the round (repair.fingerprint in its config.json): after a round
-    was trained again (force, or a resumed run that retrained its offline arm and was killed before evaluating
-    it), an earlier evaluation is not kept. Evaluations written before the fingerprint existed are kept."""
+    The evaluation belongs to one training of the round (RunFolder.made_from): after a round was trained again
+    (force, or a resumed run that retrained its offline arm and was killed before evaluating it), an earlier
+    evaluation is not kept."""
     run = RunFolder(cfg.out)
-    dest = StageFiles(run.trained_eval(rnd))
-    config = cfg.to_dict() if rnd == 0 else {**cfg.to_dict(), "trained": repair.fingerprint(run.dpo(rnd))}
-    stale = run.done(dest.folder) and read_json(dest.config).get("trained", config.get("trained")) != config.get("trained")
+    dest = run.trained_eval(rnd)
+    config = cfg.to_dict() if rnd == 0 else {**cfg.to_dict(), "trained": run.trained_fingerprint(rnd)}
+    stale = rnd != 0 and run.done(dest) and not run.made_from(dest, config["trained"])
 
     def work(tmp: Path) -> dict:
         m, samples = evaluate.evaluate_round(cfg, run, rnd, ref, beta)
         write_jsonl(StageFiles(tmp).samples, samples)
         return m
 
-    return stage(dest.folder, config, force or stale, work)
+    return stage(dest, config, force or stale, work)
 
 
 def repair_round(cfg: RunConfig, rnd: int | str, start: int, m: dict, ref: str | None, beta: float,
@@ -130,13 +130,13 @@ def repair_round(cfg: RunConfig, rnd: int | str, start: int, m: dict, ref: str |
     run = RunFolder(cfg.out)
     # the repair belongs to one training of the round, like its evaluation (evaluate_round): a retrained round
     # must not keep the repair of its earlier weights
-    config = {"run": cfg.to_dict(), "start": start, "trained": repair.fingerprint(run.dpo(rnd))}
-    dest = StageFiles(run.repair(rnd))
-    kept = not force and run.done(dest.folder) and read_json(dest.config).get("trained") == config["trained"]
+    config = {"run": cfg.to_dict(), "start": start, "trained": run.trained_fingerprint(rnd)}
+    dest = run.repair(rnd)
+    kept = not force and run.made_from(dest, config["trained"])
     if not kept and not (cfg.controller.enabled and repair.needed(m, cfg.controller)):
-        dist.on_main(shutil.rmtree, dest.folder, ignore_errors=True)  # a repair that no longer applies
+        dist.on_main(shutil.rmtree, dest, ignore_errors=True)  # a repair that no longer applies
         return m
-    rm = stage(dest.folder, config, not kept, lambda tmp: repair.repair_stage(cfg, run, rnd, start, m, ref, beta, tmp))
+    rm = stage(dest, config, not kept, lambda tmp: repair.repair_stage(cfg, run, rnd, start, m, ref, beta, tmp))
     if rm["alpha"] is None:
         tried = ", ".join(f"{t['alpha']:g}" for t in rm["tried"])
         print(f"repair: no step back toward round {start} passes the gates (alpha {tried})")
@@ -180,9 +180,10 @@ def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
     beta, ref = plan["params"]["beta"], str(run.policy(dm["reference_round"]))
     m = evaluate_round(cfg, rnd, force, ref=ref, beta=beta)
     m = {**m, **controller.round_collapse(run, cfg, rnd, m, beta)}  # a collapse is rolled back, never repaired
-    m = repair_round(cfg, rnd, plan["start"], m, ref, beta, force)
-    # the collapse check again on the metrics that stand for the round (a repair's samples are its own)
-    m = {**m, **controller.round_collapse(run, cfg, rnd, m, beta), **controller.label_check(run, cfg, rnd)}
+    repaired = repair_round(cfg, rnd, plan["start"], m, ref, beta, force)
+    if repaired is not m:  # the repair's metrics stand for the round: the collapse check again, on its samples
+        m = {**repaired, **controller.round_collapse(run, cfg, rnd, repaired, beta)}
+    m = {**m, **controller.label_check(run, cfg, rnd)}
     dist.on_main(controller.record, run, cfg, rnd, m, plan)  # once; the others read it after the barrier
     print(iteration_report(cfg, rnd))
     return m

@@ -6,16 +6,16 @@ of the loss: WiSE-FT (Wortsman et al., 2022) for fine-tuning, and WARP's LITI (R
 With LoRA it is the round's adapter with its step scaled by alpha, which the stage keeps beside the policy.
 
 The repair stage tries controller.repair_alphas, largest first, and keeps the first candidate that passes
-the gates that exclude a round (controller.eligible: capability, KL, fluency; weak alignment does not exclude), judged like a round on the same held-out prompts
-and probes. The choice never reads the oracle; its score is recorded with each candidate, for the report only. The kept candidate's policy and evaluation then stand for the round
-(RunFolder.policy, RunFolder.eval); when none passes, the round is left as it is, and the controller retries
-with gentler settings as before. The offline arm gets the same repair toward SFT, so both arms meet the same
+the gates that exclude a round (controller.eligible: capability, KL, fluency; weak alignment does not
+exclude), judged like a round on the same held-out prompts and probes. The choice never reads the oracle;
+its score is recorded with each candidate, for the report only. The kept candidate's policy and evaluation
+then stand for the round (RunFolder.policy, RunFolder.eval); when none passes, the round is left as it is,
+and the controller retries with gentler settings as before. The offline arm gets the same repair toward SFT, so both arms meet the same
 gates the same way.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -91,12 +91,6 @@ def scale_adapter(src: Path, alpha: float, dest: Path) -> Path | None:
     save_file({k: (v * alpha).to(v.dtype) if "lora_B" in k else v for k, v in state.items()},
               str(dest / weights.name), metadata={"format": "pt"})
     return dest
-
-
-def fingerprint(trained_stage: Path) -> str:
-    """Which training of a round a repair belongs to: a hash of its DPO stage's metrics.json (a new training
-    writes new figures and timings)."""
-    return hashlib.sha256(StageFiles(trained_stage).metrics.read_bytes()).hexdigest()[:16]
 
 
 def needed(m: dict, cfg) -> bool:

@@ -20,6 +20,7 @@ policy, that policy and its evaluation stand for the round: ``policy(r)`` and ``
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Union
 
@@ -156,6 +157,16 @@ class RunFolder:
         """The LoRA adapter that produced `policy(rnd)`, kept beside the merged weights (a repaired round's is its
         trained adapter with the step scaled, iterdpo.repair.scale_adapter)."""
         return StageFiles(self.repair(rnd)).adapter if self.repaired(rnd) else self._trained(rnd).adapter
+
+    def trained_fingerprint(self, rnd: Round) -> str:
+        """Which training of round `rnd` (not 0) its evaluation and repair were made from: a hash of its DPO stage's
+        metrics.json (a new training writes new figures and timings)."""
+        return hashlib.sha256(StageFiles(self.dpo(rnd)).metrics.read_bytes()).hexdigest()[:16]
+
+    def made_from(self, stage_dir: Path, fingerprint: str) -> bool:
+        """Whether the stage at `stage_dir` is done and was made from the training `fingerprint`
+        (trained_fingerprint; a stage written before fingerprints were recorded counts as made from it)."""
+        return is_done(stage_dir) and read_json(StageFiles(stage_dir).config).get("trained", fingerprint) == fingerprint
 
     def has_policy(self, rnd: Round) -> bool:
         return (self.policy(rnd) / "config.json").exists()
