@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -98,10 +99,11 @@ def check_parameters(name: str, parameters: dict, notebook_dir: Path = NOTEBOOK_
         raise ConfigError(f"{name}: unknown parameter(s) {unknown}; it takes {sorted(declared)}")
 
 
-def _kernel_manager(env: dict):
+def _kernel_manager(env: dict, sockets: str):
     """A kernel manager class whose kernels start with `env` added to this process's environment.
 
-    The kernels talk over IPC sockets: over TCP each kernel logs an 'unencrypted TCP' warning to the terminal.
+    The kernels talk over IPC sockets in the folder `sockets` (the caller's, removed by it): over TCP each kernel
+    logs an 'unencrypted TCP' warning to the terminal.
     """
     from jupyter_client.manager import AsyncKernelManager
 
@@ -113,10 +115,8 @@ def _kernel_manager(env: dict):
             if os.name == "posix":
                 # Each kernel its own socket prefix: IPC "ports" are numbered files next to the prefix, and two
                 # kernels starting at once (the runner starts the next one ahead) would otherwise pick the same.
-                import tempfile
-
                 self.transport = "ipc"
-                self.ip = os.path.join(tempfile.mkdtemp(prefix="iterdpo-kernel-"), "kernel")
+                self.ip = os.path.join(sockets, "kernel")
 
         async def start_kernel(self, **kw):
             kw["env"] = {**os.environ, **kw.get("env", {}), **env}
@@ -144,9 +144,10 @@ def execute(name: str, dest: Path, parameters: dict, resume: bool = False, noteb
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
     extra = {**HEADLESS_ENV, **(env or {})}
     try:
-        papermill.execute_notebook(str(notebook_dir / f"{name}.ipynb"), str(tmp), parameters=parameters,
-                                   kernel_name=KERNEL, progress_bar=False, cwd=os.getcwd(),
-                                   kernel_manager_class=_kernel_manager(extra))
+        with tempfile.TemporaryDirectory(prefix="iterdpo-kernel-") as sockets:
+            papermill.execute_notebook(str(notebook_dir / f"{name}.ipynb"), str(tmp), parameters=parameters,
+                                       kernel_name=KERNEL, progress_bar=False, cwd=os.getcwd(),
+                                       kernel_manager_class=_kernel_manager(extra, sockets))
     except BaseException:
         if tmp.exists():
             os.replace(tmp, failed)

@@ -250,6 +250,31 @@ def test_a_failed_notebook_is_kept_aside(tmp_path: Path, monkeypatch) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["01_sft.ipynb"]
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_kernel_socket_folder_is_removed_after_the_notebook(tmp_path: Path, monkeypatch, fails: bool) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    seen = []
+
+    def execute_notebook(input_path, output_path, kernel_manager_class=None, **kw):
+        km = kernel_manager_class(kernel_name="python3")
+        seen.append(Path(km.ip).parent)
+        assert km.transport == "ipc" and seen[0].is_dir() and seen[0].parent == tmp_path / "tmp"
+        Path(output_path).write_text("{}")
+        if fails:
+            raise RuntimeError("cell failed")
+    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook,
+                                                                         inspect_notebook=_real_inspect()))
+    if fails:
+        with pytest.raises(RuntimeError):
+            runner.execute("01_sft", tmp_path / "01_sft.ipynb", {})
+    else:
+        runner.execute("01_sft", tmp_path / "01_sft.ipynb", {})
+    assert len(seen) == 1 and list((tmp_path / "tmp").iterdir()) == []  # one folder per notebook, removed after
+
+
 def test_prepare_for_nbval_injects_one_tiny_run(tmp_path: Path) -> None:
     written = runner.prepare_for_nbval(tmp_path / "nbval")
     assert [p.name for p in written] == sorted(p.name for p in written) and len(written) == 7
