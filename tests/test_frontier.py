@@ -59,6 +59,14 @@ def test_frontier_figure_has_one_marker_per_model_and_is_saved_in_the_first_run(
     assert {"r1", "r2", "SFT", "offline"} <= {t.get_text() for t in ax.texts}
     assert (runs[0] / "plots" / "frontier.png").stat().st_size > 0
     assert not (runs[1] / "plots").exists()
+    dashed = [line for line in ax.lines if line.get_label() == "offline DPO across β"]
+    assert len(dashed) == 1 and list(dashed[0].get_xdata()) == [0.0, 0.08, 0.3]  # SFT, then offline by KL
+    assert "offline DPO across β" in labels
+
+
+def test_one_run_draws_no_offline_curve(runs):
+    ax = plots.frontier(runs[0]).axes[0]
+    assert all(line.get_label() != "offline DPO across β" for line in ax.lines)
 
 
 def test_frontier_of_an_empty_folder_says_so(tmp_path):

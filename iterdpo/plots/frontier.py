@@ -43,16 +43,27 @@ def frontier_points(runs) -> pd.DataFrame:
 
 def frontier(runs, name: str = "frontier"):
     """The reward-KL frontier (the DPO paper's figure): score against KL to SFT for SFT, each iterative round
-    and offline DPO, one marker per arm and one colour per run folder (labelled by its beta). Several run
-    folders (the same preset at a few betas) draw the frontier; the figure goes to the first folder's plots/."""
+    and offline DPO, one marker per arm and one colour per run folder (labelled by its beta, darker for a smaller
+    beta). Several run folders (the same preset at a few betas) draw the frontier: a dashed line joins SFT and the
+    offline DPO points in order of KL, so each round can be read against offline DPO at the same KL. The figure
+    goes to the first folder's plots/."""
     runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
     df = frontier_points(runs)
     title = "Reward-KL frontier"
     if df.empty:
         return _empty(runs[0], name, title, "no evaluated models yet")
     fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
-    colours = sns.color_palette("colorblind", len(runs))
-    for colour, run in zip(colours, runs):
+    betas = df.groupby("run")["beta"].first()
+    by_beta = sorted(runs, key=lambda r: (betas.get(str(r)) is None, betas.get(str(r)) or 0.0))
+    palette = sns.color_palette("viridis", len(runs) + 1)[:len(runs)]  # without viridis's yellow end
+    if len(runs) > 1:
+        offline = df[df["arm"] == OFFLINE].sort_values("kl")
+        sft = df[df["arm"] == SFT].head(1)
+        if len(offline) > 1:
+            curve = pd.concat([sft, offline])
+            ax.plot(curve["kl"], curve["score"], color="grey", linestyle="--", linewidth=1.0,
+                    label="offline DPO across β")
+    for colour, run in zip(palette, by_beta):  # the legend in order of beta
         d = df[df["run"] == str(run)]
         if d.empty:
             continue
