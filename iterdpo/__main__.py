@@ -272,6 +272,15 @@ def report(summary: dict, seconds: float, out: Path) -> str:
     for name, decision, m in rows:
         lines.append(f"{name:>8} {decision:>16} " + " ".join(
             f"{m[k]:>22.3f}" if isinstance(m.get(k), (int, float)) else f"{'-':>22}" for k in keys))
+    y = summary.get("yardstick", {})
+    if "answer" in y and "offline_dpo" in y:
+        score = "oracle_score" if isinstance(y["answer"].get("oracle_score"), (int, float)) else "win_rate_vs_sft"
+        arm = lambda a: (f"{a[score]:.3f}" if isinstance(a.get(score), (int, float)) else "-") + \
+            (", passes the gates" if a["passes_gates"] else ", fails a gate")
+        lines.append(f"answer (round {y['answer']['round']}) {score} {arm(y['answer'])}; offline DPO "
+                     f"{arm(y['offline_dpo'])}")
+    if (y.get("movement") or {}).get("note"):
+        lines.append(f"note: {y['movement']['note']}")
     return "\n".join(lines)
 
 

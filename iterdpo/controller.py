@@ -420,12 +420,32 @@ def record_non_finite(run: RunFolder, cfg: RunConfig, rnd: int, plan: dict, erro
     return d
 
 
+MOVEMENT_NOTE_RATIO = 1.5  # the answer this many times as far from SFT as offline DPO (KL to SFT) gets a note
+
+
+def movement(answer: dict, offline: dict) -> dict | None:
+    """How far the answer moved from SFT against offline DPO (both KL to SFT), with a note when it is
+    MOVEMENT_NOTE_RATIO times as far or more: at the same beta, offline DPO on fixed pairs can move much less than
+    the rounds, and a lead bought by moving further may be open to offline DPO with a smaller beta too (in the toy
+    world, most of it was). None when either KL is missing."""
+    a, o = answer.get("kl_to_sft"), offline.get("kl_to_sft")
+    if not isinstance(a, (int, float)) or not isinstance(o, (int, float)):
+        return None
+    ratio = a / o if o > 0 else math.inf
+    note = (f"the answer moved {ratio:.1f}x as far from SFT as offline DPO (KL {a:.3f} against {o:.3f}): part of "
+            "its lead may be open to offline DPO with a smaller dpo.beta; compare both arms across betas with "
+            "plots.frontier([runs])" if ratio >= MOVEMENT_NOTE_RATIO else None)
+    return {"kl_to_sft_ratio": ratio, "note": note}
+
+
 def yardstick(run: RunFolder, cfg: RunConfig) -> dict:
-    """The run's answer (the best round) and the offline arm, each with its oracle score, win rates and
-    capability retention, and each held to the same gates (summary.json's "yardstick")."""
+    """The run's answer (the best round) and the offline arm, each with its oracle score, win rates, capability
+    retention and KL, and each held to the same gates (summary.json's "yardstick"); with both, "movement"
+    compares how far each moved from SFT."""
     done = {r: d for r, d in run.decisions().items() if not d.get("failed")}
     best = done[max(done)]["best_round"] if done else 0
-    keys = ("oracle_score", "win_rate_vs_sft", "oracle_win_rate_vs_sft", "capability_retention", "kl_to_reference")
+    keys = ("oracle_score", "win_rate_vs_sft", "oracle_win_rate_vs_sft", "capability_retention", "kl_to_reference",
+            "kl_to_sft")
     arms = {"answer": best, "offline_dpo": "offline_dpo"}
     out = {}
     for arm, rnd in arms.items():
@@ -438,6 +458,8 @@ def yardstick(run: RunFolder, cfg: RunConfig) -> dict:
                 rep = run.metrics(run.repair(rnd))
                 out[arm]["repair"] = {"alpha": rep["alpha"], "start_round": rep["start_round"],
                                       "trained": {k: rep["trained"].get(k) for k in keys}}
+    if "answer" in out and "offline_dpo" in out and out["answer"]["round"] != 0:
+        out["movement"] = movement(out["answer"], out["offline_dpo"])
     return out
 
 

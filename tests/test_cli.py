@@ -185,3 +185,16 @@ def test_show_help_fields_lists_every_field_with_its_help(capsys):
         assert f"{section}:" in out
         for f in dataclasses.fields(cls):
             assert f"  {f.name} = " in out and f.metadata["help"][:40] in out, f"{section}.{f.name}"
+
+
+def test_the_report_ends_with_the_yardstick_and_its_movement_note():
+    m = {"oracle_score": 0.3, "win_rate_vs_sft": 0.5}
+    summary = {"best_round": 2, "rounds": [{"round": 0, "metrics": m}], "baselines": {},
+               "yardstick": {"answer": {"round": 2, "oracle_score": 0.487, "passes_gates": True},
+                             "offline_dpo": {"round": "offline_dpo", "oracle_score": 0.361, "passes_gates": False},
+                             "movement": {"kl_to_sft_ratio": 3.9, "note": "the answer moved 3.9x as far"}}}
+    lines = cli.report(summary, 1.0, "runs/x").splitlines()
+    assert lines[-2] == ("answer (round 2) oracle_score 0.487, passes the gates; offline DPO 0.361, fails a gate")
+    assert lines[-1] == "note: the answer moved 3.9x as far"
+    del summary["yardstick"]["movement"]
+    assert cli.report(summary, 1.0, "runs/x").splitlines()[-1].startswith("answer (round 2)")

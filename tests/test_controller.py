@@ -248,3 +248,14 @@ def test_the_iteration_log_prints_a_collapse_warning():
          "stop": False, "collapse_warnings": ["log-probs fell; not a collapse: fluent"]}
     log = iteration_log(d, {"win_rate_vs_sft": 0.9}, {"beta": 0.1})
     assert "status:   no weaknesses; warning: log-probs fell; not a collapse: fluent" in log
+
+
+def test_movement_notes_an_answer_that_moved_much_further_than_offline_dpo():
+    from iterdpo.controller import MOVEMENT_NOTE_RATIO, movement
+
+    far = movement({"kl_to_sft": 0.30}, {"kl_to_sft": 0.06})
+    assert far["kl_to_sft_ratio"] == pytest.approx(5.0) and "5.0x as far" in far["note"] and "dpo.beta" in far["note"]
+    near = movement({"kl_to_sft": 0.06 * (MOVEMENT_NOTE_RATIO - 0.01)}, {"kl_to_sft": 0.06})
+    assert near["note"] is None and near["kl_to_sft_ratio"] < MOVEMENT_NOTE_RATIO
+    assert movement({"kl_to_sft": 0.1}, {"kl_to_sft": 0.0})["kl_to_sft_ratio"] == float("inf")
+    assert movement({"kl_to_sft": None}, {"kl_to_sft": 0.1}) is None and movement({}, {"kl_to_sft": 0.1}) is None

@@ -38,6 +38,11 @@ def test_every_stage_folder_is_complete(run):
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
     assert rf.summary() == summary
     assert sorted(rf.decisions()) == [1, 2]
+    y = summary["yardstick"]
+    for arm in ("answer", "offline_dpo"):
+        assert y[arm]["kl_to_sft"] == rf.metrics(rf.eval(y[arm]["round"]))["kl_to_sft"]
+    if y["answer"]["round"] != 0:  # how far each arm moved from SFT, compared
+        assert y["movement"]["kl_to_sft_ratio"] == pytest.approx(y["answer"]["kl_to_sft"] / y["offline_dpo"]["kl_to_sft"])
     for r in (0, 1, 2):  # the LoRA adapter is kept beside each merged policy, to take away
         assert (rf.adapter(r) / "adapter_config.json").exists(), r
 
