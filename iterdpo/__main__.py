@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, load_preset, parse_override
+from .controller import headline
 from .data import ApproxTokenizer, DataError, load_pairs, preflight
 from .runfolder import RunFolder
 
@@ -263,7 +264,7 @@ def _check_data(args) -> int:
 
 def report(summary: dict, seconds: float, out: Path) -> str:
     keys = ("win_rate_vs_sft", "oracle_win_rate_vs_sft", "oracle_score", "win_rate_vs_offline_dpo", "preference_accuracy",
-            "mean_reward", "kl_to_reference", "pair_success_rate")
+            "mean_reward", "kl_to_reference", "kl_to_sft", "pair_success_rate")
     lines = [f"run folder: {out}   total {seconds:.0f} s   best round: {summary['best_round']}"]
     lines.append(f"{'round':>8} {'decision':>16} " + " ".join(f"{k[:22]:>22}" for k in keys))
     rows = [(str(r["round"]), r.get("decision", "baseline" if r["round"] == 0 else ""), r["metrics"]) for r in summary["rounds"]]
@@ -273,12 +274,14 @@ def report(summary: dict, seconds: float, out: Path) -> str:
         lines.append(f"{name:>8} {decision:>16} " + " ".join(
             f"{m[k]:>22.3f}" if isinstance(m.get(k), (int, float)) else f"{'-':>22}" for k in keys))
     y = summary.get("yardstick", {})
-    if "answer" in y and "offline_dpo" in y:
-        score = "oracle_score" if isinstance(y["answer"].get("oracle_score"), (int, float)) else "win_rate_vs_sft"
-        arm = lambda a: (f"{a[score]:.3f}" if isinstance(a.get(score), (int, float)) else "-") + \
-            (", passes the gates" if a["passes_gates"] else ", fails a gate")
-        lines.append(f"answer (round {y['answer']['round']}) {score} {arm(y['answer'])}; offline DPO "
-                     f"{arm(y['offline_dpo'])}")
+    if "answer" in y:
+        key = headline(y["answer"])
+
+        def arm(a: dict) -> str:
+            score = f"{a[key]:.3f}" if isinstance(a.get(key), (int, float)) else "-"
+            return score + (", passes the gates" if a["passes_gates"] else ", fails a gate")
+        line = f"answer (round {y['answer']['round']}) {key} {arm(y['answer'])}"
+        lines.append(line + (f"; offline DPO {arm(y['offline_dpo'])}" if "offline_dpo" in y else ""))
     if (y.get("movement") or {}).get("note"):
         lines.append(f"note: {y['movement']['note']}")
     return "\n".join(lines)

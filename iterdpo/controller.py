@@ -420,21 +420,29 @@ def record_non_finite(run: RunFolder, cfg: RunConfig, rnd: int, plan: dict, erro
     return d
 
 
-MOVEMENT_NOTE_RATIO = 1.5  # the answer this many times as far from SFT as offline DPO (KL to SFT) gets a note
+def headline(m: dict) -> str:
+    """The score the yardstick compares arms by: the oracle's where the run has one, else the win rate against SFT."""
+    return "oracle_score" if isinstance(m.get("oracle_score"), (int, float)) else "win_rate_vs_sft"
 
 
-def movement(answer: dict, offline: dict) -> dict | None:
-    """How far the answer moved from SFT against offline DPO (both KL to SFT), with a note when it is
-    MOVEMENT_NOTE_RATIO times as far or more: at the same beta, offline DPO on fixed pairs can move much less than
-    the rounds, and a lead bought by moving further may be open to offline DPO with a smaller beta too (in the toy
-    world, most of it was). None when either KL is missing."""
+def movement(answer: dict, offline: dict, min_ratio: float) -> dict | None:
+    """How far the answer moved from SFT against offline DPO (both KL to SFT), with a note when the answer leads
+    offline DPO on the headline score after moving `min_ratio` times as far or more (or offline DPO did not move):
+    at the same beta, offline DPO on fixed pairs can move much less than the rounds, and a lead bought by moving
+    further may be open to offline DPO with a smaller beta (in the toy world most of it was). None when a KL is
+    missing; the ratio is None when offline DPO's KL is not above 0."""
     a, o = answer.get("kl_to_sft"), offline.get("kl_to_sft")
-    if not isinstance(a, (int, float)) or not isinstance(o, (int, float)):
+    if not all(isinstance(x, (int, float)) for x in (a, o)):
         return None
-    ratio = a / o if o > 0 else math.inf
-    note = (f"the answer moved {ratio:.1f}x as far from SFT as offline DPO (KL {a:.3f} against {o:.3f}): part of "
-            "its lead may be open to offline DPO with a smaller dpo.beta; compare both arms across betas with "
-            "plots.frontier([runs])" if ratio >= MOVEMENT_NOTE_RATIO else None)
+    ratio = a / o if o > 0 else None
+    key = headline(answer)
+    sa, so = answer.get(key), offline.get(key)
+    leads = isinstance(sa, (int, float)) and isinstance(so, (int, float)) and sa > so
+    far = a > 0 and (ratio is None or ratio >= min_ratio)
+    how = f"{ratio:.1f}x as far from SFT as offline DPO" if ratio is not None else "from SFT, and offline DPO did not"
+    note = (f"the answer leads offline DPO ({key} {sa:.3f} against {so:.3f}) but moved {how} (KL to SFT {a:.3f} "
+            f"against {o:.3f}): part of the lead may be open to offline DPO with a smaller dpo.beta; compare both arms "
+            "across betas with plots.frontier([runs])" if leads and far else None)
     return {"kl_to_sft_ratio": ratio, "note": note}
 
 
@@ -458,8 +466,8 @@ def yardstick(run: RunFolder, cfg: RunConfig) -> dict:
                 rep = run.metrics(run.repair(rnd))
                 out[arm]["repair"] = {"alpha": rep["alpha"], "start_round": rep["start_round"],
                                       "trained": {k: rep["trained"].get(k) for k in keys}}
-    if "answer" in out and "offline_dpo" in out and out["answer"]["round"] != 0:
-        out["movement"] = movement(out["answer"], out["offline_dpo"])
+    if "answer" in out and "offline_dpo" in out:
+        out["movement"] = movement(out["answer"], out["offline_dpo"], cfg.controller.movement_note_ratio)
     return out
 
 

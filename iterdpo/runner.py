@@ -144,7 +144,7 @@ def execute(name: str, dest: Path, parameters: dict, resume: bool = False, noteb
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
     extra = {**HEADLESS_ENV, **(env or {})}
     try:
-        with tempfile.TemporaryDirectory(prefix="iterdpo-kernel-") as sockets:
+        with tempfile.TemporaryDirectory(prefix="iterdpo-kernel-", ignore_cleanup_errors=True) as sockets:
             papermill.execute_notebook(str(notebook_dir / f"{name}.ipynb"), str(tmp), parameters=parameters,
                                        kernel_name=KERNEL, progress_bar=False, cwd=os.getcwd(),
                                        kernel_manager_class=_kernel_manager(extra, sockets))

@@ -326,8 +326,8 @@ def tutorials(ref: str) -> dict:
                "`dpo.beta` values) to draw the frontier: `plots.frontier([out_a, out_b, out_c])`; a dashed line "
                "then joins the offline-DPO points. **Look for** a round above that line at its own KL: a round "
                "that is only further along it has moved more, not found a better trade, and offline DPO with a "
-               "smaller β may match it (the run's summary notes it when the answer moved 1.5× as far as offline "
-               "DPO)."),
+               "smaller β may match it (the run's summary notes it when the answer leads offline DPO after moving "
+               "`controller.movement_note_ratio` times as far)."),
             code("plots.frontier(cfg.out)"),
             md("## Other judges\n\nThe oracle is one scorer, and a gain could be its quirk. Here every model's "
                "stored evaluation samples are scored again by judges that neither training nor the controller uses: "

@@ -198,3 +198,5 @@ def test_the_report_ends_with_the_yardstick_and_its_movement_note():
     assert lines[-1] == "note: the answer moved 3.9x as far"
     del summary["yardstick"]["movement"]
     assert cli.report(summary, 1.0, "runs/x").splitlines()[-1].startswith("answer (round 2)")
+    del summary["yardstick"]["offline_dpo"]  # a run without the offline arm still ends with its answer
+    assert cli.report(summary, 1.0, "runs/x").splitlines()[-1] == "answer (round 2) oracle_score 0.487, passes the gates"

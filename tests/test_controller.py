@@ -250,12 +250,23 @@ def test_the_iteration_log_prints_a_collapse_warning():
     assert "status:   no weaknesses; warning: log-probs fell; not a collapse: fluent" in log
 
 
-def test_movement_notes_an_answer_that_moved_much_further_than_offline_dpo():
-    from iterdpo.controller import MOVEMENT_NOTE_RATIO, movement
+def test_movement_notes_a_lead_bought_by_moving_much_further_than_offline_dpo():
+    from iterdpo.controller import movement
 
-    far = movement({"kl_to_sft": 0.30}, {"kl_to_sft": 0.06})
-    assert far["kl_to_sft_ratio"] == pytest.approx(5.0) and "5.0x as far" in far["note"] and "dpo.beta" in far["note"]
-    near = movement({"kl_to_sft": 0.06 * (MOVEMENT_NOTE_RATIO - 0.01)}, {"kl_to_sft": 0.06})
-    assert near["note"] is None and near["kl_to_sft_ratio"] < MOVEMENT_NOTE_RATIO
-    assert movement({"kl_to_sft": 0.1}, {"kl_to_sft": 0.0})["kl_to_sft_ratio"] == float("inf")
-    assert movement({"kl_to_sft": None}, {"kl_to_sft": 0.1}) is None and movement({}, {"kl_to_sft": 0.1}) is None
+    ratio = ControllerConfig().movement_note_ratio
+    lead, behind = {"oracle_score": 0.49}, {"oracle_score": 0.36}
+    far = movement({"kl_to_sft": 0.30, **lead}, {"kl_to_sft": 0.06, **behind}, ratio)
+    assert far["kl_to_sft_ratio"] == pytest.approx(5.0)
+    assert "5.0x as far" in far["note"] and "oracle_score 0.490 against 0.360" in far["note"] and "dpo.beta" in far["note"]
+    near = movement({"kl_to_sft": 0.06 * (ratio - 0.01), **lead}, {"kl_to_sft": 0.06, **behind}, ratio)
+    assert near["note"] is None and near["kl_to_sft_ratio"] < ratio
+    # no lead, no note: moving further and still scoring less is not a lead to explain
+    assert movement({"kl_to_sft": 0.30, **behind}, {"kl_to_sft": 0.06, **lead}, ratio)["note"] is None
+    # a run without an oracle compares the win rate against SFT
+    wr = movement({"kl_to_sft": 0.3, "win_rate_vs_sft": 0.7}, {"kl_to_sft": 0.1, "win_rate_vs_sft": 0.6}, ratio)
+    assert "win_rate_vs_sft 0.700 against 0.600" in wr["note"]
+    # offline DPO did not move (a sampled KL can be 0 or below): no ratio, a note only if the answer moved and leads
+    still = movement({"kl_to_sft": 0.1, **lead}, {"kl_to_sft": -0.001, **behind}, ratio)
+    assert still["kl_to_sft_ratio"] is None and "offline DPO did not" in still["note"] and "inf" not in still["note"]
+    assert movement({"kl_to_sft": 0.0, **lead}, {"kl_to_sft": 0.0, **behind}, ratio)["note"] is None
+    assert movement({"kl_to_sft": None}, {"kl_to_sft": 0.1}, ratio) is None and movement({}, {"kl_to_sft": 0.1}, ratio) is None

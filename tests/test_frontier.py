@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib
 import pytest
 
 from iterdpo import plots
@@ -62,6 +63,16 @@ def test_frontier_figure_has_one_marker_per_model_and_is_saved_in_the_first_run(
     dashed = [line for line in ax.lines if line.get_label() == "offline DPO across β"]
     assert len(dashed) == 1 and list(dashed[0].get_xdata()) == [0.0, 0.08, 0.3]  # SFT, then offline by KL
     assert "offline DPO across β" in labels
+
+
+def test_colours_and_legend_follow_beta_whatever_the_order_of_the_runs(runs, tmp_path):
+    no_beta = _run(tmp_path / "nob", None, {0: (0.0, 0.30), 1: (0.1, 0.36), "offline_dpo": (0.05, 0.32)})
+    ax = plots.frontier([runs[1], no_beta, runs[0]]).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [x for x in labels if x.startswith("β=") or x == "nob"] == ["β=0.1", "β=0.5", "nob"]  # no "β=nan"
+    colour = {line.get_label(): line.get_color() for line in ax.lines}
+    lightness = lambda c: sum(matplotlib.colors.to_rgb(c))
+    assert lightness(colour["β=0.1"]) < lightness(colour["β=0.5"]) < lightness(colour["nob"])  # darker: smaller beta
 
 
 def test_one_run_draws_no_offline_curve(runs):

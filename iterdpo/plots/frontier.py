@@ -53,8 +53,9 @@ def frontier(runs, name: str = "frontier"):
     if df.empty:
         return _empty(runs[0], name, title, "no evaluated models yet")
     fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
-    betas = df.groupby("run")["beta"].first()
-    by_beta = sorted(runs, key=lambda r: (betas.get(str(r)) is None, betas.get(str(r)) or 0.0))
+    betas = {run: df.loc[df["run"] == str(run), "beta"].iloc[0] if (df["run"] == str(run)).any() else None
+             for run in runs}
+    by_beta = sorted(runs, key=lambda r: (pd.isna(betas[r]), 0.0 if pd.isna(betas[r]) else betas[r]))
     palette = sns.color_palette("viridis", len(runs) + 1)[:len(runs)]  # without viridis's yellow end
     if len(runs) > 1:
         offline = df[df["arm"] == OFFLINE].sort_values("kl")
@@ -68,7 +69,7 @@ def frontier(runs, name: str = "frontier"):
         if d.empty:
             continue
         beta = d["beta"].iloc[0]
-        tag = f"β={beta:g}" if beta is not None and len(runs) > 1 else Path(run).name if len(runs) > 1 else None
+        tag = f"β={beta:g}" if pd.notna(beta) and len(runs) > 1 else Path(run).name if len(runs) > 1 else None
         path = d[d["arm"] != OFFLINE].sort_values("round")
         ax.plot(path["kl"], path["score"], color=colour, linewidth=1.2, alpha=0.7, label=tag)
         for _, p in d.iterrows():
