@@ -10,8 +10,8 @@ the gates that exclude a round (controller.eligible: capability, KL, fluency; we
 exclude), judged like a round on the same held-out prompts and probes. The choice never reads the oracle;
 its score is recorded with each candidate, for the report only. The kept candidate's policy and evaluation
 then stand for the round (RunFolder.policy, RunFolder.eval); when none passes, the round is left as it is,
-and the controller retries with gentler settings as before. The offline arm gets the same repair toward SFT, so both arms meet the same
-gates the same way.
+and the controller retries with gentler settings as before. The offline arm gets the same repair toward SFT,
+so both arms meet the same gates the same way.
 """
 
 from __future__ import annotations

@@ -53,9 +53,8 @@ def frontier(runs, name: str = "frontier"):
     if df.empty:
         return _empty(runs[0], name, title, "no evaluated models yet")
     fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
-    betas = {run: df.loc[df["run"] == str(run), "beta"].iloc[0] if (df["run"] == str(run)).any() else None
-             for run in runs}
-    by_beta = sorted(runs, key=lambda r: (pd.isna(betas[r]), 0.0 if pd.isna(betas[r]) else betas[r]))
+    beta = {run: df.loc[df["run"] == str(run), "beta"].min() for run in runs}  # NaN: none recorded, or no points
+    by_beta = sorted(runs, key=lambda r: (pd.isna(beta[r]), 0.0 if pd.isna(beta[r]) else beta[r]))
     palette = sns.color_palette("viridis", len(runs) + 1)[:len(runs)]  # without viridis's yellow end
     if len(runs) > 1:
         offline = df[df["arm"] == OFFLINE].sort_values("kl")
@@ -68,8 +67,7 @@ def frontier(runs, name: str = "frontier"):
         d = df[df["run"] == str(run)]
         if d.empty:
             continue
-        beta = d["beta"].iloc[0]
-        tag = f"β={beta:g}" if pd.notna(beta) and len(runs) > 1 else Path(run).name if len(runs) > 1 else None
+        tag = f"β={beta[run]:g}" if pd.notna(beta[run]) and len(runs) > 1 else Path(run).name if len(runs) > 1 else None
         path = d[d["arm"] != OFFLINE].sort_values("round")
         ax.plot(path["kl"], path["score"], color=colour, linewidth=1.2, alpha=0.7, label=tag)
         for _, p in d.iterrows():
