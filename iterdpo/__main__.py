@@ -288,4 +288,6 @@ def report(summary: dict, seconds: float, out: Path) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .dist import run_process
+
+    run_process(main)  # sys.exit(main()); several processes end without the interpreter's finalization

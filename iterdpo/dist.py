@@ -15,16 +15,21 @@ With N processes every process runs the same stage code, and:
   one process, so the records are identical whatever N is;
 - writes: only the main process writes a stage folder (``stage_folder``, still atomic); the others
   compute into a throwaway folder and wait at a barrier, then read the finished folder. ``on_main`` runs
-  a single write (the controller's decision, the summary) once.
+  a single write (the controller's decision, the summary) once;
+- the end: ``shutdown`` leaves the group at a barrier, and ``run_process`` ends each process without the
+  interpreter's finalization, which gloo's worker threads can abort.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import tempfile
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 
 def world_size() -> int:
@@ -61,13 +66,45 @@ def init():
 
 
 def shutdown() -> None:
-    """Leave the process group cleanly: every process meets at a barrier, then the group is destroyed. A gloo
-    group left to interpreter exit can abort a process ("terminate called without an active exception")."""
+    """Leave the process group cleanly: every process meets at a barrier, then the group is destroyed. That is
+    not enough for gloo's worker threads (they outlive it): end the process with `run_process`."""
     import torch.distributed as td
 
     if active() and td.is_available() and td.is_initialized():
         td.barrier()
         td.destroy_process_group()
+
+
+def run_process(main: Callable[[], int]) -> NoReturn:
+    """Run `main` and end the process with its exit status.
+
+    One process: ``sys.exit``, as usual. Several: the process ends with ``os._exit`` once stdout, stderr and
+    the logs are flushed, skipping the interpreter's finalization. A gloo worker thread can still be freeing
+    the last collectives' tensors when the main thread reaches interpreter exit, even after ``shutdown``
+    (``destroy_process_group`` leaves gloo's worker threads running); freeing a tensor Python created needs
+    the GIL, which a finalizing interpreter no longer gives, and the process aborts with "terminate called
+    without an active exception" after all its work is done. The backtrace of such a core: ProcessGroupGloo::
+    runLoop → ~AsyncBarrierWork → ~AsyncAllgatherWork → TensorImpl::decref_pyobject → take_gil →
+    pthread_exit. Everything this package writes is closed and renamed before `main` returns, so skipping
+    finalization loses nothing; atexit handlers do not run."""
+    if not active():
+        sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as e:  # argparse's errors, an explicit sys.exit
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # closed or replaced by something without a flush
+            pass
+    os._exit(code)
 
 
 def rank() -> int:
