@@ -290,4 +290,4 @@ def report(summary: dict, seconds: float, out: Path) -> str:
 if __name__ == "__main__":
     from .dist import run_process
 
-    run_process(main)  # sys.exit(main()); several processes end without the interpreter's finalization
+    run_process(main)  # as sys.exit(main()); with several processes, without the interpreter's finalization

@@ -22,11 +22,11 @@ With N processes every process runs the same stage code, and:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
 import tempfile
-import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn
@@ -66,8 +66,8 @@ def init():
 
 
 def shutdown() -> None:
-    """Leave the process group cleanly: every process meets at a barrier, then the group is destroyed. That is
-    not enough for gloo's worker threads (they outlive it): end the process with `run_process`."""
+    """Leave the process group cleanly: every process meets at a barrier, then the group is destroyed. Gloo's
+    worker threads can outlive it: end the process with `run_process`."""
     import torch.distributed as td
 
     if active() and td.is_available() and td.is_initialized():
@@ -75,29 +75,29 @@ def shutdown() -> None:
         td.destroy_process_group()
 
 
-def run_process(main: Callable[[], int]) -> NoReturn:
-    """Run `main` and end the process with its exit status.
+def run_process(main: Callable[[], int | None]) -> NoReturn:
+    """Run `main` and end the process with its exit status, as ``sys.exit(main())`` does.
 
-    One process: ``sys.exit``, as usual. Several: the process ends with ``os._exit`` once stdout, stderr and
-    the logs are flushed, skipping the interpreter's finalization. A gloo worker thread can still be freeing
-    the last collectives' tensors when the main thread reaches interpreter exit, even after ``shutdown``
-    (``destroy_process_group`` leaves gloo's worker threads running); freeing a tensor Python created needs
-    the GIL, which a finalizing interpreter no longer gives, and the process aborts with "terminate called
-    without an active exception" after all its work is done. The backtrace of such a core: ProcessGroupGloo::
+    With several processes the process then ends with ``os._exit``, after the atexit handlers have run and
+    logging, stdout and stderr are flushed: the interpreter's finalization is skipped. Finalization can
+    abort a process whose work is done. A gloo worker thread can outlive ``shutdown`` and still be freeing
+    the last collectives' tensors; freeing a tensor that Python created needs the GIL, a finalizing
+    interpreter ends any thread that asks for it, and ending a thread inside a C++ destructor aborts the
+    process ("terminate called without an active exception"). The core of such an abort: ProcessGroupGloo::
     runLoop → ~AsyncBarrierWork → ~AsyncAllgatherWork → TensorImpl::decref_pyobject → take_gil →
-    pthread_exit. Everything this package writes is closed and renamed before `main` returns, so skipping
-    finalization loses nothing; atexit handlers do not run."""
+    pthread_exit. Not waited for, as they would be at a normal exit: non-daemon threads (this package
+    starts none). Files this package writes are closed, and stage folders renamed into place, before
+    `main` returns."""
     if not active():
         sys.exit(main())
     try:
-        code = main()
-    except SystemExit as e:  # argparse's errors, an explicit sys.exit
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-        code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
+        sys.exit(main())
+    except SystemExit as e:
+        code = _status(e.code)
+    except BaseException as e:
+        sys.excepthook(*sys.exc_info())
+        code = 130 if isinstance(e, KeyboardInterrupt) else 1  # 130: what a shell reports for Ctrl-C
+    atexit._run_exitfuncs()  # what finalization runs first (e.g. a tracker's finish), while all is still alive
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
@@ -105,6 +105,14 @@ def run_process(main: Callable[[], int]) -> NoReturn:
         except (AttributeError, OSError, ValueError):  # closed or replaced by something without a flush
             pass
     os._exit(code)
+
+
+def _status(code) -> int:
+    """The exit status ``sys.exit(code)`` gives: None is 0, an int itself, anything else printed, then 1."""
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)
+    return 1
 
 
 def rank() -> int:
