@@ -214,13 +214,14 @@ TINY = {"toy.pretrain_docs": 300, "toy.pretrain_steps": 5, "data.train_pairs": 6
 def test_killed_two_process_run_resumes(tmp_path):
     out = tmp_path / "run"
     run = RunFolder(out)
-    job = torchrun(2, ["-m", "iterdpo", "run", "--preset", "tiny", "--rounds", "2", "--out", str(out), *sets(TINY)],
-                   background=True)
+    # 200 DPO steps: with TINY's 30, an idle machine finished round 1's training before the kill
+    job = torchrun(2, ["-m", "iterdpo", "run", "--preset", "tiny", "--rounds", "2", "--out", str(out),
+                       *sets({**TINY, "dpo.max_steps": 200})], background=True)
     deadline = time.time() + 600
     while not list(out.glob("round_1/dpo.tmp-*")) and time.time() < deadline and job.poll() is None:
         time.sleep(0.2)
     assert job.poll() is None, "the run ended before its first DPO round started: " + job.stdout.read()[-3000:]
-    time.sleep(2)  # in the middle of round 1's training
+    time.sleep(1)  # in round 1's training
     os.killpg(job.pid, signal.SIGKILL)  # the torchrun agent and both workers, at once
     job.wait()
     assert run.done(run.generate(1)) and not run.done(run.dpo(1)) and list(out.glob("round_1/dpo.tmp-*"))
