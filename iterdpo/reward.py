@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import dist
-from .generate import _batches, encode_pairs, prompt_cache
+from .sampling import batches, encode_pairs, prompt_cache
 from .losses import bradley_terry_loss, preference_stats
 from .progress import bar
 
@@ -152,7 +152,7 @@ def score(model: RewardModel, tokenizer, prompts: list[str], responses: list[str
     dev = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
     out = {}
-    for idx in bar(dist.mine(list(_batches(order, batch_size))), desc):  # several processes: every N-th batch each
+    for idx in bar(dist.mine(list(batches(order, batch_size))), desc):  # several processes: every N-th batch each
         eos = [ended[i] for i in idx] if ended is not None else None
         ids, att, resp = encode_pairs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], eos)
         for i, r in zip(idx, model.score(ids.to(dev), att.to(dev), resp.to(dev)).float().cpu().tolist()):
@@ -181,7 +181,7 @@ def score_grouped(model: RewardModel, tokenizer, prompts: list[str], responses: 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: dict[int, list[float]] = {}
     tokenizer.padding_side = "left"
-    for idx in bar(dist.mine(list(_batches(order, max(1, batch_size // k)))), desc):
+    for idx in bar(dist.mine(list(batches(order, max(1, batch_size // k)))), desc):
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
         att = enc["attention_mask"]
         resp = [tokenizer(responses[i][j], add_special_tokens=False)["input_ids"] + ([eos] if ended[i][j] else [])

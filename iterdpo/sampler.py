@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from . import generate
+from . import sampling
 from .config import ModelConfig
 from .models import Precision, free, load_causal_lm, load_tokenizer
 from .vllm_sampler import VLLMSampler
@@ -35,7 +35,7 @@ class Sampler(Protocol):
 
 
 class HFSampler:
-    """Batched Hugging Face sampling (iterdpo.generate): length-sorted, left-padded, each prompt read once."""
+    """Batched Hugging Face sampling (iterdpo.sampling): length-sorted, left-padded, each prompt read once."""
 
     def __init__(self, model, tokenizer, batch_size: int):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -45,11 +45,11 @@ class HFSampler:
         return cls(load_causal_lm(path, mcfg, precision), load_tokenizer(path, mcfg), batch_size)
 
     def sample(self, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, seed=0, greedy=False, desc="sampling"):
-        return generate.sample(self.model, self.tokenizer, prompts, k, max_new_tokens, temperature, top_p,
+        return sampling.sample(self.model, self.tokenizer, prompts, k, max_new_tokens, temperature, top_p,
                                self.batch_size, seed=seed, greedy=greedy, desc=desc)
 
     def logprobs(self, prompts, completions, add_eos=None, desc="log-probs"):
-        return generate.completion_logprobs(self.model, self.tokenizer, prompts, completions, self.batch_size,
+        return sampling.completion_logprobs(self.model, self.tokenizer, prompts, completions, self.batch_size,
                                             add_eos=add_eos, desc=desc)
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from . import dist
 from .config import ConfigError, ModelConfig
-from .generate import add_response
+from .sampling import add_response
 from .models import Precision, free, load_tokenizer
 
 

@@ -84,7 +84,7 @@ def test_split_batch_keeps_the_effective_batch(monkeypatch):
 # the sharded helpers: 2 processes give what 1 gives --------------------------------------------------------
 SHARDED = r"""
 import json, sys, torch
-from iterdpo import dist, generate, reward
+from iterdpo import dist, reward, sampling
 from iterdpo.models import load_tokenizer
 from transformers import AutoModelForCausalLM
 def main():
@@ -93,8 +93,8 @@ def main():
     tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     prompts = json.load(open(path + "/prompts.json"))
-    recs = generate.sample(model, tok, prompts, 3, 6, batch_size=12, seed=5)
-    lp, n = generate.completion_logprobs(model, tok, [r["prompt"] for r in recs], [r["responses"][0] for r in recs],
+    recs = sampling.sample(model, tok, prompts, 3, 6, batch_size=12, seed=5)
+    lp, n = sampling.completion_logprobs(model, tok, [r["prompt"] for r in recs], [r["responses"][0] for r in recs],
                                          4)
     torch.manual_seed(0)
     rm = reward.RewardModel(model.model, 16).eval()
@@ -237,7 +237,7 @@ def test_killed_two_process_run_resumes(tmp_path):
 # the benchmark line ------------------------------------------------------------------------------------------------
 THROUGHPUT = r"""
 import json, sys, time
-from iterdpo import dist, generate
+from iterdpo import dist, sampling
 from iterdpo.models import load_tokenizer
 from transformers import AutoModelForCausalLM
 def main():
@@ -245,10 +245,10 @@ def main():
     path = sys.argv[1]
     tok, model = load_tokenizer(path), AutoModelForCausalLM.from_pretrained(path)
     prompts = json.load(open(path + "/prompts.json")) * 48
-    generate.sample(model, tok, prompts[:4], 4, 16, batch_size=32)  # warm-up
+    sampling.sample(model, tok, prompts[:4], 4, 16, batch_size=32)  # warm-up
     dist.barrier()
     t0 = time.perf_counter()
-    recs = generate.sample(model, tok, prompts, 4, 16, batch_size=32, seed=1)
+    recs = sampling.sample(model, tok, prompts, 4, 16, batch_size=32, seed=1)
     seconds = time.perf_counter() - t0
     if dist.is_main():
         tokens = sum(sum(r["n_tokens"]) for r in recs)

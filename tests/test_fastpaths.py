@@ -58,7 +58,7 @@ def toy(tmp_path_factory):
 
 
 def test_shared_prompt_sampling_draws_the_same_samples(toy):
-    from iterdpo.generate import sample
+    from iterdpo.sampling import sample
 
     model, _, toy_tokenizer, prompts = toy
     shared = sample(model, toy_tokenizer, prompts, 4, 10, batch_size=24, seed=3, share_prompt=True)
@@ -143,7 +143,7 @@ def test_bf16_sampling_and_scoring_stay_close_to_fp32(toy, tmp_path):
     """The bf16 path runs end to end (prompt cache, sampling, grouped scoring) and moves rewards and
     log-probs by bf16 rounding only."""
     from iterdpo import reward
-    from iterdpo.generate import completion_logprobs, sample
+    from iterdpo.sampling import completion_logprobs, sample
 
     model, rm, toy_tokenizer, prompts = toy
     model16 = copy.deepcopy(model).to(torch.bfloat16)

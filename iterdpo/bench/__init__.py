@@ -4,7 +4,7 @@
     python -m iterdpo.bench --model tiny --quick                  # the CI twin (~1-2 min)
     python -m iterdpo.bench --device-check [--quick]             # the GPU path with a T4 emulated (devicecheck/)
 
-1. Generation: ``generate.sample`` (length-sorted, left-padded, k sequences per prompt per call) and
+1. Generation: ``sampling.sample`` (length-sorted, left-padded, k sequences per prompt per call) and
    batched ``reward.score``, against one ``generate()`` call per sample and one reward forward per
    response. Same prompts, k, max_new_tokens and temperature. ``generation_speedup`` is the median
    over repeats of baseline time / our time, the arms alternating (ABBA) so drift hits both. Ours runs

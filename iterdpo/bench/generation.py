@@ -7,7 +7,7 @@ import statistics
 import torch
 
 from .. import reward
-from ..generate import completion_logprobs, encode_pairs, sample
+from ..sampling import completion_logprobs, encode_pairs, sample
 from ..models import free, load_causal_lm
 from .setup import Setup, Sizes, _paired
 

@@ -9,7 +9,7 @@ limit, so a crash, a hang or an out-of-memory loses only that check; the report 
                  (or measured, and said so); a measured fp16 matmul rate beside them.
   t4_shapes      Qwen2.5-0.5B-Instruct's architecture (QWEN25_05B, random weights): peak memory per stage
                  against memory.plan_for's estimate, the planner's micro-batch, DPO tokens/s and MFU
-                 (dpo_flops_per_token), generate.sample's tokens/s at the preset's batch against one generate()
+                 (dpo_flops_per_token), sampling.sample's tokens/s at the preset's batch against one generate()
                  per prompt (same prompts, k sequences each) and against the memory-bandwidth bound, and the
                  reward model's scoring tokens/s. Token ids are random, through a word-level tokenizer of the
                  model's vocabulary size (word "w<i>" is id i), so no download is needed.

@@ -30,11 +30,11 @@ GPUS = [(("H100", "PCIe"), "H100 PCIe", 756.0, 2000.0), (("H100", "NVL"), None, 
 
 @dataclass(frozen=True)
 class Sizes:
-    prompts: int                  # generation: prompts given to generate.sample
+    prompts: int                  # generation: prompts given to sampling.sample
     baseline_prompts: int         # the first of them, each given to one generate() call
     k: int                        # samples per prompt (the t4 preset's generation.k)
     max_new_tokens: int
-    gen_batch: int                # sequences per generate.sample call (the t4 preset's generation.batch_size)
+    gen_batch: int                # sequences per sampling.sample call (the t4 preset's generation.batch_size)
     score_batch: int              # responses per reward forward (the t4 preset's reward.score_batch_size)
     dpo_steps: int                # optimizer steps of the DPO measurement
     dpo_batch: int                # pairs per micro-batch before the planner; x dpo_accum = the effective batch

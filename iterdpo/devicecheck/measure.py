@@ -137,7 +137,7 @@ def measure_model(model_dir: Path, s: Sizes, work: Path, cuda: bool, device: dic
 
     from .. import reward
     from ..config import load_preset
-    from ..generate import sample
+    from ..sampling import sample
     from ..memory import config_size
     from ..models import load_causal_lm, load_tokenizer, resolve_precision
 
