@@ -22,10 +22,18 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, load_preset, parse_override
-from .controller import headline
+from . import dist
+from .config import SECTIONS, ConfigError, RunConfig, field_help, load_preset, parse_override
+from .controller.report import headline
 from .data import ApproxTokenizer, DataError, load_pairs, preflight
-from .runfolder import RunFolder
+from .folder import write_json
+from .guard import NonFiniteError
+from .models import resolve_source
+from .pipeline import run_all
+from .resume import ResumeError, resume, resumed_config
+from .runfolder import OFFLINE_ARM, RunFolder
+from .runner import run_notebooks
+from .metrics import N, win_rate_vs
 
 
 class RunFolderError(Exception):
@@ -98,9 +106,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line_error(e: Exception) -> bool:
     """Errors in what the user gave (config, data, files, the run folder, a notebook): no traceback."""
-    from .guard import NonFiniteError
-    from .resume import ResumeError
-
     return (isinstance(e, (ConfigError, DataError, RunFolderError, ResumeError, NonFiniteError, OSError))
             or type(e).__name__ == "PapermillExecutionError")
 
@@ -125,8 +130,6 @@ def _show(args) -> int:
     if not args.help_fields:
         print(cfg.to_yaml())
         return 0
-    from .config import SECTIONS, field_help
-
     values = cfg.to_dict()
     for section in SECTIONS:
         print(f"{section}:")
@@ -136,8 +139,6 @@ def _show(args) -> int:
 
 
 def _run(args) -> int:
-    from . import dist
-
     dist.init()
     if dist.active():
         if not dist.is_main():  # one process speaks; the others' errors still reach stderr
@@ -157,12 +158,8 @@ def _run(args) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
     if args.engine == "notebooks":
-        from .runner import run_notebooks
-
         summary = run_notebooks(cfg, overrides={**overrides, "rounds": cfg.rounds}, resume=args.resume)
     else:
-        from .pipeline import run_all
-
         summary = run_all(cfg)
     print(report(summary, time.perf_counter() - t0, Path(cfg.out)))
     dist.shutdown()
@@ -172,8 +169,6 @@ def _run(args) -> int:
 def _setup(args):
     """(config, overrides) of the run, --out checked, resumed or started fresh, config.json written; or the
     error, when launched as several processes (the main process raises it after telling the others)."""
-    from . import dist
-
     try:
         return _setup_run(args)
     except Exception as e:
@@ -188,8 +183,6 @@ def _setup_run(args):
     args.out = cfg.out  # main()'s error report looks for a failed notebook there
     check_out(out, fresh=args.fresh, resume=args.resume)
     if args.resume and not args.fresh:
-        from .resume import resume, resumed_config
-
         run = RunFolder(out)
         if not run.exists():
             raise RunFolderError(f"--resume: {out} has no config.json, so it holds no run to continue")
@@ -199,8 +192,6 @@ def _setup_run(args):
     if args.fresh and out.exists():
         shutil.rmtree(out)
     if not RunFolder(out).exists():  # first, so a run that fails in its first stage is still a run folder
-        from .folder import write_json
-
         out.mkdir(parents=True, exist_ok=True)
         write_json(RunFolder(out).config_path, cfg.to_dict())
     return cfg, overrides
@@ -233,8 +224,6 @@ def check_data_tokenizer(cfg: RunConfig):
     try:
         from transformers import AutoTokenizer
 
-        from .models import resolve_source
-
         path, gguf = resolve_source(cfg.model)
         kw = {"gguf_file": gguf} if gguf else {}
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=cfg.model.trust_remote_code, **kw)
@@ -263,8 +252,8 @@ def _check_data(args) -> int:
 
 
 def report(summary: dict, seconds: float, out: Path) -> str:
-    keys = ("win_rate_vs_sft", "oracle_win_rate_vs_sft", "oracle_score", "win_rate_vs_offline_dpo", "preference_accuracy",
-            "mean_reward", "kl_to_reference", "kl_to_sft", "pair_success_rate")
+    keys = (N.win_rate_vs_sft, N.oracle_win_rate_vs_sft, N.oracle_score, win_rate_vs(OFFLINE_ARM), N.preference_accuracy,
+            N.mean_reward, N.kl_to_reference, N.kl_to_sft, N.pair_success_rate)
     lines = [f"run folder: {out}   total {seconds:.0f} s   best round: {summary['best_round']}"]
     lines.append(f"{'round':>8} {'decision':>16} " + " ".join(f"{k[:22]:>22}" for k in keys))
     rows = [(str(r["round"]), r.get("decision", "baseline" if r["round"] == 0 else ""), r["metrics"]) for r in summary["rounds"]]

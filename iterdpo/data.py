@@ -301,8 +301,6 @@ def preflight(cfg) -> None:
     """Cheap checks before any model loads: local data files are readable and hold more rows than
     data.heldout_pairs (rows are counted, not parsed: no tokenizer needed). Hub datasets are not counted."""
     d = cfg.data
-    if cfg.is_toy:
-        return
     local = [p for p in d.path if is_local(p)]
     rows, need = 0, d.heldout_pairs + 1
     for p in local:  # every file is opened (so a missing or unreadable one is named now); counting stops early

@@ -31,6 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn
 
+from .folder import is_done
+from .folder import stage_folder as atomic
+from .runfolder import StageFiles
+
 
 def world_size() -> int:
     """Processes in this launch (torchrun and accelerate launch set WORLD_SIZE; 1 without them)."""
@@ -200,8 +204,6 @@ def stage_folder(path: str | Path, config: dict, force: bool = False) -> Iterato
     a throwaway folder. All meet at a barrier when the stage is written, so the others then read it. On an
     error there is no barrier: the launcher stops the other processes.
     """
-    from .folder import is_done, stage_folder as atomic
-
     if not active():
         with atomic(path, config, force) as tmp:
             yield tmp
@@ -227,8 +229,6 @@ def shared_dataset(rows: list[dict], folder: Path):
     ds = Dataset.from_list(rows)
     if not active():
         return ds
-    from .runfolder import StageFiles
-
     where = StageFiles(broadcast(str(folder))).dataset
     if is_main():
         ds.save_to_disk(str(where))

@@ -32,6 +32,7 @@ from .memory import plan_for, with_oom_retry
 from .models import Precision, check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision
 from .runfolder import StageFiles
 from .training import common_args, fp16_safe_adapters, last_logged, save_log, save_trained
+from .metrics import N
 
 
 def pair_lengths(tokenizer, pairs: list[dict]) -> list[int]:
@@ -188,8 +189,8 @@ def round_stage(cfg, run, rnd: int, plan: dict, dest: Path) -> dict:
     return {"start_round": plan["start"], "reference_round": ref_round, "reference": str(run.policy(ref_round)),
             "reference_kind": cfg.dpo.reference, "params": p, "loss_type": dcfg.loss_type,
             "pairs_by_source": dict(Counter(x.get("source", "seed") for x in pairs)), "max_length": out["max_length"],
-            **_batch_record(out), "train_loss": last_logged(log, "loss"),
-            "train_reward_accuracy": last_logged(log, "rewards/accuracies"),
+            **_batch_record(out), N.train_loss: last_logged(log, "loss"),
+            N.train_reward_accuracy: last_logged(log, "rewards/accuracies"),
             "train_reward_margin": last_logged(log, "rewards/margins")}
 
 
@@ -209,5 +210,5 @@ def offline_stage(cfg, run, dest: Path) -> dict:
     pairs = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
     out = train_with_retry(str(run.policy(0)), None, pairs, dcfg, cfg, dest, cfg.seed_for("offline_dpo"),
                            where="offline_dpo", logs=run.log_dir("offline_dpo"))
-    return {"max_steps": steps, "rounds_matched": rounds, "pairs": len(pairs), "train_loss": last_logged(out["log"], "loss"),
+    return {"max_steps": steps, "rounds_matched": rounds, N.pairs: len(pairs), N.train_loss: last_logged(out["log"], "loss"),
             "max_length": out["max_length"], **_batch_record(out)}

@@ -21,10 +21,13 @@ import yaml
 
 from .config import RunConfig
 from .folder import read_json, write_json
+from .metrics import N
+from .progress import live as watched
 from .runfolder import RunFolder, StageFiles
+from .worlds import world_of
 
-CARD_METRICS = ["oracle_score", "mean_reward", "win_rate_vs_sft", "win_rate_vs_previous", "preference_accuracy",
-                "kl_to_reference", "capability_retention", "mean_length"]
+CARD_METRICS = [N.oracle_score, N.mean_reward, N.win_rate_vs_sft, N.win_rate_vs_previous, N.preference_accuracy,
+                N.kl_to_reference, N.capability_retention, N.mean_length]
 
 
 def best_round(run: str | Path) -> int:
@@ -107,14 +110,12 @@ def model_card(cfg: RunConfig) -> str:
     rf = RunFolder(cfg.out)
     rnd = best_round(rf.root)
     rep = rf.metrics(rf.repair(rnd)) if rf.repaired(rnd) else None
-    toy = cfg.is_toy
-    base = ("a tiny Llama trained from scratch on the toy world (`list N <topic>` prompts, scored by an oracle)"
-            if toy else f"`{cfg.model.name_or_path}`")
+    world = world_of(cfg)
+    base, source = world.describe(cfg)
     data = rf.metrics(rf.stage("data")) if rf.done(rf.stage("data")) else {}
-    source = "the toy world's noisy seed writer" if toy else ", ".join(cfg.data.path) or cfg.data.source
     front = {"library_name": "transformers", "tags": ["dpo", "iterative-dpo", "iterdpo"]}
-    if not toy and not Path(cfg.model.name_or_path).exists():
-        front["base_model"] = cfg.model.name_or_path
+    if world.hub_base(cfg):
+        front["base_model"] = world.hub_base(cfg)
     where = cfg.export.hub_model_id or str(rf.best)
     n_rounds = len(rf.decisions())
     lines = [
@@ -136,7 +137,7 @@ def model_card(cfg: RunConfig) -> str:
         _table(_decision_rows(rf), ["round", "decision", "triggers", "changes", "repair", "next starts from", "best so far"])
         if rf.decisions() else "No DPO round ran.", "",
         "## Metrics on held-out prompts", "",
-        "Win rates are judged by the run's reward model; `oracle_score` exists only in the toy world.", "",
+        "Win rates are judged by the run's reward model; `oracle_score` exists only where the world has an oracle.", "",
         _table(_metric_rows(rf), ["model", *CARD_METRICS]), "",
         "## How to load it", "",
         "With plain transformers, no iterdpo needed:", "",
@@ -145,7 +146,7 @@ def model_card(cfg: RunConfig) -> str:
         "",
         f'tok = AutoTokenizer.from_pretrained("{where}")',
         f'model = AutoModelForCausalLM.from_pretrained("{where}")',
-        f'prompt = tok.apply_chat_template([{{"role": "user", "content": "{"list 3 fruit" if toy else "Hello!"}"}}], '
+        f'prompt = tok.apply_chat_template([{{"role": "user", "content": "{world.example_prompts(cfg, 1)[0]}"}}], '
         'add_generation_prompt=True, return_dict=True, return_tensors="pt")',
         "out = model.generate(**prompt, max_new_tokens=64, do_sample=True)",
         'print(tok.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True))',
@@ -222,26 +223,16 @@ class Chat:
 
 
 def example_prompts(cfg: RunConfig, n: int = 5) -> list[str]:
-    """User messages to try: the toy world's task, or a few general ones."""
-    if cfg.is_toy:
-        from .toyworld import ToyWorld
-
-        w = ToyWorld(cfg.toy)
-        span = cfg.toy.max_n - cfg.toy.min_n + 1
-        return [w.prompt_text(cfg.toy.min_n + i % span, t) for i, t in enumerate(list(w.topics)[:n])]
-    return ["What is direct preference optimization, in two sentences?", "Give me three tips for a job interview.",
-            "How do I politely decline an invitation?", "Explain photosynthesis to a child.",
-            "Write a haiku about the sea."][:n]
+    """User messages to try: the world's own (the toy world's task, or a few general ones)."""
+    return world_of(cfg).example_prompts(cfg, n)
 
 
 def chat(cfg: RunConfig, prompts: list[str] | None = None, live: bool | None = None):
     """An input box to chat with best/ when the notebook is live; replies to fixed prompts (a table) otherwise."""
     import pandas as pd
 
-    from . import notebook
-
     bot = Chat(RunFolder(cfg.out).best, seed=cfg.seed)
-    live = notebook.live() if live is None else live
+    live = watched() if live is None else live
     if not live:
         prompts = prompts or example_prompts(cfg)
         return pd.DataFrame({"you": prompts, "model": [bot.reply(p) for p in prompts]}).set_index("you")

@@ -12,6 +12,8 @@ import math
 from dataclasses import field
 from typing import Any
 
+import yaml
+
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the field."""
@@ -112,3 +114,22 @@ def _bounds(meta: dict) -> str:
     low = f"> {meta['gt']}" if "gt" in meta else f">= {meta['min']}" if "min" in meta else ""
     high = f"<= {meta['max']:_}" if "max" in meta else ""
     return f" (range: {', '.join(b for b in (low, high) if b)})" if low or high else ""
+
+
+def _number(v: Any) -> Any:
+    """A numeric string as a float; anything else unchanged (for the checks that follow to name it)."""
+    try:
+        return float(v) if isinstance(v, str) else v
+    except ValueError:
+        return v
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'dpo.beta=0.2' -> ('dpo.beta', 0.2); values are parsed as YAML scalars or lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None

@@ -4,15 +4,24 @@ seam, iterdpo.samplers)."""
 
 from __future__ import annotations
 
+import random
+
 import torch
 
-from .data import as_completion
+from . import reward
+from .data import GEN_KEYS, as_completion, check_records
+from .folder import write_jsonl
+from .metrics import N
+from .models import inference_precision, resolve_precision
+from .pairs import make_pairs
+from .runfolder import StageFiles
+from .samplers import load as load_sampler
+from .suites import capability_pairs
+from .worlds import world_of
 
 
 def round_prompts(cfg, run, rnd: int, plan: dict) -> tuple[list[str], int]:
     """(the round's prompts, how many of them are the controller's targeted hard prompts)."""
-    import random
-
     rng = random.Random(cfg.seed_for("round_prompts", rnd))
     pool = run.prompts("gen_prompts")
     prompts = rng.sample(pool, min(cfg.generation.prompts_per_round, len(pool)))
@@ -26,18 +35,10 @@ def generate_round(cfg, run, rnd: int, plan: dict, dest) -> dict:
 
     Writes samples.jsonl (generation records with rewards) and pairs.jsonl; returns the label diagnostics.
     """
-    from . import reward, sampler
-    from .data import GEN_KEYS, check_records
-    from .folder import write_jsonl
-    from .models import inference_precision, resolve_precision
-    from .pairs import make_pairs
-    from .runfolder import StageFiles
-    from .worlds import world_of
-
     g = cfg.generation
     prompts, n_hard = round_prompts(cfg, run, rnd, plan)
     precision = inference_precision(g.precision, resolve_precision(cfg.model.precision))
-    policy = sampler.load(g.backend, str(run.policy(plan["start"])), cfg.model, precision, g.batch_size)
+    policy = load_sampler(g.backend, str(run.policy(plan["start"])), cfg.model, precision, g.batch_size)
     tok = policy.tokenizer
     records = policy.sample(prompts, g.k, g.max_new_tokens, g.temperature, g.top_p, seed=cfg.seed_for("sampling", rnd),
                             desc=f"round {rnd}: sampling")
@@ -51,15 +52,15 @@ def generate_round(cfg, run, rnd: int, plan: dict, dest) -> dict:
         r["rewards"] = [sum(m[i][j] for m in members) / len(members) for j in range(len(r["responses"]))]
         if len(members) > 1:
             r["member_rewards"] = [m[i] for m in members]
-        if world:
+        if world.has_oracle:
             r["oracle"] = [world.oracle(r["prompt"], x, e) for x, e in zip(r["responses"], r["ended"])]
     check_records(records, GEN_KEYS, str(StageFiles(dest).samples))
     min_gap = max(g.min_reward_gap, plan["targeted"].get("min_reward_gap", 0.0))  # the controller's, after weak labels
     pairs, dropped = make_pairs(records, g.strategy, min_gap, g.require_eos, g.length_penalty,
                                 cfg.seed_for("pairs", rnd), source=f"round_{rnd}", min_agreement=g.min_agreement)
-    m = label_diagnostics(pairs, dropped, len(records), cfg, run)
+    m = label_diagnostics(pairs, dropped, len(records), world.has_oracle, run)
     if plan["targeted"].get("capability_pairs"):
-        m["capability_pairs"] = _add_capability_pairs(pairs, tok, cfg, rnd)
+        m["capability_pairs"] = _add_capability_pairs(pairs, tok, cfg, world.style, rnd)
     m.update(start_round=plan["start"], precision=precision.name, prompts=len(records), hard_prompts=n_hard, min_reward_gap=min_gap,
              samples=sum(len(r["responses"]) for r in records))
     write_jsonl(StageFiles(dest).samples, records)
@@ -67,12 +68,9 @@ def generate_round(cfg, run, rnd: int, plan: dict, dest) -> dict:
     return m
 
 
-def _add_capability_pairs(pairs: list[dict], tok, cfg, rnd: int) -> int:
+def _add_capability_pairs(pairs: list[dict], tok, cfg, style: str, rnd: int) -> int:
     """The controller's targeted data after a capability regression: probe-style pairs, appended to `pairs`."""
-    from . import capability
-
-    cap = capability.capability_pairs("toy" if cfg.is_toy else "chat", max(8, len(pairs) // 4),
-                                      cfg.seed_for("capability_pairs", rnd))
+    cap = capability_pairs(style, max(8, len(pairs) // 4), cfg.seed_for("capability_pairs", rnd))
     for c in cap:
         prompt = tok.apply_chat_template(c["messages"], tokenize=False, add_generation_prompt=True)
         pairs.append({"prompt": prompt, "chosen": as_completion(prompt, c["chosen"]),
@@ -80,25 +78,23 @@ def _add_capability_pairs(pairs: list[dict], tok, cfg, rnd: int) -> int:
     return len(cap)
 
 
-def label_diagnostics(pairs: list[dict], dropped, n_prompts: int, cfg, run) -> dict:
-    """Pair success rate, why pairs were dropped, the reward-gap distribution, and (in a world) oracle agreement."""
-    from .worlds import has_world
-
+def label_diagnostics(pairs: list[dict], dropped, n_prompts: int, has_oracle: bool, run) -> dict:
+    """Pair success rate, why pairs were dropped, the reward-gap distribution, and (with an oracle) oracle agreement."""
     gaps = torch.tensor([p["gap"] for p in pairs]) if pairs else torch.zeros(0)
     q = [0.1, 0.25, 0.5, 0.75, 0.9]
-    m = {"pairs": len(pairs), "pair_success_rate": len(pairs) / max(n_prompts, 1),
-         "dropped": dict(dropped), "dropped_share": {k: v / max(n_prompts, 1) for k, v in dropped.items()},
-         "reward_gap_quantiles": dict(zip(map(str, q), torch.quantile(gaps, torch.tensor(q)).tolist())) if len(gaps) else {},
-         "reward_gap_mean": gaps.mean().item() if len(gaps) else 0.0}
-    if has_world(cfg) and pairs:
+    m = {N.pairs: len(pairs), N.pair_success_rate: len(pairs) / max(n_prompts, 1),
+         N.dropped: dict(dropped), "dropped_share": {k: v / max(n_prompts, 1) for k, v in dropped.items()},
+         N.reward_gap_quantiles: dict(zip(map(str, q), torch.quantile(gaps, torch.tensor(q)).tolist())) if len(gaps) else {},
+         N.reward_gap_mean: gaps.mean().item() if len(gaps) else 0.0}
+    if has_oracle and pairs:
         agree = [1.0 if p["oracle_chosen"] > p["oracle_rejected"] else 0.5 if p["oracle_chosen"] == p["oracle_rejected"] else 0.0
                  for p in pairs]
-        m["synthetic_pair_oracle_agreement"] = sum(agree) / len(agree)
-        seed_agree = run.metrics(run.stage("data"))["seed_label_oracle_agreement"]
-        m["seed_label_oracle_agreement"] = seed_agree
-        m["labels_worse_than_seed"] = m["synthetic_pair_oracle_agreement"] < seed_agree
-        if m["labels_worse_than_seed"]:
-            print(f"WARNING: synthetic labels agree with the oracle on {m['synthetic_pair_oracle_agreement']:.3f} of pairs, "
+        m[N.synthetic_pair_oracle_agreement] = sum(agree) / len(agree)
+        seed_agree = run.metrics(run.stage("data"))[N.seed_label_oracle_agreement]
+        m[N.seed_label_oracle_agreement] = seed_agree
+        m[N.labels_worse_than_seed] = m[N.synthetic_pair_oracle_agreement] < seed_agree
+        if m[N.labels_worse_than_seed]:
+            print(f"WARNING: synthetic labels agree with the oracle on {m[N.synthetic_pair_oracle_agreement]:.3f} of pairs, "
                   f"below the seed labels' {seed_agree:.3f}")
     return m
 

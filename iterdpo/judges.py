@@ -21,78 +21,28 @@ its own (``World.judges()``: the toy world's ``exact`` and ``coverage``); ``for_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-
 import pandas as pd
 import torch
 
 from .data import check_records
 from .losses import win_rate, win_rate_se
-from .runfolder import OFFLINE, SFT, RunFolder
+from .lexicons import BUILTIN, PINS, Judge, installed, scorer  # noqa: F401 (the judges this module reads)
+from .runfolder import OFFLINE, OFFLINE_ARM, SFT, RunFolder
+from .worlds import world_of
+from .metrics import N, se, win_rate_vs
 
-Judge = Callable[[str, str, bool], float]  # (prompt, response, ended) -> score, like a world's oracle
-BUILTIN = ("oracle", "vader", "afinn", "textblob")
-PINS = {"vader": "vadersentiment==3.3.2", "afinn": "afinn==0.1", "textblob": "textblob==0.20.1"}
-COLUMNS = ["run", "judge", "model", "round", "mean", "win_rate_vs_sft", "win_rate_vs_sft_se",
-           "win_rate_vs_offline_dpo", "win_rate_vs_offline_dpo_se"]
-
-
-def _afinn() -> Judge:
-    from afinn import Afinn
-
-    lexicon = Afinn()
-    return lambda prompt, text, ended=True: lexicon.score(text) / max(len(text.split()), 1)
-
-
-def _textblob() -> Judge:
-    from textblob import TextBlob
-
-    return lambda prompt, text, ended=True: TextBlob(text).sentiment.polarity
-
-
-def _vader() -> Judge:
-    from .sentiment import sentiment
-
-    return lambda prompt, text, ended=True: sentiment(text)
-
-
-def scorer(name: str) -> Judge | None:
-    """The built-in judge `name` (None for ``oracle``, whose scores are stored with the samples)."""
-    if name == "oracle":
-        return None
-    makers = {"vader": _vader, "afinn": _afinn, "textblob": _textblob}
-    if name not in makers:
-        raise ValueError(f"unknown judge {name!r}; built in: {', '.join(BUILTIN)}, or pass (name, judge)")
-    try:
-        return makers[name]()
-    except ImportError as e:
-        raise ImportError(f"judge {name!r} needs `pip install {PINS[name]}` ({e})") from None
-
-
-def installed(names) -> list[tuple[str, Judge]]:
-    """(name, judge) for each built-in judge in `names` whose package is installed; one line names the others."""
-    out, missing = [], []
-    for name in names:
-        try:
-            out.append((name, scorer(name)))
-        except ImportError:
-            missing.append(name)
-    if missing:
-        print(f"judges: {', '.join(missing)} not installed, so not asked "
-              f"(pip install {' '.join(PINS[m] for m in missing)})")
-    return out
+COLUMNS = ["run", "judge", "model", "round", "mean", N.win_rate_vs_sft, se(N.win_rate_vs_sft),
+           win_rate_vs(OFFLINE_ARM), se(win_rate_vs(OFFLINE_ARM))]
 
 
 def for_run(cfg) -> list:
     """The judges worth reading for the run `cfg` (its RunConfig): the oracle and its world's own judges;
-    none for a source without a world."""
-    from .worlds import world_of
-
+    none for a world without an oracle."""
     world = world_of(cfg)
-    if world is None:
-        print(f"data.source {cfg.data.source!r} has no world, so no oracle: the reward model is the only judge")
+    if not world.has_oracle:
+        print(f"data.source {cfg.data.source!r} has no oracle: the reward model is the only judge")
         return []
-    return ["oracle", *(world.judges() if hasattr(world, "judges") else [])]
+    return ["oracle", *world.judges()]
 
 
 def _scores(samples: list[dict], name: str, judge: Judge | None, where: Path) -> torch.Tensor:

@@ -6,6 +6,8 @@ evaluation).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -108,3 +110,21 @@ def per_token_kl_se(policy_logps: torch.Tensor, ref_logps: torch.Tensor, n_token
     total = n.sum().clamp(min=1)
     kl = d.sum() / total
     return ((d - kl * n).pow(2).sum().sqrt() / total).item()
+
+
+def base_perplexity(samples: list[dict]) -> float:
+    """exp(-sum base_logp / sum base_tokens) over samples read by the base model (their base_logp, base_tokens)."""
+    n = sum(s["base_tokens"] for s in samples)
+    return math.exp(-sum(s["base_logp"] for s in samples) / n) if n else float("nan")
+
+
+def base_perplexity_ratio_se(samples: list[dict], sft_samples: list[dict], n_boot: int = 400, seed: int = 0) -> float:
+    """Standard error of base_perplexity(samples) / base_perplexity(sft_samples): a bootstrap over prompts, both
+    policies' samples resampled together (they are paired by prompt). Deterministic for a given seed."""
+    lp = torch.tensor([[s["base_logp"], o["base_logp"]] for s, o in zip(samples, sft_samples)], dtype=torch.float64)
+    n = torch.tensor([[s["base_tokens"], o["base_tokens"]] for s, o in zip(samples, sft_samples)], dtype=torch.float64)
+    if len(lp) < 2:
+        return 0.0
+    idx = torch.randint(len(lp), (n_boot, len(lp)), generator=torch.Generator().manual_seed(seed))
+    ppl = torch.exp(-lp[idx].sum(1) / n[idx].sum(1).clamp(min=1))  # (n_boot, 2): the policy's, SFT's
+    return (ppl[:, 0] / ppl[:, 1]).std().item()

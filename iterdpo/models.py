@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -212,8 +212,6 @@ def check_lora_targets(model, targets: list[str], where: str) -> None:
     """Raise ConfigError unless every LoRA target names a linear layer of `model` (matched as PEFT does:
     the module's name or its dotted suffix), before any training; the error lists the names there are."""
     from transformers.pytorch_utils import Conv1D
-
-    from .config import ConfigError
 
     linear = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]

@@ -9,18 +9,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-STRATEGIES = ("max_min", "max_random", "random", "max_min_length")
-
-
-def _pick(strategy: str, scores: list[float], cands: list[int], rng: random.Random) -> tuple[int, int]:
-    best = max(cands, key=lambda i: scores[i])
-    if strategy in ("max_min", "max_min_length"):
-        return best, min(cands, key=lambda i: scores[i])
-    if strategy == "max_random":
-        return best, rng.choice([i for i in cands if i != best])
-    a, b = rng.sample(cands, 2)
-    return (a, b) if scores[a] >= scores[b] else (b, a)
-
+from .registry import STRATEGIES
 
 def make_pairs(records: list[dict], strategy: str = "max_min", min_gap: float = 0.0, require_eos: bool = True,
                length_penalty: float = 0.0, seed: int = 0, source: str = "synthetic",
@@ -29,8 +18,9 @@ def make_pairs(records: list[dict], strategy: str = "max_min", min_gap: float = 
 
     Args:
         records: {"prompt", "responses": [K], "rewards": [K], "ended": [K], "n_tokens": [K]} rows.
-        strategy: max_min (best vs worst), max_random (best vs a random other), random (two at random,
-            ordered by reward), max_min_length (max_min on reward - length_penalty * n_tokens).
+        strategy: a name in iterdpo.registry.STRATEGIES (iterdpo/strategies/): max_min (best vs worst),
+            max_random (best vs a random other), random (two at random, ordered by reward), max_min_length
+            (max_min on reward - length_penalty * n_tokens).
         min_gap: pairs whose (possibly length-penalised) reward gap is below this are dropped.
         require_eos: responses that never ended are not candidates; empty responses never are.
         min_agreement: with a reward ensemble (records carry "member_rewards": [members][K]), the share of
@@ -39,13 +29,14 @@ def make_pairs(records: list[dict], strategy: str = "max_min", min_gap: float = 
         (pairs, dropped): pairs carry prompt, chosen, rejected, source, reward_chosen, reward_rejected, gap.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown pairing strategy {strategy!r}; choose from {STRATEGIES}")
+        raise ValueError(f"unknown pairing strategy {strategy!r}; choose from {STRATEGIES.names()}")
+    chosen_by = STRATEGIES[strategy]
     rng = random.Random(seed)
     pairs, dropped = [], Counter()
     for rec in records:
         resp, rewards = rec["responses"], rec["rewards"]
         scores = list(rewards)
-        if strategy == "max_min_length":
+        if chosen_by.length_penalised:
             scores = [r - length_penalty * n for r, n in zip(rewards, rec["n_tokens"])]
         cands = [i for i in range(len(resp)) if rec["ended"][i] or not require_eos]
         if len(cands) < 2:
@@ -59,7 +50,7 @@ def make_pairs(records: list[dict], strategy: str = "max_min", min_gap: float = 
         if len(distinct) < 2:
             dropped["identical"] += 1
             continue
-        c, r = _pick(strategy, scores, distinct, rng)
+        c, r = chosen_by.pick(scores, distinct, rng)
         gap = scores[c] - scores[r]
         if gap < min_gap or gap <= 0:
             dropped["small_gap"] += 1

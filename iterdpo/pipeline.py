@@ -23,12 +23,15 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import controller, dist, dpo, evaluate, generate, repair, reward, sft, toyworld
+from . import dist, dpo, evaluate, export, generate, repair, reward, sft, stages
 from .config import RunConfig
-from .data import load_pairs, split_heldout, unique
+from .controller import log, report
+from .controller import gates
+from .controller.gates import needs_repair
 from .folder import read_json, write_json, write_jsonl
 from .guard import NonFiniteError
-from .models import import_base, load_tokenizer
+from .metrics import N
+from .models import load_tokenizer
 from .runfolder import RunFolder, StageFiles
 from .worlds import world_of
 
@@ -39,7 +42,7 @@ def stage(dest: Path, config: dict, force: bool, work: Callable[[Path], dict]) -
         if tmp is not None:
             t0 = time.perf_counter()
             m = work(tmp)
-            m["wall_seconds"] = time.perf_counter() - t0
+            m[N.wall_seconds] = time.perf_counter() - t0
             write_json(StageFiles(tmp).metrics, m)
     return read_json(StageFiles(dest).metrics)
 
@@ -55,31 +58,13 @@ def prepare(cfg: RunConfig, force: bool = False) -> dict:
 
 
 def _base(cfg: RunConfig, tmp: Path) -> dict:
-    if cfg.is_toy:
-        return toyworld.pretrain_base(cfg, tmp)
-    m = import_base(cfg.model, StageFiles(tmp).model)
-    if m["path"] == str(StageFiles(tmp).model):  # converted into the run folder: record it relative to the run
-        m.update(path=RunFolder(cfg.out).base_model_in_run(), in_run=True)
-    return m
+    return world_of(cfg).make_base(cfg, tmp)
 
 
 def _data(cfg: RunConfig, run: RunFolder, tmp: Path) -> dict:
-    """The seed pairs split into train and held-out pairs, plus held-out and generation prompts (a world's own,
-    or read from files)."""
+    """The seed pairs split into train and held-out pairs, plus held-out and generation prompts (the world's)."""
     tok = load_tokenizer(run.base_source(), cfg.model)
-    d = cfg.data
-    world = world_of(cfg)
-    if world is not None:
-        train, heldout, held_prompts, gen_prompts, m = world.seed_data(cfg, tok, run.base_source())
-    else:
-        pairs, skips = load_pairs(d.source, d.path, tok, d.max_prompt_tokens, d.max_response_tokens, d.hub_split,
-                                  limit=(d.train_pairs + d.heldout_pairs) * 2)
-        train, heldout = split_heldout(pairs, d.heldout_pairs, d.train_pairs, cfg.seed_for("split"), skips)
-        held_prompts = unique([p["prompt"] for p in heldout])[: d.heldout_prompts]
-        gen_prompts = unique([p["prompt"] for p in train])[: d.gen_prompts]
-        m = {"skipped": skips.to_dict()}
-        if skips.total:
-            print(f"data: skipped {skips.total} pairs: {dict(skips.counts)} (first: {skips.where})")
+    train, heldout, held_prompts, gen_prompts, m = world_of(cfg).seed_data(cfg, tok, run.base_source())
     f = StageFiles(tmp)
     write_jsonl(f.data("train_pairs"), train)
     write_jsonl(f.data("heldout_pairs"), heldout)
@@ -116,9 +101,9 @@ def evaluate_round(cfg: RunConfig, rnd: int | str, force: bool = False, ref: str
     stale = rnd != 0 and run.done(dest) and not run.made_from(dest, config["trained"])
 
     def work(tmp: Path) -> dict:
-        m, samples = evaluate.evaluate_round(cfg, run, rnd, ref, beta)
+        evaluation, samples = evaluate.evaluate_policy(cfg, run, rnd, ref, beta)
         write_jsonl(StageFiles(tmp).samples, samples)
-        return m
+        return evaluation.to_dict()
 
     return stage(dest, config, force or stale, work)
 
@@ -133,7 +118,7 @@ def repair_round(cfg: RunConfig, rnd: int | str, start: int, m: dict, ref: str |
     config = {"run": cfg.to_dict(), "start": start, "trained": run.trained_fingerprint(rnd)}
     dest = run.repair(rnd)
     kept = not force and run.made_from(dest, config["trained"])
-    if not kept and not (cfg.controller.enabled and repair.needed(m, cfg.controller)):
+    if not kept and not (cfg.controller.enabled and needs_repair(m, cfg.controller)):
         dist.on_main(shutil.rmtree, dest, ignore_errors=True)  # a repair that no longer applies
         return m
     rm = stage(dest, config, not kept, lambda tmp: repair.repair_stage(cfg, run, rnd, start, m, ref, beta, tmp))
@@ -145,15 +130,6 @@ def repair_round(cfg: RunConfig, rnd: int | str, start: int, m: dict, ref: str |
 
 
 # per round -------------------------------------------------------------------------------------------
-def decisions(cfg: RunConfig) -> dict[int, dict]:
-    return RunFolder(cfg.out).decisions()
-
-
-def next_round(cfg: RunConfig) -> int | None:
-    """The next round to run, or None when the controller (or the round budget) says stop."""
-    return controller.next_round(RunFolder(cfg.out), cfg)
-
-
 def run_generation(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
     """Sample K responses per prompt from the round's start policy, score them, and build pairs.
 
@@ -161,7 +137,7 @@ def run_generation(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
     the stage's config.json for the DPO stage."""
     run = RunFolder(cfg.out)
     dest = run.generate(rnd)
-    plan = run.plan(rnd) if run.done(dest) and not force else controller.round_plan(run, cfg, rnd)
+    plan = run.plan(rnd) if run.done(dest) and not force else log.round_plan(run, cfg, rnd)
     return stage(dest, {"run": cfg.to_dict(), "plan": plan}, force,
                  lambda tmp: generate.generate_round(cfg, run, rnd, plan, tmp))
 
@@ -176,26 +152,31 @@ def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
         dm = stage(run.dpo(rnd), {"run": cfg.to_dict(), "plan": plan}, force,
                    lambda tmp: dpo.round_stage(cfg, run, rnd, plan, tmp))
     except NonFiniteError as e:  # nothing of the round was saved: the controller rolls back and retries gentler
-        return dist.on_main(controller.record_non_finite, run, cfg, rnd, plan, e) or run.decisions()[rnd]
+        return dist.on_main(log.record_non_finite, run, cfg, rnd, plan, e) or run.decisions()[rnd]
     beta, ref = plan["params"]["beta"], str(run.policy(dm["reference_round"]))
     m = evaluate_round(cfg, rnd, force, ref=ref, beta=beta)
-    m = {**m, **controller.round_collapse(run, cfg, rnd, m, beta)}  # a collapse is rolled back, never repaired
-    repaired = repair_round(cfg, rnd, plan["start"], m, ref, beta, force)
-    if repaired is not m:  # the repair's metrics stand for the round: the collapse check again, on its samples
-        m = {**repaired, **controller.round_collapse(run, cfg, rnd, repaired, beta)}
-    m = {**m, **controller.label_check(run, cfg, rnd)}
-    dist.on_main(controller.record, run, cfg, rnd, m, plan)  # once; the others read it after the barrier
-    print(iteration_report(cfg, rnd))
-    return m
+    # the repair decides on the round as trained, its collapse included (a collapse is rolled back, never repaired)
+    m = repair_round(cfg, rnd, plan["start"], {**m, **_collapse(run, cfg, rnd, m, plan)}, ref, beta, force)
+    d = dist.on_main(log.record, run, cfg, rnd, _standing(m), plan) or run.decisions()[rnd]  # once; others read it
+    print(report.iteration_report(run, cfg, rnd))
+    return d
 
 
-def iteration_report(cfg: RunConfig, rnd: int) -> str:
-    return controller.iteration_report(RunFolder(cfg.out), cfg, rnd)
+def _collapse(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dict:
+    """The collapse check (controller.gates.collapse_check) on round `rnd` as trained, for the repair's decision."""
+    ev = log.gather(run, cfg, rnd, m, plan)
+    return gates.collapse_check(ev.chosen_logratios, ev.rejected_logratios, m[N.mean_length], ev.sft_mean_length,
+                                cfg.controller, m.get(N.base_perplexity_ratio_vs_sft))
+
+
+def _standing(m: dict) -> dict:
+    """The evaluation that stands for a round, without the collapse flags the verdict computes itself."""
+    return {k: v for k, v in m.items() if k not in (N.collapsing, N.collapse_reasons, N.collapse_warnings)}
 
 
 def iteration_reports(cfg: RunConfig) -> str:
     """Every round's iteration log, in order."""
-    return "\n\n".join(iteration_report(cfg, r) for r in sorted(decisions(cfg)))
+    return report.iteration_reports(RunFolder(cfg.out), cfg)
 
 
 def run_offline_baseline(cfg: RunConfig, force: bool = False) -> dict:
@@ -220,7 +201,7 @@ def write_summary(cfg: RunConfig) -> dict:
     run = RunFolder(cfg.out)
     done = run.decisions()
     offline = run.samples("offline_dpo")
-    world = toyworld.world_of(cfg)
+    has_oracle = world_of(cfg).has_oracle
     rounds = [{"round": 0, "metrics": run.metrics(run.eval(0))}]
     for r in sorted(done):
         if done[r].get("failed"):  # training went non-finite: no policy, no evaluation
@@ -229,21 +210,21 @@ def write_summary(cfg: RunConfig) -> dict:
             continue
         m = dict(run.metrics(run.eval(r)))
         gen, dm = run.metrics(run.generate(r)), run.metrics(run.dpo(r))
-        m.update({k: gen[k] for k in ("pair_success_rate", "pairs", "dropped", "reward_gap_mean",
-                                      "synthetic_pair_oracle_agreement", "labels_worse_than_seed") if k in gen})
-        m.update({"train_loss": dm["train_loss"], "train_reward_accuracy": dm["train_reward_accuracy"]})
-        m["collapsing"] = done[r].get("collapsing", False)
-        m["wall_seconds"] = sum(run.metrics(d)["wall_seconds"] for d in (run.trained_eval(r), run.generate(r), run.dpo(r),
+        m.update({k: gen[k] for k in (N.pair_success_rate, N.pairs, N.dropped, N.reward_gap_mean,
+                                      N.synthetic_pair_oracle_agreement, N.labels_worse_than_seed) if k in gen})
+        m.update({N.train_loss: dm[N.train_loss], N.train_reward_accuracy: dm[N.train_reward_accuracy]})
+        m[N.collapsing] = done[r].get(N.collapsing, False)
+        m[N.wall_seconds] = sum(run.metrics(d)[N.wall_seconds] for d in (run.trained_eval(r), run.generate(r), run.dpo(r),
                                                                        run.repair(r)) if run.done(d))
         if offline:
-            m.update(evaluate.compare(run.samples(r), offline, "offline_dpo", world))
+            m.update(evaluate.compare(run.samples(r), offline, stages.OFFLINE, has_oracle))
         rounds.append({"round": r, "params": dm["params"], "start_round": dm["start_round"],
                        "decision": done[r]["decision"], "metrics": m,
                        **({"repair": run.metrics(run.repair(r))} if run.done(run.repair(r)) else {})})
     summary = {"preset": cfg.preset, "seed": cfg.seed, "rounds": rounds,
                "best_round": done[max(done)]["best_round"] if done else 0,
                "baselines": {}, "reward_model": run.metrics(run.stage("reward")), "data": run.metrics(run.stage("data")),
-               "config_changes": run.events(), "yardstick": controller.yardstick(run, cfg)}
+               "config_changes": run.events(), "yardstick": report.yardstick(run, cfg)}
     if offline:
         summary["baselines"]["offline_dpo"] = run.metrics(run.eval("offline_dpo"))
     dist.on_main(write_json, run.summary_path, summary)
@@ -252,31 +233,60 @@ def write_summary(cfg: RunConfig) -> dict:
 
 def run_rounds(cfg: RunConfig, force: bool = False) -> dict:
     """Generation and DPO rounds until the controller stops (finished rounds are skipped); the last decision."""
-    rnd = next_round(cfg)
+    run = RunFolder(cfg.out)
+    rnd = stages.next_round(run, cfg)
     while rnd is not None:
         print(f"round {rnd}: sampling, scoring and pairing", flush=True)
         run_generation(cfg, rnd, force)
         print(f"round {rnd}: DPO and evaluation", flush=True)
         run_dpo_round(cfg, rnd, force)
-        rnd = next_round(cfg)
-    done = decisions(cfg)
+        rnd = stages.next_round(run, cfg)
+    done = run.decisions()
     last = done[max(done)] if done else {}
     print(f"stopped after round {last.get('round', 0)}: {last.get('decision', 'no round ran')}; "
           f"best round {last.get('best_round', 0)}")
     return last
 
 
-def run_all(cfg: RunConfig, force: bool = False) -> dict:
-    """Every stage in-process: prepare, SFT, reward model, rounds until the controller stops, baseline,
-    summary, and the best round exported to best/ with its model card."""
-    from . import export
-
-    prepare(cfg, force)
-    run_sft(cfg, force)
-    run_reward(cfg, force)
-    run_rounds(cfg, force)
-    if cfg.baseline.offline_dpo:
-        run_offline_baseline(cfg, force)
+def report_and_export(cfg: RunConfig) -> dict:
+    """summary.json, then the best round exported to best/ with its model card."""
     summary = write_summary(cfg)
     dist.on_main(export.export_best, cfg)
     return summary
+
+
+# What each notebook of the stage graph runs, in-process (the notebooks call the same functions).
+STEPS = {
+    "01_sft": lambda cfg, step, force: (prepare(cfg, force), run_sft(cfg, force)),
+    "02_reward_model": lambda cfg, step, force: run_reward(cfg, force),
+    "03_synthetic_preferences": lambda cfg, step, force: run_generation(cfg, step.round, force),
+    "04_dpo_round": lambda cfg, step, force: (run_dpo_round(cfg, step.round, force) if step.arm == stages.ITERATIVE
+                                              else run_offline_baseline(cfg, force)),
+    "05_compare_iterations": lambda cfg, step, force: report_and_export(cfg),
+}
+
+
+def run_all(cfg: RunConfig, force: bool = False) -> dict:
+    """Every stage in-process, in the stage graph's order (iterdpo.stages): prepare, SFT, reward model, rounds
+    until the controller stops, the offline baseline, summary, and the best round exported to best/."""
+    run = RunFolder(cfg.out)
+    step = stages.first()
+    while step is not None:
+        if step.round is not None and step.notebook == "03_synthetic_preferences":
+            print(f"round {step.round}: sampling, scoring and pairing", flush=True)
+        elif step.round is not None:
+            print(f"round {step.round}: DPO and evaluation", flush=True)
+        STEPS[step.notebook](cfg, step, force)
+        after = stages.following(cfg, run, step)
+        if step.notebook == "02_reward_model" or (step.arm == stages.ITERATIVE and step.notebook == "04_dpo_round"):
+            if after is None or after.round is None:
+                _print_stop(run)
+        step = after
+    return run.summary()
+
+
+def _print_stop(run: RunFolder) -> None:
+    done = run.decisions()
+    last = done[max(done)] if done else {}
+    print(f"stopped after round {last.get('round', 0)}: {last.get('decision', 'no round ran')}; "
+          f"best round {last.get('best_round', 0)}")

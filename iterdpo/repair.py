@@ -6,7 +6,7 @@ of the loss: WiSE-FT (Wortsman et al., 2022) for fine-tuning, and WARP's LITI (R
 With LoRA it is the round's adapter with its step scaled by alpha, which the stage keeps beside the policy.
 
 The repair stage tries controller.repair_alphas, largest first, and keeps the first candidate that passes
-the gates that exclude a round (controller.eligible: capability, KL, fluency; weak alignment does not
+the gates that exclude a round (controller.gates.eligible: capability, KL, fluency; weak alignment does not
 exclude), judged like a round on the same held-out prompts and probes. The choice never reads the oracle;
 its score is recorded with each candidate, for the report only. The kept candidate's policy and evaluation
 then stand for the round (RunFolder.policy, RunFolder.eval); when none passes, the round is left as it is,
@@ -22,13 +22,15 @@ from pathlib import Path
 
 import torch
 
-from . import controller, evaluate
+from .controller.gates import eligible, weaknesses
+from .evaluate import evaluate_policy
 from .folder import write_json, write_jsonl
+from .metrics import N, se
 from .runfolder import RunFolder, StageFiles
 
 # what the repair stage records of each candidate (the gates' metrics, and the oracle's for the report only)
-KEYS = ("capability_retention", "capability_retention_se", "kl_to_reference", "kl_to_reference_se", "win_rate_vs_sft",
-        "base_perplexity_ratio_vs_sft", "oracle_score", "oracle_win_rate_vs_sft")
+KEYS = (N.capability_retention, se(N.capability_retention), N.kl_to_reference, se(N.kl_to_reference),
+        N.win_rate_vs_sft, N.base_perplexity_ratio_vs_sft, N.oracle_score, N.oracle_win_rate_vs_sft)
 
 
 def interpolate_state(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -93,13 +95,6 @@ def scale_adapter(src: Path, alpha: float, dest: Path) -> Path | None:
     return dest
 
 
-def needed(m: dict, cfg) -> bool:
-    """Whether metrics `m` call for a repair: the capability or KL gate fails, and nothing worse (a collapse or
-    a fluency collapse is a rollback)."""
-    names = {t.name for t in controller.weaknesses(m, cfg)}
-    return bool(cfg.repair_alphas) and bool(names & controller.RETRY) and not names & controller.DEGRADING
-
-
 def repair_stage(cfg, run: RunFolder, rnd, start, m: dict, ref: str | None, beta: float, tmp: Path) -> dict:
     """Try each alpha on round `rnd` (trained, evaluated as `m`) toward round `start`; keep the first that passes.
 
@@ -112,11 +107,12 @@ def repair_stage(cfg, run: RunFolder, rnd, start, m: dict, ref: str | None, beta
     for alpha in c.repair_alphas:
         cand = tmp / "candidates" / f"alpha_{alpha:g}"
         interpolate(run.policy(start), run.trained_policy(rnd), alpha, cand)
-        cm, samples = evaluate.evaluate_round(cfg, run, rnd, ref, beta, policy=str(cand))
-        passes = controller.eligible(cm, c)
+        evaluation, samples = evaluate_policy(cfg, run, rnd, ref, beta, policy=str(cand))
+        cm = evaluation.to_dict()
+        passes = eligible(cm, c)
         tried.append({"alpha": alpha, "passes": passes, **{k: cm[k] for k in KEYS if k in cm}})
         print(f"repair of {'round ' if isinstance(rnd, int) else ''}{rnd}: alpha {alpha:g}: capability retention "
-              f"{cm.get('capability_retention', float('nan')):.3f}, KL {cm.get('kl_to_reference', float('nan')):.3f}: "
+              f"{cm.get(N.capability_retention, float('nan')):.3f}, KL {cm.get(N.kl_to_reference, float('nan')):.3f}: "
               f"{'passes' if passes else 'fails'} the gates", flush=True)
         if passes:
             os.replace(cand, files.policy)
@@ -125,10 +121,10 @@ def repair_stage(cfg, run: RunFolder, rnd, start, m: dict, ref: str | None, beta
             ev.folder.mkdir()
             write_json(ev.config, {"run": cfg.to_dict(), "start": start, "alpha": alpha})
             write_jsonl(ev.samples, samples)
-            write_json(ev.metrics, {**cm, "repair_alpha": alpha, "repair_start_round": start})
+            write_json(ev.metrics, {**cm, N.repair_alpha: alpha, N.repair_start_round: start})
             kept = alpha
             break
         shutil.rmtree(cand)  # one candidate on disk at a time
     shutil.rmtree(tmp / "candidates", ignore_errors=True)
-    return {"alpha": kept, "start_round": start, "triggers": [t.to_dict() for t in controller.weaknesses(m, c)],
+    return {"alpha": kept, "start_round": start, "triggers": [t.to_dict() for t in weaknesses(m, c)],
             "trained": {k: m[k] for k in KEYS if k in m}, "tried": tried}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .config import RunConfig, apply_overrides, load_preset
 from .folder import append_jsonl, write_json
+from .migrate import stop_reason
 from .runfolder import RunFolder
 
 FREE = {"out", "rounds"}  # where the run lives, and how many rounds it may run: never a change of the experiment
@@ -61,8 +62,6 @@ def resume(run: RunFolder, cfg: RunConfig, allow_change: bool) -> RunConfig:
         for k, (a, b) in diff.items():
             print(f"resume: {k} changed from {a!r} to {b!r} for the stages still to run (recorded in decisions.jsonl)")
     if old.rounds != cfg.rounds:
-        from .controller import stop_reason
-
         stopped = stop_reason(done[last]) if last in done else None
         if stopped == "round_budget" and cfg.max_rounds > last:
             print(f"resume: rounds {old.rounds} -> {cfg.rounds}: the run had stopped on its round budget after round "

@@ -13,15 +13,24 @@ returns a loss), so precision, logging and progress bars come from there.
 from __future__ import annotations
 
 import json
+import random
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import dist
-from .sampling import batches, encode_pairs, prompt_cache
+from . import dist, migrate
+from .data import PAIR_KEYS
+from .guard import NonFiniteGuard
 from .losses import bradley_terry_loss, preference_stats
+from .metrics import N
+from .models import check_lora_targets, device, free, load_tokenizer, lora_config, resolve_precision
 from .progress import bar
+from .runfolder import StageFiles
+from .sampling import batches, encode_pairs, prompt_cache
+from .training import common_args, last_logged, save_log
+from .worlds import world_of
 
 HEAD_FILE = "head.safetensors"
 POOLING_FILE = "pooling.json"
@@ -109,10 +118,7 @@ def build(backbone_path: str, head_hidden: int, dropout: float, dtype, device: s
     if mode == "lora":
         from peft import get_peft_model
 
-        from .models import check_lora_targets
-
         check_lora_targets(backbone, list(lora.target_modules), backbone_path)
-
         backbone = get_peft_model(backbone, lora)
     elif mode == "frozen":
         backbone.requires_grad_(False)
@@ -132,14 +138,12 @@ def save(model: RewardModel, tokenizer, dest: Path) -> None:
     (dest / POOLING_FILE).write_text(json.dumps({"pooling": model.pooling}) + "\n")
 
 
-def load(path: Path, head_hidden: int, dtype, device: str | None = None) -> RewardModel:
+def load(path: Path, head_hidden: int, dtype, on: str | None = None) -> RewardModel:
     from safetensors.torch import load_file
 
-    from .models import device as default_device
-
-    meta = Path(path) / POOLING_FILE  # absent in reward models saved before pooling existed: last token
-    pooling = json.loads(meta.read_text())["pooling"] if meta.exists() else "last"
-    model = build(str(path), head_hidden, 0.0, dtype, device or default_device(), mode="frozen", pooling=pooling)
+    meta = Path(path) / POOLING_FILE
+    pooling = migrate.reward_pooling(json.loads(meta.read_text()) if meta.exists() else None)
+    model = build(str(path), head_hidden, 0.0, dtype, on or device(), mode="frozen", pooling=pooling)
     model.head.load_state_dict(load_file(str(Path(path) / HEAD_FILE)))
     return model.eval()
 
@@ -221,17 +225,8 @@ def train_stage(cfg, run, dest: Path) -> dict:
 
     Held-out accuracy is measured against the (noisy) seed labels and, in a world, against the oracle.
     """
-    import shutil
-
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, set_seed
-
-    from .data import PAIR_KEYS
-    from .guard import NonFiniteGuard
-    from .runfolder import StageFiles
-    from .models import device, free, load_tokenizer, lora_config, resolve_precision
-    from .training import common_args, last_logged, save_log
-    from .worlds import has_world
 
     set_seed(cfg.seed_for("reward"))
     f = StageFiles(dest)
@@ -251,9 +246,9 @@ def train_stage(cfg, run, dest: Path) -> dict:
     log = save_log(trainer, f.train_log)
     heldout = run.pairs("heldout_pairs")
     acc = pair_accuracy(rm, tok, heldout, r.score_batch_size)
-    m = {"train_loss": last_logged(log, "loss"), "heldout_accuracy": acc["accuracy"], "heldout_margin": acc["margin"],
+    m = {N.train_loss: last_logged(log, "loss"), "heldout_accuracy": acc["accuracy"], "heldout_margin": acc["margin"],
          "train_accuracy": pair_accuracy(rm, tok, train[: r.train_accuracy_pairs], r.score_batch_size)["accuracy"]}
-    if has_world(cfg):
+    if world_of(cfg).has_oracle:
         m.update(oracle_agreement(rm, tok, heldout, r.score_batch_size, run))
     members = [heldout_rewards(rm, tok, heldout, r.score_batch_size)] if r.ensemble > 1 else []
     if trainer.accelerator.is_main_process:  # several processes: DDP kept every copy the same; one writes
@@ -272,15 +267,8 @@ def train_stage(cfg, run, dest: Path) -> dict:
 def _train_member(cfg, run, tok, train: list[dict], heldout: list[dict], i: int, dest: Path, precision):
     """Reward-ensemble member `i`: trained like the first on a bootstrap resample, saved to `dest`; its
     rewards of the held-out pairs (chosen then rejected) are returned."""
-    import random
-    import shutil
-
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, set_seed
-
-    from .guard import NonFiniteGuard
-    from .models import device, free, lora_config
-    from .training import common_args
 
     seed, r = cfg.seed_for("reward_member", i), cfg.reward
     rng = random.Random(seed)
@@ -356,8 +344,8 @@ def label_estimates(members: list[torch.Tensor], heldout: list[dict], min_agreem
     g = torch.Generator().manual_seed(0)
     gains = [(pb - qb) for qb, pb in (estimate(torch.randint(n, (n,), generator=g)) for _ in range(boot))
              if qb is not None and pb is not None]
-    out = {"seed_label_accuracy_est": q, "ensemble_label_accuracy_est": p, "label_estimate_pairs": int(kept.sum()),
-           "label_gain_est_se": torch.tensor(gains).std().item() if len(gains) > 1 else None,
+    out = {N.seed_label_accuracy_est: q, N.ensemble_label_accuracy_est: p, "label_estimate_pairs": int(kept.sum()),
+           N.label_gain_est_se: torch.tensor(gains).std().item() if len(gains) > 1 else None,
            "label_gain_est_defined_share": len(gains) / boot}
     if heldout and all("flipped" in p for p in heldout):
         right = torch.tensor([-1.0 if p["flipped"] else 1.0 for p in heldout])
@@ -369,8 +357,6 @@ def label_estimates(members: list[torch.Tensor], heldout: list[dict], min_agreem
 def scores_of(paths: list[Path], head_hidden: int, dtype, tok, prompts: list[str], responses: list[list[str]],
               ended: list[list[bool]], batch_size: int, desc: str = "scoring") -> list[list[list[float]]]:
     """score_grouped by every reward model in `paths`, loaded one at a time: [member][prompt][response]."""
-    from .models import free
-
     out = []
     for i, path in enumerate(paths):
         rm = load(path, head_hidden, dtype)
@@ -385,9 +371,9 @@ def oracle_agreement(rm: RewardModel, tok, heldout: list[dict], batch_size: int,
     """In a world: the reward model's accuracy on held-out pairs labelled by the oracle, against the seed labels'."""
     by_oracle = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) if p.get("flipped") else p for p in heldout]
     m = {"oracle_accuracy": pair_accuracy(rm, tok, by_oracle, batch_size)["accuracy"],
-         "seed_label_oracle_agreement": run.metrics(run.stage("data"))["seed_label_oracle_agreement"]}
-    m["rm_beats_seed_labels"] = m["oracle_accuracy"] > m["seed_label_oracle_agreement"]
+         N.seed_label_oracle_agreement: run.metrics(run.stage("data"))[N.seed_label_oracle_agreement]}
+    m["rm_beats_seed_labels"] = m["oracle_accuracy"] > m[N.seed_label_oracle_agreement]
     if not m["rm_beats_seed_labels"]:
         print(f"WARNING: the reward model agrees with the oracle on {m['oracle_accuracy']:.3f} of held-out pairs, "
-              f"no better than the seed labels ({m['seed_label_oracle_agreement']:.3f})")
+              f"no better than the seed labels ({m[N.seed_label_oracle_agreement]:.3f})")
     return m

@@ -24,10 +24,15 @@ import hashlib
 from pathlib import Path
 from typing import Union
 
+from . import migrate
+from .config import RunConfig
+from .data import PAIR_KEYS, check_records
 from .folder import CONFIG_FILE, DONE_FILE, is_done, read_json, read_jsonl
+from .metrics import N
 
 Round = Union[int, str]
-ARMS = ("offline_dpo",)
+OFFLINE_ARM = "offline_dpo"  # the baseline arm's folder and name, beside the numbered rounds
+ARMS = (OFFLINE_ARM,)
 SFT, OFFLINE = "SFT", "offline DPO"  # how tables, figures and judges label round 0 and the offline arm
 
 
@@ -207,13 +212,7 @@ class RunFolder:
 
     def config(self):
         """The run's own RunConfig, read back from config.json."""
-        from .config import RunConfig
-
-        d = read_json(self.config_path)
-        ctl = d.get("controller")
-        if isinstance(ctl, dict) and "repair_alphas" not in ctl:  # started before the repair existed: none, so that
-            d = {**d, "controller": {**ctl, "repair_alphas": []}}  # a resumed run treats both arms alike
-        return RunConfig.from_dict(d)
+        return RunConfig.from_dict(migrate.config(read_json(self.config_path)))
 
     def done(self, stage_dir: Path) -> bool:
         return is_done(stage_dir)
@@ -228,14 +227,10 @@ class RunFolder:
 
     def pairs(self, name: str) -> list[dict]:
         """Seed pairs (data/<name>.jsonl), checked against the pair schema."""
-        from .data import PAIR_KEYS, check_records
-
         path = self.data_file(name)
         return check_records(read_jsonl(path), PAIR_KEYS, str(path))
 
     def synthetic_pairs(self, rnd: int) -> list[dict]:
-        from .data import PAIR_KEYS, check_records
-
         path = self.pairs_file(rnd)
         return check_records(read_jsonl(path), PAIR_KEYS, str(path))
 
@@ -284,7 +279,7 @@ class RunFolder:
 
     def elapsed(self) -> float:
         """Wall seconds of every finished stage of the iterative arm (the controller's time budget)."""
-        return sum(read_json(p).get("wall_seconds", 0.0) or 0.0 for p in self.root.glob("**/metrics.json")
+        return sum(read_json(p).get(N.wall_seconds, 0.0) or 0.0 for p in self.root.glob("**/metrics.json")
                    if "offline_dpo" not in p.parts and ".tmp-" not in str(p))
 
     # plots and export ------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
     01_sft -> 02_reward_model -> (03_synthetic_preferences, 04_dpo_round) for each round the
     controller asks for -> 04_dpo_round with arm="offline_dpo" -> 05_compare_iterations
 
+in the order of the stage graph (iterdpo.stages), which decides each next notebook.
+
 Every notebook gets the same parameters (preset, seed, out and the overrides that turn the preset
 into this run's config), so each one rebuilds exactly the config of the run. Executed copies go to
 ``<run>/notebooks/`` under a temporary name and are renamed when they finish; with ``resume`` a
@@ -10,7 +12,7 @@ notebook whose executed copy exists is skipped (the stages inside are resumable 
 A notebook that fails is kept as ``<name>.failed.ipynb`` beside them, with the traceback in it.
 
 Starting a kernel and importing the libraries costs 10-17 s per notebook, so the next notebook's kernel
-starts while the current one runs and waits at its first stage for its turn (``iterdpo.gate``). When the
+starts while the current one runs and waits at its first stage for its turn (``iterdpo.turns``). When the
 controller picks another next step than the one started (it stops early), that kernel is cancelled and
 leaves nothing behind; when a notebook fails, the one waiting behind it is cancelled too.
 """
@@ -26,8 +28,9 @@ import threading
 import time
 from pathlib import Path
 
-from . import gate
+from . import stages, turns
 from .config import ConfigError, RunConfig, load_preset
+from .controller import report
 from .runfolder import RunFolder
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -158,14 +161,14 @@ def execute(name: str, dest: Path, parameters: dict, resume: bool = False, noteb
 
 
 class _Job:
-    """One notebook executing in a thread; its stages wait for the gate (iterdpo.gate) to open."""
+    """One notebook executing in a thread; its stages wait for the gate (iterdpo.turns) to open."""
 
-    def __init__(self, step: tuple, dest: Path, parameters: dict, gate_dir: Path, resume: bool, notebook_dir: Path):
+    def __init__(self, step: stages.Step, dest: Path, parameters: dict, gate_dir: Path, resume: bool, notebook_dir: Path):
         self.step, self.dest, self.error = step, dest, None
         self.key, self.skipped = dest.stem, resume and dest.exists()
-        self.go, self.abort = gate.files(gate_dir, self.key)
-        env = {gate.ENV: f"{gate_dir}|{self.key}"}
-        kw = dict(name=step[0], dest=dest, parameters=parameters, resume=resume, notebook_dir=notebook_dir, env=env)
+        self.go, self.abort = turns.files(gate_dir, self.key)
+        env = {turns.ENV: f"{gate_dir}|{self.key}"}
+        kw = dict(name=step.notebook, dest=dest, parameters=parameters, resume=resume, notebook_dir=notebook_dir, env=env)
         self.thread = threading.Thread(target=self._run, kwargs=kw, daemon=True)
         self.thread.start()
 
@@ -178,7 +181,7 @@ class _Job:
     def finish(self) -> None:
         """Open the gate, wait for the notebook, raise its error."""
         if not self.skipped:
-            print(f"execute {self.step[0]} -> {self.dest}", flush=True)
+            print(f"execute {self.step.notebook} -> {self.dest}", flush=True)
         t0 = time.perf_counter()
         self.go.write_text("go")
         self.thread.join()
@@ -195,39 +198,14 @@ class _Job:
         self.dest.with_name(f"{self.dest.stem}.failed.ipynb").unlink(missing_ok=True)
 
 
-def _next_step(cfg: RunConfig, step: tuple | None, guess: bool = False) -> tuple | None:
-    """The notebook after `step` as (name, suffix, extra parameters); None after the last.
-
-    With `guess`, before `step` has finished: a round's next round is taken to be round + 1 (the
-    controller decides after the round), and the first round 1.
-    """
-    from . import pipeline
-
-    tail = [("04_dpo_round", "_offline_dpo", {"arm": "offline_dpo"})] if cfg.baseline.offline_dpo else []
-    tail.append(("05_compare_iterations", "", {}))
-
-    def round_or_tail(rnd):
-        return ("03_synthetic_preferences", f"_r{rnd}", {"round": rnd}) if rnd is not None else tail[0]
-
-    if step is None:
-        return ("01_sft", "", {})
-    name, extra = step[0], step[2]
-    if name == "01_sft":
-        return ("02_reward_model", "", {})
-    if name == "02_reward_model":
-        return round_or_tail(1 if guess else pipeline.next_round(cfg))
-    if name == "03_synthetic_preferences":
-        return ("04_dpo_round", step[1], {"round": extra["round"], "arm": "iterative"})
-    if extra.get("arm") == "iterative":
-        rnd = extra["round"]
-        if guess:
-            return round_or_tail(rnd + 1 if rnd < cfg.max_rounds else None)
-        nxt = pipeline.next_round(cfg)
-        if nxt is not None and nxt <= rnd:
-            raise RuntimeError(f"round {rnd} ran but the controller asks for round {nxt} next; see decisions.jsonl")
-        return round_or_tail(nxt)
-    i = tail.index(step) + 1
-    return tail[i] if i < len(tail) else None
+def _job(step: stages.Step) -> tuple:
+    """(notebook, the executed copy's suffix, the step's own parameters) of a step of the stage graph."""
+    if step.round is not None:
+        return step.notebook, f"_r{step.round}", {"round": step.round, **({"arm": step.arm} if step.notebook ==
+                                                                          "04_dpo_round" else {})}
+    if step.arm == stages.OFFLINE:
+        return step.notebook, f"_{stages.OFFLINE}", {"arm": stages.OFFLINE}
+    return step.notebook, "", {}
 
 
 def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None = None,
@@ -236,11 +214,9 @@ def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None
 
     `rounds` (a number or 'auto') replaces cfg.rounds; `overrides` are the command line's --set values,
     shown in each notebook's parameters when they rebuild the config. While one notebook runs, the next
-    one's kernel starts and imports (iterdpo.gate); its stages wait until the one before has finished.
+    one's kernel starts and imports (iterdpo.turns); its stages wait until the one before has finished.
     Each notebook prints one line when its turn comes and one with its time.
     """
-    from . import pipeline
-
     if rounds is not None:
         cfg = cfg.replace(rounds=rounds)
         overrides = {**(overrides or {}), "rounds": rounds}
@@ -252,21 +228,24 @@ def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None
     shutil.rmtree(gate_dir, ignore_errors=True)
     gate_dir.mkdir(parents=True)
 
-    def start(step: tuple) -> _Job:
-        return _Job(step, folder / f"{step[0]}{step[1]}.ipynb", {**params, **step[2]}, gate_dir, resume, notebook_dir)
+    run = RunFolder(cfg.out)
 
-    job = start(_next_step(cfg, None))
+    def start(step: stages.Step) -> _Job:
+        name, suffix, extra = _job(step)
+        return _Job(step, folder / f"{name}{suffix}.ipynb", {**params, **extra}, gate_dir, resume, notebook_dir)
+
+    job = start(stages.first())
     ahead = None
     try:
         while job is not None:
-            guess = _next_step(cfg, job.step, guess=True)
+            guess = stages.following(cfg, run, job.step, guess=True)
             ahead = start(guess) if guess is not None else None
             job.finish()
-            if job.step[2].get("arm") == "iterative":
-                print(pipeline.iteration_report(cfg, job.step[2]["round"]), flush=True)
-            actual = _next_step(cfg, job.step)
+            if job.step.notebook == "04_dpo_round" and job.step.arm == stages.ITERATIVE:
+                print(report.iteration_report(run, cfg, job.step.round), flush=True)
+            actual = stages.following(cfg, run, job.step)
             if ahead is not None and actual != ahead.step:
-                ahead.cancel(f"the next notebook is {actual and actual[0] + actual[1]}, not {guess[0] + guess[1]}")
+                ahead.cancel(f"the next notebook is {actual and ''.join(_job(actual)[:2])}, not {''.join(_job(guess)[:2])}")
                 ahead = None
             job = ahead if ahead is not None else (start(actual) if actual is not None else None)
             ahead = None

@@ -14,6 +14,7 @@ from .guard import NonFiniteGuard
 from .models import check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision
 from .runfolder import StageFiles
 from .training import common_args, last_logged, save_log, save_trained, sft_train
+from .metrics import N
 
 
 def train_stage(cfg, run, dest: Path) -> dict:
@@ -39,4 +40,4 @@ def train_stage(cfg, run, dest: Path) -> dict:
     shutil.rmtree(f.work, ignore_errors=True)
     del trainer, model
     free()
-    return {"train_loss": last_logged(log, "loss"), "pairs": len(rows), "precision": precision.name}
+    return {N.train_loss: last_logged(log, "loss"), N.pairs: len(rows), "precision": precision.name}

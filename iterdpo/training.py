@@ -10,8 +10,9 @@ import importlib.util
 import os
 from pathlib import Path
 
+from .dist import split_batch
 from .folder import write_jsonl
-from .models import Precision
+from .models import Precision, load_causal_lm, merge_and_save, save_policy
 
 
 def resolve_report_to(report_to: str) -> str:
@@ -31,8 +32,6 @@ def common_args(out_dir: Path, precision: Precision, max_steps: int, lr: float, 
     writes, e.g. RunFolder(out).logs / "sft" (transformers 5 takes it only from TENSORBOARD_LOGGING_DIR,
     read when the trainer is built, so it is set here, just before).
     """
-    from .dist import split_batch
-
     batch, accum = split_batch(batch, accum)  # several processes: batch x accum per optimizer step, kept
     report_to = resolve_report_to(report_to)
     if logging_dir is not None and "tensorboard" in report_to:
@@ -90,8 +89,6 @@ def save_trained(trainer, tok, dest: Path, adapter: Path, start_path: str, mcfg,
     are sharded: every process calls the trainer's save_model, which gathers them and lets the main process
     write the adapter, which the main process then merges into a fresh load of the start policy.
     """
-    from .models import load_causal_lm, merge_and_save, save_policy
-
     zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
     if trainer.is_fsdp_enabled or zero3:
         trainer.save_model(str(adapter))

@@ -13,6 +13,7 @@ from .frames import (
     DPO_CURVES, FLAT, MARKS, MONITORS, OFFLINE, TRAJECTORY, _chance, _empty, _grid, _honest_ylim, _pretty,
     _save, eval_metrics, eval_samples, palette, round_status, train_logs,
 )
+from ..metrics import N
 
 
 # ---------------------------------------------------------------- figures
@@ -31,8 +32,8 @@ def _mark_bars(ax, labels, status_of: dict) -> None:
 def reward_comparison(run: str | Path):
     """Per model: mean reward (judged by the reward model) and, in the toy world, oracle score, on separate axes."""
     df = eval_metrics(run)
-    panels = [(m, t) for m, t in (("mean_reward", "Judged by the reward model: mean reward"),
-                                  ("oracle_score", "Judged by the oracle: mean score")) if m in df.columns]
+    panels = [(m, t) for m, t in ((N.mean_reward, "Judged by the reward model: mean reward"),
+                                  (N.oracle_score, "Judged by the oracle: mean score")) if m in df.columns]
     if not panels:
         return _empty(run, "reward_comparison", "Reward by model", "no eval metrics yet")
     fig, axes = _grid(len(panels), 2, size=(5, 3.6))

@@ -18,21 +18,22 @@ import seaborn as sns  # noqa: E402
 
 from ..export import best_round  # noqa: E402
 from ..runfolder import OFFLINE, SFT, RunFolder  # noqa: E402
+from ..metrics import N
 
 # Metrics shown first in tables, in this order; the rest follow alphabetically.
-HEADLINE = ["oracle_score", "mean_reward", "win_rate_vs_sft", "win_rate_vs_previous", "oracle_win_rate_vs_sft",
-            "preference_accuracy", "reward_margin", "kl_to_reference", "perplexity", "mean_length",
-            "capability_score", "capability_retention"]
+HEADLINE = [N.oracle_score, N.mean_reward, N.win_rate_vs_sft, N.win_rate_vs_previous, N.oracle_win_rate_vs_sft,
+            N.preference_accuracy, N.reward_margin, N.kl_to_reference, N.perplexity, N.mean_length,
+            N.capability_score, N.capability_retention]
 # (metric, panel title): judged by the reward model, judged by the oracle, and the held-out pairs.
-TRAJECTORY = [("win_rate_vs_sft", "Win rate vs SFT, judged by the reward model"),
-              ("oracle_win_rate_vs_sft", "Win rate vs SFT, judged by the oracle"),
-              ("preference_accuracy", "Preference accuracy on held-out pairs")]
+TRAJECTORY = [(N.win_rate_vs_sft, "Win rate vs SFT, judged by the reward model"),
+              (N.oracle_win_rate_vs_sft, "Win rate vs SFT, judged by the oracle"),
+              (N.preference_accuracy, "Preference accuracy on held-out pairs")]
 # The monitors the controller checks, with the config field that holds each one's threshold.
-MONITORS = [("kl_to_reference", "max_kl"), ("capability_retention", "min_retention"), ("mean_length", None),
-            ("perplexity", None)]
+MONITORS = [(N.kl_to_reference, "max_kl"), (N.capability_retention, "min_retention"), (N.mean_length, None),
+            (N.perplexity, None)]
 DPO_CURVES = ["loss", "rewards/accuracies", "rewards/margins"]
-CHANCE = {"win_rate_vs_sft": 0.5, "oracle_win_rate_vs_sft": 0.5, "win_rate_vs_previous": 0.5,
-          "preference_accuracy": 0.5, "rewards/accuracies": 0.5, "loss": math.log(2)}
+CHANCE = {N.win_rate_vs_sft: 0.5, N.oracle_win_rate_vs_sft: 0.5, N.win_rate_vs_previous: 0.5,
+          N.preference_accuracy: 0.5, "rewards/accuracies": 0.5, "loss": math.log(2)}
 FLAT = 0.02  # a training curve whose loss moves less than this share of its start is called flat
 MARKS = {"best": dict(marker="*", s=260, color="gold", edgecolor="black", zorder=4),
          "rejected": dict(marker="X", s=120, color="tab:red", zorder=4),

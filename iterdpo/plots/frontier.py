@@ -8,8 +8,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from ..folder import read_json
+from ..progress import live as is_live
 from ..runfolder import RunFolder
 from .frames import OFFLINE, SFT, _empty, _pretty, _save, eval_metrics
+from ..metrics import N
 
 
 # ---------------------------------------------------------------- the reward-KL frontier
@@ -21,8 +24,6 @@ def frontier_points(runs) -> pd.DataFrame:
     """One row per evaluated model of each run folder in `runs` (one folder or a list): run, beta, arm,
     label, kl and score. score is the oracle's where the run has a world, else the reward model's mean; kl
     is the policy's KL to SFT (kl_to_sft), or to its reference in runs that predate it."""
-    from ..folder import read_json
-
     rows = []
     for run in [runs] if isinstance(runs, (str, Path)) else list(runs):
         rf = RunFolder(run)
@@ -30,8 +31,8 @@ def frontier_points(runs) -> pd.DataFrame:
         df = eval_metrics(run)
         if df.empty:
             continue
-        score = "oracle_score" if "oracle_score" in df.columns else "mean_reward"
-        kl = "kl_to_sft" if "kl_to_sft" in df.columns else "kl_to_reference"
+        score = N.oracle_score if N.oracle_score in df.columns else N.mean_reward
+        kl = N.kl_to_sft if N.kl_to_sft in df.columns else N.kl_to_reference
         for label, row in df.iterrows():
             if pd.isna(row.get(score)) or pd.isna(row.get(kl)):
                 continue
@@ -77,7 +78,7 @@ def frontier(runs, name: str = "frontier"):
     for arm, marker in ARM_MARKERS.items():
         ax.scatter([], [], marker=marker, color="white", edgecolor="black", label=arm if arm != "round" else "iterative round")
     score_name, kl_name = df["score_name"].iloc[0], df["kl_name"].iloc[0]
-    judge = "oracle" if score_name == "oracle_score" else "reward model (no oracle in this run)"
+    judge = "oracle" if score_name == N.oracle_score else "reward model (no oracle in this run)"
     ax.set(xlabel=f"{_pretty(kl_name)} (nats per token)", ylabel=f"{_pretty(score_name)}, judged by the {judge}",
            title=title)
     ax.legend(fontsize=8, loc="best")
@@ -86,8 +87,6 @@ def frontier(runs, name: str = "frontier"):
 
 def tensorboard(run: str | Path, live: bool | None = None):
     """TensorBoard on the run's logs in a live notebook (Colab included); the command to run it otherwise."""
-    from ..notebook import live as is_live
-
     logs = RunFolder(run).logs
     if not logs.exists():
         return f"no TensorBoard logs in {logs}: set export.report_to to tensorboard (or auto, with tensorboard installed)"

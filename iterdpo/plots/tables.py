@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..progress import live
 from ..runfolder import RunFolder
 from .frames import OFFLINE, SFT, eval_metrics, eval_samples, model_folders, round_status
+from ..metrics import N
 
 
 # ---------------------------------------------------------------- tables
@@ -24,7 +26,7 @@ def comparison_table(run: str | Path, trend_metric: str | None = None) -> pd.Dat
         return df
     status = round_status(run)
     df.insert(1, "status", [status.get(int(r), "") if pd.notna(r) else "baseline" for r in df["round"]])
-    metric = trend_metric or next((m for m in ("oracle_score", "mean_reward") if m in df.columns), None)
+    metric = trend_metric or next((m for m in (N.oracle_score, N.mean_reward) if m in df.columns), None)
     if metric is None:
         return df
     trend, prev = [], None
@@ -90,8 +92,6 @@ def pairs_table(run: str | Path, round: int, n: int = 5, width: int = 80) -> pd.
 
 def response_viewer(run: str | Path, n_prompts: int = 32):
     """A prompt picker (ipywidgets) showing every model's response; the table when not in a live notebook."""
-    from ..notebook import live
-
     table = responses_table(run, n_prompts, width=400)
     if table.empty or not live():
         return table
@@ -118,10 +118,10 @@ def label_quality_table(run: str | Path) -> pd.DataFrame:
         if r == 0 or not rf.done(rf.generate(r)):
             continue
         m = rf.metrics(rf.generate(r))
-        row = {"round": r, "pairs": m["pairs"], "pair_success_rate": m["pair_success_rate"],
-               "reward_gap_mean": m["reward_gap_mean"]}
-        row.update({f"dropped_{k}": v for k, v in m.get("dropped", {}).items()})
-        for k in ("synthetic_pair_oracle_agreement", "seed_label_oracle_agreement", "labels_worse_than_seed"):
+        row = {"round": r, N.pairs: m[N.pairs], N.pair_success_rate: m[N.pair_success_rate],
+               N.reward_gap_mean: m[N.reward_gap_mean]}
+        row.update({f"dropped_{k}": v for k, v in m.get(N.dropped, {}).items()})
+        for k in (N.synthetic_pair_oracle_agreement, N.seed_label_oracle_agreement, N.labels_worse_than_seed):
             if k in m:
                 row[k] = m[k]
         rows.append(row)

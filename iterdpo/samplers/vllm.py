@@ -7,7 +7,7 @@ caching on, so the k samples of a prompt read it once (as the HF sampler's share
 most ``generation.batch_size`` sequences at a time (vLLM's ``max_num_seqs``: the same batch as the HF
 sampler's).
 
-Records follow the sampler schema (iterdpo/sampler.py). Prompts go in as token ids, tokenized as the HF
+Records follow the sampler schema (iterdpo/samplers/__init__.py). Prompts go in as token ids, tokenized as the HF
 sampler does (no special tokens added). Prompt i of the list draws from its own seed, ``seed + i``, so the
 records depend neither on how vLLM schedules its batches nor on how prompts are shared out: with several
 processes each samples every N-th prompt with its own engine on its own GPU (vLLM's
@@ -16,12 +16,14 @@ processes each samples every N-th prompt with its own engine on its own GPU (vLL
 
 from __future__ import annotations
 
-from . import dist
-from .config import ConfigError, ModelConfig
-from .sampling import add_response
-from .models import Precision, free, load_tokenizer
+from .. import dist
+from ..config import ConfigError, ModelConfig
+from ..models import Precision, free, load_tokenizer
+from ..registry import SAMPLERS
+from ..sampling import add_response
 
 
+@SAMPLERS.register("vllm")
 class VLLMSampler:
     """vLLM's ``LLM.generate`` with ``SamplingParams(n=k, ...)`` per prompt."""
 

@@ -18,27 +18,19 @@ gives it 0): the share of replies that end is a monitor of its own, reported bes
 from __future__ import annotations
 
 import random
-from functools import lru_cache
 
-from .data import DataError, Skips, iter_source, render_prompt, split_hh
-from .progress import bar
-from .worlds import SeedData
+from ..data import DataError, Skips, iter_source, render_prompt, split_hh
+from ..lexicons import installed, sentiment
+from ..metrics import N
+from ..models import inference_precision, resolve_precision
+from ..progress import bar
+from ..registry import WORLDS
+from ..samplers import load as load_sampler
+from . import SeedData, World
 
 # Extra seed-pair prompts drawn beyond the pairs asked for, to make up for oracle ties (4 of 124 of SmolLM2's
 # reply pairs at 48 tokens in the smollm2-sentiment preset, seed 1: two neutral replies scoring 0).
 TIE_MARGIN = 0.2
-
-
-@lru_cache(maxsize=1)
-def _analyzer():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    return SentimentIntensityAnalyzer()
-
-
-def sentiment(text: str) -> float:
-    """VADER's compound score of `text` in [-1, 1] (0 for an empty text)."""
-    return float(_analyzer().polarity_scores(text.strip())["compound"]) if text.strip() else 0.0
 
 
 def first_turns(paths: list[str]) -> list[str]:
@@ -54,7 +46,8 @@ def first_turns(paths: list[str]) -> list[str]:
     return list(seen)
 
 
-class SentimentWorld:
+@WORLDS.register("sentiment")
+class SentimentWorld(World):
     """Prompts, seed pairs and the oracle of the sentiment world for one RunConfig."""
 
     def __init__(self, cfg):
@@ -66,8 +59,6 @@ class SentimentWorld:
 
     def judges(self) -> list:
         """Two other sentiment lexicons, AFINN and TextBlob, where installed (iterdpo.judges): the loop never sees them."""
-        from .judges import installed
-
         return installed(("afinn", "textblob"))
 
     def split_prompts(self, tokenizer) -> tuple[list[str], list[str], list[str], Skips]:
@@ -121,13 +112,10 @@ class SentimentWorld:
     def seed_data(self, cfg, tokenizer, base: str) -> SeedData:
         """Prompts split three ways; two replies per seed-pair prompt from the base model (through the
         sampler seam, at the generation settings), labelled by the oracle, a share flipped."""
-        from . import sampler
-        from .models import inference_precision, resolve_precision
-
         d, g = cfg.data, cfg.generation
         held_prompts, gen_prompts, pool, skips = self.split_prompts(tokenizer)
         precision = inference_precision(g.precision, resolve_precision(cfg.model.precision))
-        model = sampler.load(g.backend, base, cfg.model, precision, g.batch_size)
+        model = load_sampler(g.backend, base, cfg.model, precision, g.batch_size)
         records = model.sample(pool, 2, g.max_new_tokens, g.temperature, g.top_p, seed=cfg.seed_for("seed_pairs"),
                                desc="seed replies (base model)")
         model.close()
@@ -142,7 +130,7 @@ class SentimentWorld:
         self.flip(train, rng)
         scores = [self.oracle(r["prompt"], x) for r in records for x in r["responses"]]
         ended = [e for r in records for e in r["ended"]]
-        m = {"seed_label_oracle_agreement": 1 - sum(p["flipped"] for p in heldout) / len(heldout),
+        m = {N.seed_label_oracle_agreement: 1 - sum(p["flipped"] for p in heldout) / len(heldout),
              "skipped": skips.to_dict(), "seed_reply_oracle_mean": sum(scores) / len(scores),
              "seed_reply_ended_share": sum(ended) / len(ended), "seed_prompts_sampled": len(records),
              "seed_label_noise": cfg.sentiment.label_noise}

@@ -24,10 +24,18 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 from dataclasses import dataclass
 from typing import Callable
 
-from .config import ToyConfig
+from ..config import ConfigError, ToyConfig
+from ..guard import NonFiniteGuard
+from ..models import check_lora_targets, free, resolve_precision
+from ..metrics import N
+from ..registry import WORLDS
+from ..runfolder import RunFolder, StageFiles
+from ..training import common_args, last_logged, save_log, sft_train
+from . import SeedData, World
 
 TOPICS = {
     "fruit": ["apple", "lemon", "plum", "mango", "grape", "peach"],
@@ -48,11 +56,39 @@ ROLE_WORDS = ["user:", "assistant:", "list", "add", "repeat"] + list(TOPICS)
 NUMBERS = [str(i) for i in range(19)]
 
 
+@WORLDS.register("toy")
 @dataclass
-class ToyWorld:
+class ToyWorld(World):
     """Task generator and oracle for one ToyConfig. Pure Python, seeded by the caller's Random."""
 
     cfg: ToyConfig
+    style = "toy"
+
+    @classmethod
+    def for_run(cls, cfg) -> "ToyWorld":
+        return cls(cfg.toy)
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.model.name_or_path != "toy":
+            raise ConfigError("data.source='toy' needs model.name_or_path='toy' (the toy world has its own vocabulary)")
+
+    def make_base(self, cfg, dest) -> dict:
+        return pretrain_base(cfg, dest)
+
+    def preflight(self, cfg) -> None:
+        """Nothing to read: the world makes its own data."""
+
+    def example_prompts(self, cfg, n: int) -> list[str]:
+        span = self.cfg.max_n - self.cfg.min_n + 1
+        return [self.prompt_text(self.cfg.min_n + i % span, t) for i, t in enumerate(list(self.topics)[:n])]
+
+    def hub_base(self, cfg) -> None:
+        return None
+
+    def describe(self, cfg) -> tuple[str, str]:
+        return ("a tiny Llama trained from scratch on the toy world (`list N <topic>` prompts, scored by an oracle)",
+                "the toy world's noisy seed writer")
 
     @property
     def topics(self) -> dict[str, list[str]]:
@@ -169,10 +205,8 @@ class ToyWorld:
     def vocabulary(self) -> list[str]:
         return list(SPECIALS.values()) + ROLE_WORDS + NUMBERS + WORDS + FILLERS
 
-    def seed_data(self, cfg, tokenizer, base: str = ""):
-        """The world seam (iterdpo.worlds.World): this world's prompts and seed pairs; see :func:`seed_data`."""
-        from .worlds import SeedData
-
+    def seed_data(self, cfg, tokenizer, base: str = "") -> SeedData:
+        """This world's prompts and seed pairs; see :func:`seed_data`."""
         return SeedData(*seed_data(cfg, tokenizer))
 
 
@@ -218,13 +252,6 @@ def tiny_llama_config(cfg: ToyConfig, tokenizer):
     )
 
 
-def world_of(cfg):
-    """The run's world (its oracle), or None without one (`cfg`: the RunConfig); see iterdpo.worlds.world_of."""
-    from .worlds import world_of
-
-    return world_of(cfg)
-
-
 def render(tokenizer, text: str) -> str:
     """A user turn in the toy chat template, ready for the assistant's reply."""
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
@@ -235,14 +262,7 @@ def pretrain_base(cfg, dest) -> dict:
 
     `cfg` is the RunConfig; returns the base stage's metrics.
     """
-    import shutil
-
     from transformers import LlamaForCausalLM, set_seed
-
-    from .guard import NonFiniteGuard
-    from .models import check_lora_targets, free, resolve_precision
-    from .runfolder import RunFolder, StageFiles
-    from .training import common_args, last_logged, save_log, sft_train
 
     w = ToyWorld(cfg.toy)
     docs = w.pretrain_docs(cfg.toy.pretrain_docs, cfg.seed_for("pretrain_docs"))
@@ -263,7 +283,7 @@ def pretrain_base(cfg, dest) -> dict:
     shutil.rmtree(f.work, ignore_errors=True)
     del trainer, model
     free()
-    return {"path": run.base_model_in_run(), "in_run": True, "gguf_file": "", "train_loss": last_logged(log, "loss"),
+    return {"path": run.base_model_in_run(), "in_run": True, "gguf_file": "", N.train_loss: last_logged(log, "loss"),
             "docs": len(docs), "vocab_size": len(tok)}
 
 
@@ -276,6 +296,6 @@ def seed_data(cfg, tokenizer) -> tuple[list[dict], list[dict], list[str], list[s
     heldout, train = pairs[: d.heldout_pairs], pairs[d.heldout_pairs:]
     held_prompts = [render(tokenizer, p) for p in w.prompts(d.heldout_prompts, cfg.seed_for("heldout_prompts"))]
     gen_prompts = [render(tokenizer, p) for p in w.prompts(d.gen_prompts, cfg.seed_for("gen_prompts"))]
-    m = {"seed_label_oracle_agreement": 1 - sum(p["flipped"] for p in heldout) / len(heldout),
+    m = {N.seed_label_oracle_agreement: 1 - sum(p["flipped"] for p in heldout) / len(heldout),
          "skipped": {"total": 0, "by_reason": {}, "examples": {}}}
     return train, heldout, held_prompts, gen_prompts, m

@@ -1,0 +1,110 @@
+"""What the controller tells a person: each round's iteration log, and the yardstick (the run's answer against
+offline DPO, both held to the same gates) that summary.json and the run's closing lines carry."""
+
+from __future__ import annotations
+
+from ..config import RunConfig
+from ..metrics import N
+from ..runfolder import RunFolder
+from .gates import RETRY, gates
+from .log import evaluation
+
+REPORTED = (N.win_rate_vs_sft, N.win_rate_vs_previous, N.preference_accuracy, N.kl_to_reference,
+            N.capability_retention, N.perplexity, N.mean_length, N.oracle_score)
+YARDSTICK = (N.oracle_score, N.win_rate_vs_sft, N.oracle_win_rate_vs_sft, N.capability_retention, N.kl_to_reference,
+             N.kl_to_sft)
+
+
+def iteration_log(d: dict, m: dict, used: dict) -> str:
+    """The design's iteration report: config, results, status, decision."""
+    res = "  ".join(f"{k}={m[k]:.3f}" for k in REPORTED if isinstance(m.get(k), (int, float)))
+    status = ", ".join(f"{t['name']} ({t['metric']}={t['value']:.3f}" + (
+        f" [{t['interval'][0]:.3f}, {t['interval'][1]:.3f}]" if t.get("interval") else "") + f" vs {t['threshold']})"
+        for t in d["triggers"]) or "no weaknesses"
+    status += "".join(f"; collapse: {r}" for r in d.get(N.collapse_reasons, []))
+    status += "".join(f"; warning: {w}" for w in d.get(N.collapse_warnings, []))
+    if d.get("repair"):
+        status = f"{repair_line(d['repair'])}; then {status}"
+    changes = ", ".join(f"{k}: {a:g} -> {b:g}" for k, (a, b) in d["changes"].items()) or "none"
+    cfg_line = "  ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in used.items())
+    return (f"=== Iteration {d['round']} ===\n"
+            f"  config:   {cfg_line}\n"
+            f"  results:  {res}\n"
+            f"  status:   {status}\n"
+            f"  decision: {d['decision']} (changes: {changes}; best round {d['best_round']}; "
+            f"next starts from round {d['next_start_round']}{'; stop' if d['stop'] else ''})")
+
+
+def repair_line(rep: dict) -> str:
+    """One line on a repair (iterdpo.repair): what failed, each step back tried, and the one kept."""
+    failed = ", ".join(f"{t['name']} ({t['metric']}={t['value']:.3f} vs {t['threshold']})" for t in rep["triggers"]
+                       if t["name"] in RETRY)
+    tried = ", ".join(f"alpha {t['alpha']:g}: retention {t.get(N.capability_retention, float('nan')):.3f}, "
+                      f"KL {t.get(N.kl_to_reference, float('nan')):.3f}, {'passes' if t['passes'] else 'fails'}"
+                      for t in rep["tried"])
+    kept = f"kept alpha {rep['alpha']:g}" if rep["alpha"] is not None else "none passes; the round stays as trained"
+    return f"repair toward round {rep['start_round']} after {failed}: {tried}; {kept}"
+
+
+def iteration_report(run: RunFolder, cfg: RunConfig, rnd: int) -> str:
+    """The iteration log for round `rnd`, rebuilt from decisions.jsonl and the round's metrics."""
+    d = run.decisions()[rnd]
+    if d.get("failed"):
+        return f"=== Iteration {rnd} ===\n  status:   {d['error']}\n  decision: rollback (best round {d['best_round']})"
+    used = {"start_round": d["start_round"], **d["used_params"], "reference": cfg.dpo.reference}
+    return iteration_log(d, run.metrics(run.eval(rnd)), used)
+
+
+def iteration_reports(run: RunFolder, cfg: RunConfig) -> str:
+    """Every round's iteration log, in order."""
+    return "\n\n".join(iteration_report(run, cfg, r) for r in sorted(run.decisions()))
+
+
+def headline(m: dict) -> str:
+    """The score the yardstick compares arms by: the oracle's where the run has one, else the win rate against SFT."""
+    return N.oracle_score if isinstance(m.get(N.oracle_score), (int, float)) else N.win_rate_vs_sft
+
+
+def movement(answer: dict, offline: dict, min_ratio: float) -> dict | None:
+    """How far the answer moved from SFT against offline DPO (both KL to SFT), with a note when the answer leads
+    offline DPO on the headline score after moving `min_ratio` times as far or more (or offline DPO did not move):
+    at the same beta, offline DPO on fixed pairs can move much less than the rounds, and a lead bought by moving
+    further may be open to offline DPO with a smaller beta. None when a KL is missing; the ratio is None when
+    offline DPO's KL is not above 0."""
+    a, o = answer.get(N.kl_to_sft), offline.get(N.kl_to_sft)
+    if not all(isinstance(x, (int, float)) for x in (a, o)):
+        return None
+    ratio = a / o if o > 0 else None
+    key = headline(answer)
+    sa, so = answer.get(key), offline.get(key)
+    leads = isinstance(sa, (int, float)) and isinstance(so, (int, float)) and sa > so
+    far = a > 0 and (ratio is None or ratio >= min_ratio)
+    how = f"{ratio:.1f}x as far from SFT as offline DPO" if ratio is not None else "from SFT, and offline DPO did not"
+    note = (f"the answer leads offline DPO ({key} {sa:.3f} against {so:.3f}) but moved {how} (KL to SFT {a:.3f} "
+            f"against {o:.3f}): part of the lead may be open to offline DPO with a smaller dpo.beta; compare both arms "
+            "across betas with plots.frontier([runs])" if leads and far else None)
+    return {"kl_to_sft_ratio": ratio, "note": note}
+
+
+def _arm(run: RunFolder, cfg: RunConfig, rnd) -> dict:
+    m = evaluation(run, rnd)
+    g = gates(m, cfg.controller)
+    out = {"round": rnd, **{k: m.get(k) for k in YARDSTICK}, "gates": g, "passes_gates": all(x["passes"] for x in g.values())}
+    if run.done(run.repair(rnd)):  # a repair was tried (alpha None: none passed): the arm as trained too
+        rep = run.metrics(run.repair(rnd))
+        out["repair"] = {"alpha": rep["alpha"], "start_round": rep["start_round"],
+                         "trained": {k: rep["trained"].get(k) for k in YARDSTICK}}
+    return out
+
+
+def yardstick(run: RunFolder, cfg: RunConfig) -> dict:
+    """The run's answer (the best round) and the offline arm, each with its oracle score, win rates, capability
+    retention and KL, and each held to the same gates (summary.json's "yardstick"); with both, "movement"
+    compares how far each moved from SFT."""
+    done = {r: d for r, d in run.decisions().items() if not d.get("failed")}
+    best = done[max(done)]["best_round"] if done else 0
+    out = {arm: _arm(run, cfg, rnd) for arm, rnd in (("answer", best), ("offline_dpo", "offline_dpo"))
+           if run.done(run.eval(rnd))}
+    if "answer" in out and "offline_dpo" in out:
+        out["movement"] = movement(out["answer"], out["offline_dpo"], cfg.controller.movement_note_ratio)
+    return out
