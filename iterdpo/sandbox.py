@@ -18,25 +18,27 @@ Layers, outermost first:
   OMP_NUM_THREADS reach the child; no token or other variable of the evaluator.
 - **As root** (Colab, containers), before exec: a new network namespace (only a loopback that is down,
   so no connection can be made, not even to 127.0.0.1) and IPC namespace, then the child drops to
-  uid/gid ``SANDBOX_USER`` (nobody) with no supplementary groups. ``RLIMIT_NPROC`` only binds a
-  non-root user, and nobody can delete or write only what the world may. When the interpreter sits in
-  a folder others cannot enter (pyenv under ``/root``), the child gets a private mount namespace in
-  which that folder is covered by an empty tmpfs and only the interpreter's folders are bound back
-  (which also hides the rest of ``/root``, e.g. cached tokens).
-- **Not root**: the limits bind the evaluator's own user; a user plus network namespace is tried (it
-  needs unprivileged user namespaces); where it fails a warning says so and only the guard stops sockets.
+  uid/gid ``SANDBOX_USER`` (nobody) with no supplementary groups: ``RLIMIT_NPROC`` binds only a
+  non-root user, and as nobody the program may write or delete only what any user may. When the
+  interpreter sits in a folder others cannot enter (pyenv under ``/root``), the child gets a private
+  mount namespace in which that folder is covered by an empty tmpfs and only the interpreter's folders
+  are bound back (which also hides the rest of ``/root``, e.g. cached tokens).
+- **Not root**: ``RLIMIT_NPROC`` counts all the evaluator user's processes (with many of them the
+  program cannot fork at all); a user plus network namespace is tried (it needs unprivileged user
+  namespaces); where that fails a warning says so, and only the guard stops sockets.
 - **The guard**, in the child before the program runs, in the spirit of human-eval's
   ``reliability_guard``: ``os``/``posix`` process, signal, delete, rename, chmod/chown, chdir and exec
-  functions, ``shutil.rmtree``/``move``, ``subprocess``, socket creation, ``exit``/``quit`` raise
-  PermissionError; ``open``/``os.open``/``os.mkdir`` refuse to write outside the temporary folder; the
-  ``ctypes``, ``resource``, ``multiprocessing`` and ``pty`` imports are refused. The guard is the floor,
-  not the ceiling: code that means to can undo it from inside the same interpreter (it can also forge
-  a pass), so against deliberate code only the layers above count.
+  functions, ``shutil.rmtree``/``move``, ``subprocess`` and socket creation raise PermissionError;
+  ``open``/``os.open``/``os.mkdir`` refuse to write outside the temporary folder; the ``ctypes``,
+  ``resource``, ``multiprocessing`` and ``pty`` imports are refused; ``-S`` leaves out ``exit``/``quit``.
+  The guard is the floor, not the ceiling: code that means to can undo it from inside the same
+  interpreter (it can also forge a pass), so against deliberate code only the layers above count.
 
 Not guarded against:
 
-- kernel exploits, side channels (timing, ``/proc`` of other processes: command lines are world
-  readable), and exhausting memory or CPU below the limits while the evaluator runs;
+- kernel exploits (there is no seccomp filter: every system call is allowed), side channels (timing,
+  ``/proc`` of other processes: command lines are world readable), and using memory or CPU below the
+  limits while the evaluator runs;
 - reading: the program may read whatever the sandbox user may (as root: world-readable files, e.g. the
   dataset with its tests; not root: all the evaluator's files, ``/proc/<parent>/environ`` included);
 - when not root and past the guard: writing or deleting anything the evaluator's user may, and a process
@@ -96,7 +98,8 @@ class Outcome:
 
     status: ``passed`` (ran to its end), ``failed`` (an exception, an assertion or an early exit),
     ``timed_out`` (killed at the wall-clock limit) or ``killed`` (stopped by a resource limit: a signal
-    such as SIGXCPU, or a MemoryError at the address-space limit).
+    such as SIGXCPU, or a MemoryError at the address-space limit). A write past ``RLIMIT_FSIZE`` raises
+    OSError (Python ignores SIGXFSZ), which the program may catch, so it counts as ``failed``.
     """
 
     status: str
@@ -137,7 +140,7 @@ for module, names in ((os, PROCESS + FILES), (posix, PROCESS + FILES),
                       (subprocess, ("Popen", "run", "call", "check_call", "check_output", "getoutput",
                                     "getstatusoutput")),
                       (socket, ("socket", "create_connection", "create_server", "socketpair", "fromfd")),
-                      (_socket, ("socket", "socketpair")), (builtins, ("exit", "quit", "help"))):
+                      (_socket, ("socket", "socketpair"))):
     for name in names:
         if hasattr(module, name):
             setattr(module, name, refuse(f"{module.__name__}.{name}"))
@@ -200,7 +203,8 @@ def run_program(code: str, limits: Limits = Limits()) -> Outcome:
 
     Raises RuntimeError only when the sandbox itself cannot be set up (e.g. as root, the interpreter is
     unreadable to the sandbox user and no mount namespace is available); the program's own failures,
-    timeouts and kills are outcomes.
+    timeouts and kills are outcomes. The child is set up between fork and exec (``preexec_fn``), which
+    Python calls unsafe when the evaluator has threads holding locks; the set-up takes no lock of its own.
     """
     root = os.geteuid() == 0
     start = time.monotonic()
