@@ -1,10 +1,15 @@
 """The memory planner: micro-batch, accumulation and 4-bit loading from a model's size and the free GPU memory,
-and a retry that halves the micro-batch on out-of-memory while keeping the effective batch.
+a retry that halves the micro-batch on out-of-memory while keeping the effective batch, and a measure of how far
+memory rose during a block (peak_memory, read by the benchmark and the device check).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import sys
+from pathlib import Path
 
 import torch
 
@@ -107,3 +112,40 @@ def plan_for(model_path: str, seq_len: int, target_batch: int, precision_bytes: 
     free_bytes, _ = torch.cuda.mem_get_info()
     return plan_memory(size["n_params"], free_bytes, seq_len, target_batch, precision_bytes,
                        layers=size["layers"], hidden=size["hidden"], vocab=size["vocab"])
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+@contextlib.contextmanager
+def peak_memory(out: dict):
+    """out["peak_bytes"]: how far memory rose above its level at entry (GPU allocations, or the process RSS)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        yield
+        torch.cuda.synchronize()
+        out["peak_bytes"] = torch.cuda.max_memory_allocated() - start
+        out["memory_measure"] = "cuda max_memory_allocated growth"
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, so reuse of it counts as growth
+    try:
+        start = _status_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set, to the current RSS
+    except OSError:  # not Linux: the process's lifetime peak, which a peak before the run can hide
+        import resource  # Unix only: imported where it is needed, so this module still loads on Windows
+
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        yield
+        end = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        out["peak_bytes"], out["memory_measure"] = end - start, "lifetime peak RSS growth"
+        return
+    yield
+    out["peak_bytes"], out["memory_measure"] = (_status_kib("VmHWM") - start) * 1024, "process peak RSS growth"

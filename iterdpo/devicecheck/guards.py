@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import sys
@@ -9,8 +10,10 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import TrainerCallback
 
+from ..models import EMULATE_T4
 from .formulas import GIB
 
 # T4 emulation and guards -----------------------------------------------------------------------------------
@@ -31,8 +34,6 @@ class NoBF16(torch.overrides.TorchFunctionMode):
 
 def emulate_t4(cap_gib: float) -> dict:
     """In this process: a T4's precision (fp16, never bf16) and its memory (cap_gib) on a bigger GPU."""
-    from ..models import EMULATE_T4
-
     os.environ[EMULATE_T4] = "1"
     total = torch.cuda.get_device_properties(0).total_memory
     cap = int(min(cap_gib * GIB, total))
@@ -54,8 +55,6 @@ def bf16_params(model) -> list[str]:
 
 def bf16_in_saved(root: Path) -> list[str]:
     """Safetensors files under root that hold a bfloat16 tensor."""
-    from safetensors import safe_open
-
     bad = []
     for f in sorted(Path(root).glob("**/*.safetensors")):
         with safe_open(str(f), "pt") as st:
@@ -87,9 +86,7 @@ class NonFiniteGuard(TrainerCallback):
 
 def project_guard():
     """(name, class) of the project's own non-finite guard: a TrainerCallback in a training module whose name
-    says 'finite'; (None, None) while it has none."""
-    import importlib
-
+    says 'finite'; (None, None) while it has none. The modules are probed by name: any of them may lack one."""
     for mod in ("iterdpo.guard", "iterdpo.training", "iterdpo.dpo", "iterdpo.sft", "iterdpo.reward"):
         try:
             m = importlib.import_module(mod)

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import random
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers.models import WordLevel
+from transformers import (
+    AutoConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
+)
+from transformers.models.auto import tokenization_auto
 
+from .. import reward
+from ..config import load_preset
+from ..dpo import train_round
+from ..memory import config_size, peak_memory
+from ..models import load_causal_lm, load_tokenizer, resolve_precision
+from ..sampling import sample
 from .formulas import (
     Sizes, T4_CAP_GIB, bandwidth_bound_tokens_per_s, dpo_flops_per_token, matmul_params, plan_estimate_bytes,
 )
@@ -21,29 +35,23 @@ class Peaks:
     def __init__(self, cuda: bool):
         self.cuda, self.stages = cuda, {}
 
+    @contextlib.contextmanager
     def stage(self, name: str):
-        import contextlib
-
-        from ..bench import peak_memory
-
-        @contextlib.contextmanager
-        def ctx():
-            if self.cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                t0 = time.perf_counter()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            yield
+            torch.cuda.synchronize()
+            self.stages[name] = {"peak_bytes": torch.cuda.max_memory_allocated(),
+                                 "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+                                 "seconds": time.perf_counter() - t0}
+        else:
+            out: dict = {}
+            t0 = time.perf_counter()
+            with peak_memory(out):
                 yield
-                torch.cuda.synchronize()
-                self.stages[name] = {"peak_bytes": torch.cuda.max_memory_allocated(),
-                                     "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
-                                     "seconds": time.perf_counter() - t0}
-            else:
-                out: dict = {}
-                t0 = time.perf_counter()
-                with peak_memory(out):
-                    yield
-                self.stages[name] = {"peak_rss_growth_bytes": out["peak_bytes"], "seconds": time.perf_counter() - t0}
-        return ctx()
+            self.stages[name] = {"peak_rss_growth_bytes": out["peak_bytes"], "seconds": time.perf_counter() - t0}
 
 
 def _sync():
@@ -53,11 +61,8 @@ def _sync():
 
 def word_tokenizer(vocab_size: int):
     """A word-level tokenizer with one word per id ('w<i>' is id i; 0 pad, 1 eos, 2 unk): random ids as text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
@@ -67,8 +72,6 @@ def word_tokenizer(vocab_size: int):
 def keep_word_tokenizers() -> None:
     """Let AutoTokenizer load word_tokenizer from a Qwen2 model folder: transformers 5 otherwise builds its
     Qwen2Tokenizer (a byte-level BPE) from the folder's vocabulary, which turns every 'w<i>' into nothing."""
-    from transformers.models.auto import tokenization_auto
-
     tokenization_auto.MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS.discard("qwen2")
 
 
@@ -79,8 +82,6 @@ def random_text(rng: random.Random, vocab: int, lo: int, hi: int) -> str:
 def build_random_model(arch: str, values: dict, dest: Path, cuda: bool, seed: int) -> Path:
     """A causal LM of `arch` (qwen2 or llama) with `values`, random weights, saved in fp16 (fp32 on CPU) with a
     word-level tokenizer of its vocabulary."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
     cls_cfg, cls = (Qwen2Config, Qwen2ForCausalLM) if arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
     cfg = cls_cfg(**values, pad_token_id=0, eos_token_id=1, bos_token_id=None)
     torch.manual_seed(seed)
@@ -100,8 +101,6 @@ def build_random_model(arch: str, values: dict, dest: Path, cuda: bool, seed: in
 
 
 def _free():
-    import gc
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -133,14 +132,6 @@ def per_prompt_generate(model, tok, prompts: list[str], k: int, max_new_tokens: 
 
 def measure_model(model_dir: Path, s: Sizes, work: Path, cuda: bool, device: dict, seed: int) -> dict:
     """Generation, scoring and one DPO run of the model in model_dir at the t4 preset's settings (sizes `s`)."""
-    from transformers import AutoConfig
-
-    from .. import reward
-    from ..config import load_preset
-    from ..sampling import sample
-    from ..memory import config_size
-    from ..models import load_causal_lm, load_tokenizer, resolve_precision
-
     t4 = load_preset("t4")
     mcfg = replace(t4.model, name_or_path=str(model_dir))
     prec = resolve_precision(mcfg.precision)
@@ -151,16 +142,34 @@ def measure_model(model_dir: Path, s: Sizes, work: Path, cuda: bool, device: dic
     prompts = [random_text(rng, V, *s.prompt_tokens) for _ in range(s.prompts)]
     peaks = Peaks(cuda)
     out: dict = {"config": config_record(cfg), "precision": prec.name, "failures": []}
-    bw = device.get("hbm_gbps")
 
     with peaks.stage("load"):
         model = load_causal_lm(str(model_dir), mcfg, prec)
     out["bf16_parameters"] = bf16_params(model)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    out["weight_bytes"] = weight_bytes
+    out["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    out["generation"], recs = measure_generation(model, tok, prompts, s, t4.generation.temperature, seed, peaks,
+                                                 out["weight_bytes"], device.get("hbm_gbps"))
+    del model
+    _free()
+    out["scoring"] = measure_scoring(str(model_dir), tok, recs, s, t4.reward.head_hidden, prec.dtype, cuda, peaks)
+    _free()
 
-    # generation: ours at the preset's batch, against one generate() per prompt on the first prompts
-    temp = t4.generation.temperature
+    # DPO: dpo.train_round (the planner picks the micro-batch on a GPU), timed per optimizer step
+    out["dpo"] = measure_dpo(str(model_dir), mcfg, prec, s, work / "dpo", seed, cfg, peaks, device, rng, V)
+    out["memory"] = memory_record(peaks, out["dpo"], config_size(cfg), prec.dtype.itemsize, cuda, device)
+    if out["bf16_parameters"] or out["dpo"].get("bf16_parameters"):
+        out["failures"].append("bfloat16 parameters under T4 emulation")
+    if not out["dpo"]["fp16_health"]["healthy"]:
+        out["failures"].append("non-finite loss or gradient in the DPO run")
+    if out["memory"].get("over_cap"):
+        out["failures"].append(f"peak memory over the {T4_CAP_GIB:g} GiB cap: {out['memory']['over_cap']}")
+    return out
+
+
+def measure_generation(model, tok, prompts: list[str], s: Sizes, temp: float, seed: int, peaks: Peaks,
+                       weight_bytes: int, bw: float | None) -> tuple[dict, list]:
+    """(record, samples): sampling.sample at the preset's batch against one generate() per prompt on the first
+    prompts, and against the memory-bandwidth bound when the bandwidth `bw` (GB/s) is known."""
     sample(model, tok, prompts[:1], s.k, 4, temp, batch_size=s.gen_batch, seed=seed)  # warm-up, both paths
     per_prompt_generate(model, tok, prompts[:1], s.k, 4, temp)
     with peaks.stage("generate"):
@@ -186,14 +195,14 @@ def measure_model(model_dir: Path, s: Sizes, work: Path, cuda: bool, device: dic
                                                "baseline": bandwidth_bound_tokens_per_s(weight_bytes, s.k, bw)}
         gen["fraction_of_bound"] = {a: gen[f"{a}_tokens_per_s"] / b
                                     for a, b in gen["bandwidth_bound_tokens_per_s"].items()}
-    out["generation"] = gen
-    del model
-    _free()
+    return gen, recs
 
-    # scoring: the reward model (policy body + head) on the samples, each prompt read once for its k
+
+def measure_scoring(model_dir: str, tok, recs: list, s: Sizes, head_hidden: int, dtype: torch.dtype, cuda: bool,
+                    peaks: Peaks) -> dict:
+    """The reward model (policy body + head) on the samples `recs`, each prompt read once for its k: tokens/s."""
     with peaks.stage("score"):
-        rm = reward.build(str(model_dir), t4.reward.head_hidden, 0.0, prec.dtype, "cuda" if cuda else "cpu",
-                          mode="frozen")
+        rm = reward.build(model_dir, head_hidden, 0.0, dtype, "cuda" if cuda else "cpu", mode="frozen")
         args = ([r["prompt"] for r in recs], [r["responses"] for r in recs], [r["ended"] for r in recs])
         reward.score_grouped(rm, tok, *[a[:1] for a in args], batch_size=s.score_batch)  # warm-up
         _sync()
@@ -203,29 +212,13 @@ def measure_model(model_dir: Path, s: Sizes, work: Path, cuda: bool, device: dic
         score_s = time.perf_counter() - t0
     n_prompt = sum(len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in recs)
     n_resp = sum(n for r in recs for n in r["n_tokens"])
-    out["scoring"] = {"responses": s.prompts * s.k, "tokens_read": n_prompt + n_resp, "seconds": score_s,
-                      "tokens_per_s": (n_prompt + n_resp) / score_s,
-                      "measure": "prompt tokens once + response tokens, over the wall time of score_grouped"}
-    del rm
-    _free()
-
-    # DPO: dpo.train_round (the planner picks the micro-batch on a GPU), timed per optimizer step
-    out["dpo"] = measure_dpo(str(model_dir), mcfg, prec, s, work / "dpo", seed, cfg, peaks, device, rng, V)
-    out["memory"] = memory_record(peaks, out["dpo"], config_size(cfg), prec.dtype.itemsize, cuda, device)
-    if out["bf16_parameters"] or out["dpo"].get("bf16_parameters"):
-        out["failures"].append("bfloat16 parameters under T4 emulation")
-    if not out["dpo"]["fp16_health"]["healthy"]:
-        out["failures"].append("non-finite loss or gradient in the DPO run")
-    if out["memory"].get("over_cap"):
-        out["failures"].append(f"peak memory over the {T4_CAP_GIB:g} GiB cap: {out['memory']['over_cap']}")
-    return out
+    return {"responses": s.prompts * s.k, "tokens_read": n_prompt + n_resp, "seconds": score_s,
+            "tokens_per_s": (n_prompt + n_resp) / score_s,
+            "measure": "prompt tokens once + response tokens, over the wall time of score_grouped"}
 
 
 def measure_dpo(model_dir: str, mcfg, prec, s: Sizes, dest: Path, seed: int, cfg, peaks: Peaks, device: dict,
                 rng: random.Random, vocab: int, four_bit: bool = False) -> dict:
-    from ..config import load_preset
-    from ..dpo import train_round
-
     eff = s.dpo_batch * s.dpo_accum
     pairs = [{"prompt": random_text(rng, vocab, *s.prompt_tokens),
               "chosen": " " + random_text(rng, vocab, *s.response_tokens),

