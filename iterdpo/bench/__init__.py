@@ -23,7 +23,7 @@
    (``FlopCounterMode`` around the trainer's construction, where the precompute happens, and
    ``train()``) and is not timed. Peak memory is the growth of the process's peak resident set
    over its size before the run (``/proc/self/clear_refs`` resets the peak; freed heap is trimmed
-   first), or ``torch.cuda.max_memory_allocated`` growth on a GPU.
+   first), or ``torch.cuda.max_memory_allocated`` growth on a GPU (``memory.peak_memory``).
 3. End to end: ``pipeline.run_all`` on the tiny preset in a temporary folder (shrunk by --quick), and
    each stage's share from the ``wall_seconds`` in its metrics.json.
 
@@ -40,7 +40,6 @@ from .generation import (  # noqa: F401
     _flops, _score, bench_generation, count_cpu_attention, naive_generate, ours_generate, precision_check,
 )
 from .dpo_round import (  # noqa: F401
-    SHARED_ARGS, _Recorder, _dpo_run, _dpo_worker, _pad_share, _seq_lengths, _status_kib, arm_data, bench_dpo,
-    peak_memory, round1_epochs,
+    SHARED_ARGS, _Recorder, _dpo_run, _dpo_worker, _pad_share, _seq_lengths, arm_data, bench_dpo, round1_epochs,
 )
 from .report import QUICK_E2E, _versions, bench_e2e, main, table  # noqa: F401

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
+import multiprocessing as mp
 import statistics
-import sys
 import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
 
-import torch
+import datasets
+import transformers
+from torch.utils.flop_counter import FlopCounterMode
+from trl import DPOConfig, DPOTrainer
 
 from ..config import DPORoundConfig, load_preset
 from ..dpo import dpo_args, round_rows
+from ..memory import peak_memory
 from ..models import Precision, free, load_causal_lm, lora_config
 from .setup import Setup, Sizes, _paired
 from .generation import count_cpu_attention
@@ -60,57 +62,15 @@ class _Recorder:
         return b
 
 
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-@contextlib.contextmanager
-def peak_memory(out: dict):
-    """out["peak_bytes"]: how far memory rose above its level at entry (GPU allocations, or the process RSS)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        yield
-        torch.cuda.synchronize()
-        out["peak_bytes"] = torch.cuda.max_memory_allocated() - start
-        out["memory_measure"] = "cuda max_memory_allocated growth"
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, so reuse of it counts as growth
-    try:
-        start = _status_kib("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set, to the current RSS
-    except OSError:  # not Linux: the process's lifetime peak, which a peak before the run can hide
-        import resource
-
-        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-        yield
-        end = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-        out["peak_bytes"], out["memory_measure"] = end - start, "lifetime peak RSS growth"
-        return
-    yield
-    out["peak_bytes"], out["memory_measure"] = (_status_kib("VmHWM") - start) * 1024, "process peak RSS growth"
-
-
 def _dpo_run(arm: str, st: Setup, dcfg: DPORoundConfig, work: Path, seed: int, count_flops: bool) -> dict:
-    from datasets import Dataset
-    from torch.utils.flop_counter import FlopCounterMode
-    from transformers import set_seed
-    from trl import DPOConfig, DPOTrainer
-
     model = load_causal_lm(st.model_dir, st.mcfg, st.precision)
     args, rows = arm_data(arm, st, dcfg, st.precision, work / arm, seed)
     conf = DPOConfig(**args)
-    data = Dataset.from_list(rows)
+    data = datasets.Dataset.from_list(rows)
     count_cpu_attention()
     counters = [FlopCounterMode(display=False) if count_flops else contextlib.nullcontext() for _ in range(2)]
     out: dict = {}
-    set_seed(seed)  # the LoRA initialisation
+    transformers.set_seed(seed)  # the LoRA initialisation
     with peak_memory(out):
         t0 = time.perf_counter()
         with counters[0]:
@@ -135,9 +95,6 @@ def _dpo_run(arm: str, st: Setup, dcfg: DPORoundConfig, work: Path, seed: int, c
 
 def _dpo_worker(conn, st: Setup, dcfg: DPORoundConfig, work: str, seed: int) -> None:
     """One arm's process: imports once, then one run per (arm, count FLOPs) message; None ends."""
-    import datasets
-    import transformers
-
     datasets.disable_progress_bars()
     datasets.disable_caching()  # TRL caches precomputed reference log-probs by data fingerprint: every run recomputes
     transformers.logging.set_verbosity_error()
@@ -150,9 +107,26 @@ def _dpo_worker(conn, st: Setup, dcfg: DPORoundConfig, work: str, seed: int) -> 
 
 
 def bench_dpo(st: Setup, s: Sizes, work: Path, seed: int) -> dict:
-    import multiprocessing as mp
-
+    """Ours against TRL's defaults, each in its own worker process: FLOPs and warm-up, the loss check on the same
+    batches, then `s.repeats` paired timed runs."""
     dcfg = replace(st.dcfg, max_steps=s.dpo_steps, batch_size=s.dpo_batch, grad_accum=s.dpo_accum)
+    workers = _start_workers(st, dcfg, work, seed)
+    runs: dict = {"ours": [], "baseline": []}
+    try:
+        flops = {arm: _run_arm(workers, arm, count_flops=True) for arm in ("ours", "baseline")}  # also the warm-up, untimed
+        same = _run_arm(workers, "same_batches")  # untimed: the loss check
+        _paired([lambda: runs["ours"].append(_run_arm(workers, "ours")),
+                 lambda: runs["baseline"].append(_run_arm(workers, "baseline"))], s.repeats)
+    finally:
+        for proc, conn in workers.values():
+            with contextlib.suppress(OSError):
+                conn.send(None)
+            proc.join(timeout=30)
+    return _dpo_record(st, s, flops, same, runs)
+
+
+def _start_workers(st: Setup, dcfg: DPORoundConfig, work: Path, seed: int) -> dict:
+    """{arm: (process, connection)} for 'ours' and 'baseline', each ready (its imports done)."""
     ctx = mp.get_context("spawn")
     workers = {}
     for arm in ("ours", "baseline"):
@@ -160,27 +134,23 @@ def bench_dpo(st: Setup, s: Sizes, work: Path, seed: int) -> dict:
         proc = ctx.Process(target=_dpo_worker, args=(there, st, dcfg, str(work), seed), daemon=True)
         proc.start()
         workers[arm] = (proc, here)
-    for proc, conn in workers.values():
+    for _, conn in workers.values():
         conn.recv()
+    return workers
 
-    def run(arm: str, count_flops: bool = False) -> dict:
-        conn = workers["ours" if arm == "ours" else "baseline"][1]  # same_batches runs in the baseline's process
-        conn.send((arm, count_flops))
-        got = conn.recv()
-        if "error" in got:
-            raise RuntimeError(f"DPO arm {arm!r} failed in its worker:\n{got['error']}")
-        return got
 
-    runs: dict = {"ours": [], "baseline": []}
-    try:
-        flops = {arm: run(arm, count_flops=True) for arm in ("ours", "baseline")}  # also the warm-up, untimed
-        same = run("same_batches")  # untimed: the loss check
-        _paired([lambda: runs["ours"].append(run("ours")), lambda: runs["baseline"].append(run("baseline"))], s.repeats)
-    finally:
-        for proc, conn in workers.values():
-            with contextlib.suppress(OSError):
-                conn.send(None)
-            proc.join(timeout=30)
+def _run_arm(workers: dict, arm: str, count_flops: bool = False) -> dict:
+    """One run of `arm` in its worker; same_batches runs in the baseline's process."""
+    conn = workers["ours" if arm == "ours" else "baseline"][1]
+    conn.send((arm, count_flops))
+    got = conn.recv()
+    if "error" in got:
+        raise RuntimeError(f"DPO arm {arm!r} failed in its worker:\n{got['error']}")
+    return got
+
+
+def _dpo_record(st: Setup, s: Sizes, flops: dict, same: dict, runs: dict) -> dict:
+    """bench.json's dpo section from the FLOP-counting runs, the same-batches run and the timed runs."""
     ours_s, base_s = [r["wall_seconds"] for r in runs["ours"]], [r["wall_seconds"] for r in runs["baseline"]]
     trained = s.dpo_steps * s.dpo_batch * s.dpo_accum
     f = {a: {"precompute": flops[a]["flops_init"], "train": flops[a]["flops_train"]} for a in flops}

