@@ -27,6 +27,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2 ** 20
 # What the device check imports beyond torch, transformers, peft and accelerate, pinned as in requirements.txt.
@@ -58,8 +60,6 @@ def read_freeze(path: Path) -> dict[str, str]:
 
 def local_closure(names: list[str]) -> dict[str, str]:
     """{name: version} of installed `names` and everything they require, read from this machine's metadata."""
-    from packaging.requirements import Requirement
-
     seen: dict[str, str] = {}
     todo = list(names)
     while todo:
@@ -87,8 +87,6 @@ def marker_env(python_version: str) -> dict:
 
 def wheel_requires(path: Path, env: dict) -> list:
     """The requirements a wheel declares (METADATA Requires-Dist) that apply on the target."""
-    from packaging.requirements import Requirement
-
     with zipfile.ZipFile(path) as z:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         lines = z.read(meta).decode().splitlines()
@@ -113,8 +111,6 @@ def download(spec: str, dest: Path, python_version: str) -> Path:
 
 def gather(dest: Path, packages: list[str], python_version: str, installed: dict[str, str]) -> list[str]:
     """Download `packages` and their requirements not met by `installed` ({name: version}); returns the log."""
-    from packaging.requirements import Requirement
-
     env = marker_env(python_version)
     todo = [Requirement(p) for p in packages]
     have: dict[str, str] = {}  # gathered: name -> version
