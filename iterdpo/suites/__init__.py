@@ -13,7 +13,7 @@ import math
 from ..config import EvalConfig
 from ..metrics import N
 from ..registry import SUITES
-from .base import Suite, load_suite  # noqa: F401 (the seam's types)
+from .base import Suite, read_suite  # noqa: F401 (Suite: the seam's type)
 from .probes import capability_pairs  # noqa: F401 (the capability pairs a round may add)
 
 
@@ -21,13 +21,19 @@ def suite_items(name: str, cfg: EvalConfig, style: str, seed: int) -> list[dict]
     """The items suite `name` scores: generated here, or a seeded sample of its file or hub dataset."""
     suite = SUITES[name]
     if style not in suite.styles:
-        raise ValueError(f"eval.capability: suite {name!r} cannot serve a {style!r} world; it serves {sorted(suite.styles)}")
+        raise ValueError(f"eval.capability: suite {name!r} serves {sorted(suite.styles)} worlds, not this {style} world")
     if suite.make is not None:
         return suite.make(cfg, style, seed)
     if name not in cfg.capability_paths:
         raise ValueError(f"eval.capability includes {name!r} but eval.capability_paths has no {name!r} key; "
                          f"set eval.capability_paths.{name} to a local file/folder or a hub dataset name")
-    return load_suite(suite, name, str(cfg.capability_paths[name]), cfg.capability_n, seed)
+    return load_suite(name, str(cfg.capability_paths[name]), cfg.capability_n, seed)
+
+
+def load_suite(name: str, source: str, n: int, seed: int) -> list[dict]:
+    """n items of the file-backed suite `name` from a local file/folder or a hub dataset name (a seeded sample;
+    a malformed record raises DataError naming file and line)."""
+    return read_suite(SUITES[name], name, source, n, seed)
 
 
 def capability_scores(model, tokenizer, cfg: EvalConfig, style: str, seed: int) -> dict:
