@@ -11,7 +11,7 @@ from transformers import LlamaForCausalLM, set_seed
 from ..config import DPORoundConfig, ModelConfig, load_preset
 from ..data import load_pairs, unique
 from ..models import Precision, import_base, inference_precision, load_tokenizer, resolve_precision
-from ..toyworld import ToyWorld, tiny_llama_config, train_tokenizer
+from ..worlds.toy import ToyWorld, tiny_llama_config, train_tokenizer
 
 
 ROOT = Path(__file__).resolve().parents[2]
