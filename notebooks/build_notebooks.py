@@ -125,7 +125,7 @@ def quickstart(ref: str) -> list:
            "current policy, pairs the best and worst by reward, trains DPO on those pairs and evaluates. After "
            "each round the controller continues, adjusts, rolls back or stops; its iteration log is printed "
            "as it goes."),
-        code("last = notebook.run_rounds(cfg)"),
+        code("last = pipeline.run_rounds(cfg)"),
         md("## 4 · The offline-DPO baseline\n\nThe same number of DPO steps on the seed pairs only: what the "
            "iterations have to beat."),
         code("baseline = notebook.run_baseline(cfg)"),

@@ -26,7 +26,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def toy_tokenizer():
     from iterdpo.config import ToyConfig
-    from iterdpo.toyworld import ToyWorld, train_tokenizer
+    from iterdpo.worlds.toy import ToyWorld, train_tokenizer
 
     w = ToyWorld(ToyConfig())
     return train_tokenizer(w, [" ".join(w.vocabulary())])

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from iterdpo.capability import (
-    capability_pairs, capability_scores, last_number, left_pad, load_suite, option_logprobs, probe_items,
-    retention, score_gsm8k, score_multiple_choice,
-)
+from iterdpo.suites import capability_pairs, capability_scores, load_suite, retention
+from iterdpo.suites.base import left_pad, option_logprobs, score_multiple_choice
+from iterdpo.suites.gsm8k import last_number, score_gsm8k
+from iterdpo.suites.probes import probe_items
 from iterdpo.config import EvalConfig, ToyConfig
 from iterdpo.data import render_prompt
 from iterdpo.losses import sequence_logprobs
-from iterdpo.toyworld import WORDS, ToyWorld, train_tokenizer
+from iterdpo.worlds.toy import WORDS, ToyWorld, train_tokenizer
 
 EVALS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "evals"
 

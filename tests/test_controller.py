@@ -5,12 +5,20 @@ import statistics
 import pytest
 
 from iterdpo.config import ControllerConfig
-from iterdpo.controller import (best_round, collapse_check, converged, decide, eval_metrics, gates, hard_prompts,
-                                iteration_log, weaknesses)
-from iterdpo.evaluate import base_perplexity, base_perplexity_ratio_se
+from iterdpo.controller.gates import best_round, collapse_check, converged, gates, weaknesses
+from iterdpo.controller.log import evaluation as eval_metrics
+from iterdpo.controller.report import iteration_log
+from iterdpo.controller.verdict import decide as verdict_of
+from iterdpo.controller.verdict import hard_prompts
+from iterdpo.losses import base_perplexity, base_perplexity_ratio_se
 from iterdpo.runfolder import RunFolder, StageFiles
 
 CFG = ControllerConfig()
+
+
+def decide(*args, **kw) -> dict:
+    """The decision as its line of decisions.jsonl."""
+    return verdict_of(*args, **kw).to_dict()
 PARAMS = {"beta": 0.1, "learning_rate": 1e-3, "max_steps": 60}
 GOOD = {"win_rate_vs_sft": 0.7, "kl_to_reference": 0.05, "capability_retention": 1.0}
 
@@ -251,7 +259,7 @@ def test_the_iteration_log_prints_a_collapse_warning():
 
 
 def test_movement_notes_a_lead_bought_by_moving_much_further_than_offline_dpo():
-    from iterdpo.controller import movement
+    from iterdpo.controller.report import movement
 
     ratio = ControllerConfig().movement_note_ratio
     lead, behind = {"oracle_score": 0.49}, {"oracle_score": 0.36}

@@ -116,7 +116,7 @@ def small_policy(tmp_path_factory):
     from transformers import LlamaForCausalLM
 
     from iterdpo.config import ToyConfig
-    from iterdpo.toyworld import ToyWorld, tiny_llama_config, train_tokenizer
+    from iterdpo.worlds.toy import ToyWorld, tiny_llama_config, train_tokenizer
 
     world = ToyWorld(ToyConfig())
     tok = train_tokenizer(world, [" ".join(world.vocabulary())])

@@ -40,7 +40,7 @@ def toy(tmp_path_factory):
 
     from iterdpo import reward
     from iterdpo.config import ToyConfig
-    from iterdpo.toyworld import ToyWorld, tiny_llama_config, train_tokenizer
+    from iterdpo.worlds.toy import ToyWorld, tiny_llama_config, train_tokenizer
 
     w = ToyWorld(ToyConfig())
     toy_tokenizer = train_tokenizer(w, [d["prompt"] + " " + d["completion"] for d in w.pretrain_docs(300, 0)])

@@ -10,8 +10,8 @@ import pytest
 
 from iterdpo import judges
 from iterdpo.config import ToyConfig
-from iterdpo.sentiment import sentiment
-from iterdpo.toyworld import ToyWorld
+from iterdpo.worlds.sentiment import sentiment
+from iterdpo.worlds.toy import ToyWorld
 
 PROMPTS = ["p1", "p2", "p3", "p4"]
 REPLIES = {  # model folder -> replies to PROMPTS
@@ -138,7 +138,7 @@ def test_for_run_asks_each_worlds_own_judges_and_names_missing_packages(monkeypa
     assert toy[0] == "oracle" and [name for name, _ in toy[1:]] == ["exact", "coverage"]
     assert toy[1][1].__func__ is ToyWorld.exact and toy[2][1].__func__ is ToyWorld.coverage
     assert judges.for_run(load_preset("smollm2-hh")) == []
-    assert "no world, so no oracle" in capsys.readouterr().out
+    assert "has no oracle" in capsys.readouterr().out
     monkeypatch.setitem(sys.modules, "afinn", None)
     monkeypatch.setitem(sys.modules, "textblob", None)
     assert judges.for_run(load_preset("smollm2-sentiment")) == ["oracle"]

@@ -19,7 +19,8 @@ import nbformat
 import pytest
 
 import iterdpo
-from iterdpo import gate, runner
+from iterdpo import runner, stages, turns
+from iterdpo.controller import report
 from iterdpo.config import RunConfig, load_preset
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -158,7 +159,7 @@ def _fake_papermill(monkeypatch, calls: list):
     inspect = _real_inspect()
 
     def execute_notebook(input_path, output_path, parameters=None, kernel_manager_class=None, **kw):
-        gate.wait_turn(kernel_manager_class.extra_env.get(gate.ENV, ""))  # what the notebook's first stage does
+        turns.wait_turn(kernel_manager_class.extra_env.get(turns.ENV, ""))  # what the notebook's first stage does
         tmp = re.fullmatch(r"\.(.+)\.tmp-\d+\.ipynb", Path(output_path).name)  # written under a temporary name
         calls.append((Path(input_path).stem, f"{tmp.group(1)}.ipynb", dict(parameters)))
         Path(output_path).write_text("{}")
@@ -173,9 +174,9 @@ def _real_inspect():
 
 
 def _fake_pipeline(monkeypatch, answers: list) -> None:
-    stub = types.SimpleNamespace(next_round=lambda cfg: answers.pop(0), iteration_report=lambda cfg, rnd: f"=== Iteration {rnd} ===")
-    monkeypatch.setitem(sys.modules, "iterdpo.pipeline", stub)
-    monkeypatch.setattr(iterdpo, "pipeline", stub, raising=False)
+    """The controller's answers to "which round next?" (the stage graph's rule), without running a round."""
+    monkeypatch.setattr(stages, "next_round", lambda run, cfg: answers.pop(0))
+    monkeypatch.setattr(report, "iteration_report", lambda run, cfg, rnd: f"=== Iteration {rnd} ===")
 
 
 def test_run_notebooks_order_names_and_resume(tmp_path: Path, monkeypatch) -> None:
@@ -223,7 +224,7 @@ def test_a_failure_cancels_the_notebook_started_ahead(tmp_path: Path, monkeypatc
 
     def execute_notebook(input_path, output_path, parameters=None, kernel_manager_class=None, **kw):
         started.append(Path(input_path).stem)
-        gate.wait_turn(kernel_manager_class.extra_env[gate.ENV])
+        turns.wait_turn(kernel_manager_class.extra_env[turns.ENV])
         Path(output_path).write_text("{}")
         if Path(input_path).stem == "01_sft":
             raise RuntimeError("cell failed")
@@ -311,16 +312,16 @@ def test_the_python3_kernel_runs_this_environment() -> None:
 def test_gate_waits_for_go_and_raises_on_abort(tmp_path: Path, monkeypatch) -> None:
     import threading
 
-    monkeypatch.delenv(gate.ENV, raising=False)
-    gate.wait_turn()  # outside the runner: no waiting
-    go, abort = gate.files(tmp_path, "04_dpo_round_r2")
+    monkeypatch.delenv(turns.ENV, raising=False)
+    turns.wait_turn()  # outside the runner: no waiting
+    go, abort = turns.files(tmp_path, "04_dpo_round_r2")
     threading.Timer(0.3, go.write_text, args=("go",)).start()
-    gate.wait_turn(f"{tmp_path}|04_dpo_round_r2", poll_seconds=0.05)
+    turns.wait_turn(f"{tmp_path}|04_dpo_round_r2", poll_seconds=0.05)
     assert go.exists()
-    _, abort = gate.files(tmp_path, "03_synthetic_preferences_r3")
+    _, abort = turns.files(tmp_path, "03_synthetic_preferences_r3")
     abort.write_text("the controller stopped")
     with pytest.raises(RuntimeError, match="controller stopped"):
-        gate.wait_turn(f"{tmp_path}|03_synthetic_preferences_r3", poll_seconds=0.05)
+        turns.wait_turn(f"{tmp_path}|03_synthetic_preferences_r3", poll_seconds=0.05)
 
 
 # ------------------------------------------------------------------ executed notebooks

@@ -58,7 +58,7 @@ def test_unknown_strategy():
         make_pairs([], "best_of")
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGIES.names())
 def test_every_strategy_orders_its_pair_by_reward(strategy):
     records = [rec([f"r{i}{j}" for j in range(5)], [(7 * i + 3 * j) % 5 / 4 for j in range(5)], n_tokens=[3] * 5)
                for i in range(20)]

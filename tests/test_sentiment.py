@@ -12,8 +12,8 @@ pytest.importorskip("vaderSentiment", reason="the sentiment world needs vadersen
 
 from iterdpo.config import load_preset  # noqa: E402
 from iterdpo.data import ApproxTokenizer, Skips  # noqa: E402
-from iterdpo.sentiment import SentimentWorld, first_turns, sentiment  # noqa: E402
-from iterdpo.worlds import has_world, world_of  # noqa: E402
+from iterdpo.worlds.sentiment import SentimentWorld, first_turns, sentiment  # noqa: E402
+from iterdpo.worlds import world_of  # noqa: E402
 
 PRESET = "smollm2-sentiment"
 
@@ -37,8 +37,8 @@ def test_the_oracle_is_vader_compound_on_the_reply():
 
 def test_the_preset_chooses_the_sentiment_world():
     cfg = load_preset(PRESET)
-    assert cfg.data.source == "sentiment" and has_world(cfg) and isinstance(world_of(cfg), SentimentWorld)
-    assert not has_world(load_preset("smollm2-hh")) and world_of(load_preset("smollm2-hh")) is None
+    assert cfg.data.source == "sentiment" and world_of(cfg).has_oracle and isinstance(world_of(cfg), SentimentWorld)
+    assert not world_of(load_preset("smollm2-hh")).has_oracle  # seed pairs from files: no oracle
     assert type(world_of(load_preset("tiny"))).__name__ == "ToyWorld"
     assert cfg.baseline.offline_dpo
 

@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from iterdpo import sampler
+from iterdpo import samplers as sampler
 from iterdpo.config import ConfigError, ModelConfig, load_preset
 from iterdpo.data import GEN_KEYS, check_records
 from iterdpo.models import Precision
@@ -128,7 +128,7 @@ def test_vllm_against_hf_tokens_per_second(tmp_path):
     from transformers import LlamaForCausalLM
 
     from iterdpo.config import ToyConfig
-    from iterdpo.toyworld import ToyWorld, tiny_llama_config, train_tokenizer
+    from iterdpo.worlds.toy import ToyWorld, tiny_llama_config, train_tokenizer
 
     world = ToyWorld(ToyConfig())
     tok = train_tokenizer(world, [" ".join(world.vocabulary())])

@@ -18,6 +18,7 @@ from trl import DPOConfig, DPOTrainer
 from ..config import DPORoundConfig, load_preset
 from ..dpo import dpo_args, round_rows
 from ..memory import peak_memory
+from ..metrics import N
 from ..models import Precision, free, load_causal_lm, lora_config
 from .setup import Setup, Sizes, _paired
 from .generation import count_cpu_attention
@@ -80,7 +81,7 @@ def _dpo_run(arm: str, st: Setup, dcfg: DPORoundConfig, work: Path, seed: int, c
         t1 = time.perf_counter()
         with counters[1]:
             trainer.train()
-        out["wall_seconds"], out["init_seconds"] = time.perf_counter() - t0, t1 - t0
+        out[N.wall_seconds], out["init_seconds"] = time.perf_counter() - t0, t1 - t0
     if count_flops:
         out["flops_init"], out["flops_train"] = (c.get_total_flops() for c in counters)
     lengths = [max(x) for x in _seq_lengths(trainer.train_dataset)]
@@ -151,7 +152,7 @@ def _run_arm(workers: dict, arm: str, count_flops: bool = False) -> dict:
 
 def _dpo_record(st: Setup, s: Sizes, flops: dict, same: dict, runs: dict) -> dict:
     """bench.json's dpo section from the FLOP-counting runs, the same-batches run and the timed runs."""
-    ours_s, base_s = [r["wall_seconds"] for r in runs["ours"]], [r["wall_seconds"] for r in runs["baseline"]]
+    ours_s, base_s = [r[N.wall_seconds] for r in runs["ours"]], [r[N.wall_seconds] for r in runs["baseline"]]
     trained = s.dpo_steps * s.dpo_batch * s.dpo_accum
     f = {a: {"precompute": flops[a]["flops_init"], "train": flops[a]["flops_train"]} for a in flops}
     for a in f:

@@ -18,6 +18,7 @@ from ..config import load_preset
 from ..devicecheck.report import device_check
 from ..devicecheck.report import table as check_table
 from ..folder import read_json
+from ..metrics import N
 from ..pipeline import run_all
 from .setup import PRESETS, SIZES, Sizes, setup_smollm2, setup_tiny
 from .generation import bench_generation
@@ -38,7 +39,7 @@ def bench_e2e(mode: str, work: Path) -> dict:
     t0 = time.perf_counter()
     run_all(cfg)
     total = time.perf_counter() - t0
-    stages = {str(p.parent.relative_to(root)): read_json(p).get("wall_seconds")
+    stages = {str(p.parent.relative_to(root)): read_json(p).get(N.wall_seconds)
               for p in sorted(root.glob("**/metrics.json"))}
     stages = {k: v for k, v in stages.items() if v is not None}  # the data split records no time
     stages["other (data split, summary, loading between stages)"] = total - sum(stages.values())

@@ -30,7 +30,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..config import ADJUSTABLE, ControllerConfig, RunConfig
-from ..metrics import Labels, N
+from ..metrics import N
 from .gates import (DEGRADING, RETRY, Trigger, best_round, clearly_below, collapse_check, converged, gates, score,
                     top_round, weaknesses)
 
@@ -183,37 +183,45 @@ def _decision(history: dict, rnd: int, names: set, changes: dict, cfg: Controlle
     return ("adjust_continue" if changes else "continue"), rnd, False
 
 
-def judge(ev: Evidence, cfg: RunConfig) -> Verdict:
-    """The verdict on round `ev.round`: collapse, label quality, gates, decision, next round's settings."""
-    c, rnd, m = cfg.controller, ev.round, ev.metrics
-    m = {**m, **collapse_check(ev.chosen_logratios, ev.rejected_logratios, m[N.mean_length], ev.sft_mean_length, c,
-                               m.get(N.base_perplexity_ratio_vs_sft))}
-    m.update(label_gain(ev.generation, ev.reward, c.label_check, ev.heldout_pairs))
-    history = {**ev.history, rnd: m}
-    carried = ev.plan["carried"]
-    out_of_budget = rnd >= ev.max_rounds or ev.elapsed >= c.max_seconds
-    reason = "round_budget" if rnd >= ev.max_rounds else "time_budget" if ev.elapsed >= c.max_seconds else None
-    if c.enabled:
-        triggers = weaknesses(m, c)
+def decide(history: dict, rnd: int, carried: dict, cfg: ControllerConfig, max_rounds: int, elapsed: float,
+           generation_records: list | None = None) -> Verdict:
+    """The decision after round `rnd`, from every evaluated round so far (`history`, 0 = SFT; round `rnd`'s metrics
+    carry its collapse and label checks) and the hyper-parameters it carried."""
+    m = history[rnd]
+    out_of_budget = rnd >= max_rounds or elapsed >= cfg.max_seconds
+    reason = "round_budget" if rnd >= max_rounds else "time_budget" if elapsed >= cfg.max_seconds else None
+    if cfg.enabled:
+        triggers = weaknesses(m, cfg)
         names = {t.name for t in triggers}
-        new, changes = adjust(carried, triggers, rnd, c)
-        decision, start, degrading = _decision(history, rnd, names, changes, c, out_of_budget, not triggers)
+        new, changes = adjust(carried, triggers, rnd, cfg)
+        decision, start, degrading = _decision(history, rnd, names, changes, cfg, out_of_budget, not triggers)
         stop = out_of_budget or decision in ("final_evaluation", "stop_converged")  # the budget stops whatever else
-        best, targeted = best_round(history, c), _targeted(m, names, c, ev.generation_records)
+        best, targeted = best_round(history, cfg), _targeted(m, names, cfg, generation_records)
         reason = reason or ("converged" if stop else None)
     else:
         triggers, new, changes, targeted = [], carried, {}, {}
-        decision, start, degrading, best, stop = "continue", rnd, False, rnd, rnd >= ev.max_rounds
+        decision, start, degrading, best, stop = "continue", rnd, False, rnd, rnd >= max_rounds
         reason = "round_budget" if stop else None
-    return Verdict(
-        round=rnd, decision=decision, triggers=[t.to_dict() for t in triggers], changes=changes, params=carried,
-        next_params=new, targeted=targeted, best_round=best, next_start_round=start, stop=stop, stop_reason=reason,
-        score=score(m), degrading=degrading, elapsed_seconds=ev.elapsed, used_params=ev.plan["params"],
-        start_round=ev.plan["start"], collapsing=m[N.collapsing], collapse_reasons=m[N.collapse_reasons],
-        collapse_warnings=m[N.collapse_warnings], gates=gates(m, c),
-        labels={k: m[k] for k in (N.label_check_source, N.label_gain_oracle, N.label_gain_oracle_se, N.label_gain_est,
-                                  N.label_gain_est_se) if k in m},
-        repair=ev.repair)
+    return Verdict(round=rnd, decision=decision, triggers=[t.to_dict() for t in triggers], changes=changes,
+                   params=carried, next_params=new, targeted=targeted, best_round=best, next_start_round=start, stop=stop,
+                   stop_reason=reason, score=score(m), degrading=degrading, elapsed_seconds=elapsed,
+                   collapsing=bool(m.get(N.collapsing, False)), gates=gates(m, cfg))
+
+
+def judge(ev: Evidence, cfg: RunConfig) -> Verdict:
+    """The verdict on round `ev.round`: its collapse and label checks, then the decision (decide) with the gates,
+    the repair it had and the settings it used."""
+    c, m = cfg.controller, ev.metrics
+    collapse = collapse_check(ev.chosen_logratios, ev.rejected_logratios, m[N.mean_length], ev.sft_mean_length, c,
+                              m.get(N.base_perplexity_ratio_vs_sft))
+    m = {**m, **collapse, **label_gain(ev.generation, ev.reward, c.label_check, ev.heldout_pairs)}
+    v = decide({**ev.history, ev.round: m}, ev.round, ev.plan["carried"], c, ev.max_rounds, ev.elapsed,
+               ev.generation_records)
+    labels = {k: m[k] for k in (N.label_check_source, N.label_gain_oracle, N.label_gain_oracle_se, N.label_gain_est,
+                                N.label_gain_est_se) if k in m}
+    return dataclasses.replace(v, collapse_reasons=collapse[N.collapse_reasons],
+                               collapse_warnings=collapse[N.collapse_warnings], labels=labels,
+                               used_params=ev.plan["params"], start_round=ev.plan["start"], repair=ev.repair)
 
 
 def non_finite(ev: Evidence, cfg: RunConfig, error, failed_in_a_row: int) -> Verdict:

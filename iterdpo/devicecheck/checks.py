@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArgu
 from ..config import ModelConfig, load_preset
 from ..folder import read_json
 from ..memory import with_oom_retry
+from ..metrics import N
 from ..models import import_base, load_causal_lm, lora_config, resolve_precision
 from ..pipeline import run_all
 from ..runfolder import RunFolder
@@ -129,10 +130,10 @@ def _run_record(root: Path) -> dict:
     summary = run.summary() if run.summary_path.exists() else None
     rounds = [r for r in (summary or {}).get("rounds", []) if r["round"] != 0]
     best = (summary or {}).get("best_round")
-    win = next((r["metrics"].get("oracle_win_rate_vs_sft") for r in rounds if r["round"] == best), None)
+    win = next((r["metrics"].get(N.oracle_win_rate_vs_sft) for r in rounds if r["round"] == best), None)
     logs = [row for p in root.glob("**/train_log.jsonl") for row in map(json.loads, p.read_text().splitlines())]
     return {"summary_written": summary is not None, "best_round": best, "best_oracle_win_rate_vs_sft": win,
-            "oracle_win_rates_vs_sft": {r["round"]: r["metrics"].get("oracle_win_rate_vs_sft") for r in rounds},
+            "oracle_win_rates_vs_sft": {r["round"]: r["metrics"].get(N.oracle_win_rate_vs_sft) for r in rounds},
             "decisions": len(run.decisions()), "rounds_run": len(rounds), "non_finite_metrics": _non_finite_metrics(root),
             "train_losses": sum("loss" in r for r in logs),
             "non_finite_train_losses": sum("loss" in r and not _finite(r["loss"]) for r in logs),

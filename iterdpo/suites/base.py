@@ -42,7 +42,7 @@ def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def load_suite(suite: Suite, name: str, source: str, n: int, seed: int) -> list[dict]:
+def read_suite(suite: Suite, name: str, source: str, n: int, seed: int) -> list[dict]:
     """n items of a file-backed suite from a local file/folder or a hub dataset name: a seeded sample of the
     test split (or the suite's own draw). A malformed record raises DataError naming file and line."""
     if suite.read_local is None:

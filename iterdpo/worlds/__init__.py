@@ -39,6 +39,9 @@ class World:
     style = "chat"  # how capability probes and pairs are phrased: "chat" (plain English) or "toy"
     oracle: Callable[[str, str, bool], float] | None = None  # (rendered prompt, response, ended) -> true score
 
+    def __init__(self, cfg):
+        self.cfg = cfg  # the RunConfig
+
     @classmethod
     def for_run(cls, cfg) -> "World":
         """The world of the run `cfg` (the RunConfig)."""

@@ -12,9 +12,6 @@ from . import SeedData, World
 @WORLDS.register("hh")
 @WORLDS.register("pairs")
 class FilePairs(World):
-    def __init__(self, cfg):
-        self.cfg = cfg
-
     def seed_data(self, cfg, tokenizer, base: str) -> SeedData:
         d = cfg.data
         pairs, skips = load_pairs(d.source, d.path, tokenizer, d.max_prompt_tokens, d.max_response_tokens, d.hub_split,

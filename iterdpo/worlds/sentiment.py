@@ -50,9 +50,6 @@ def first_turns(paths: list[str]) -> list[str]:
 class SentimentWorld(World):
     """Prompts, seed pairs and the oracle of the sentiment world for one RunConfig."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-
     def oracle(self, prompt: str, response: str, ended: bool = True) -> float:
         """VADER's compound sentiment of the reply; the prompt and `ended` do not enter (see the module notes)."""
         return sentiment(response)
