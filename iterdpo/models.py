@@ -66,7 +66,7 @@ def cpu_has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 def inference_precision(choice: str, model: Precision, device: str | None = None) -> Precision:
     """The dtype for sampling and scoring (no training): `model`'s on a GPU under auto; on a CPU, bf16 where
-    it has AMX bf16 units (there a 32-row bf16 matmul runs about 4x the fp32 rate), else fp32.
+    it has AMX bf16 units (there a batched bf16 matmul runs several times the fp32 rate), else fp32.
 
     Explicit choices are checked as for training, except that bf16 is allowed on any CPU (slow without AMX).
     """

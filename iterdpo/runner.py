@@ -11,7 +11,7 @@ into this run's config), so each one rebuilds exactly the config of the run. Exe
 notebook whose executed copy exists is skipped (the stages inside are resumable on their own too).
 A notebook that fails is kept as ``<name>.failed.ipynb`` beside them, with the traceback in it.
 
-Starting a kernel and importing the libraries costs 10-17 s per notebook, so the next notebook's kernel
+Starting a kernel and importing the libraries takes seconds per notebook, so the next notebook's kernel
 starts while the current one runs and waits at its first stage for its turn (``iterdpo.turns``). When the
 controller picks another next step than the one started (it stops early), that kernel is cancelled and
 leaves nothing behind; when a notebook fails, the one waiting behind it is cancelled too.
@@ -35,8 +35,8 @@ from .runfolder import RunFolder
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "python3"
-# Kernels nobody watches: no progress widgets (saved, they show a frozen 0%, and they cost a quarter of a
-# tiny run's time; the runner prints one line per notebook instead); chat and pickers show tables.
+# Kernels nobody watches: no progress widgets (saved, they show a frozen 0%, and they slow a tiny run; the
+# runner prints one line per notebook instead); chat and pickers show tables.
 HEADLESS_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
                 "ITERDPO_HEADLESS": "1"}
 # Settings for executing every notebook quickly (CI, nbval): the toy world, one round, few steps.

@@ -1,7 +1,7 @@
 """Turn-taking between notebook kernels that the runner starts ahead of their turn.
 
-Starting a kernel and importing torch, transformers, TRL and PEFT takes 10-17 s, a third of a tiny
-run when eight notebooks run one after another. The runner therefore starts the next notebook while
+Starting a kernel and importing torch, transformers, TRL and PEFT takes long enough to matter in a tiny run,
+where eight notebooks run one after another. The runner therefore starts the next notebook while
 the current one runs; that kernel gets ``ITERDPO_GATE=<folder>|<key>`` in its environment, imports
 what the stages need, and waits in ``wait_turn`` (called by ``notebook.ready`` in every notebook's setup cell,
 before it reads the run folder) until the runner

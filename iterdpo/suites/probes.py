@@ -1,8 +1,7 @@
 """The ``probes`` suite, generated here, offline: arithmetic and instruction following. Style ``toy`` asks the
 toy world's base skills (``add 3 4`` -> ``7``, ``repeat apple`` -> ``apple``); style ``chat`` asks the same in
 plain English, for any chat model (sums are scored as ``3 + 4 = 7``: chat models restate the sum, so a bare
-``7`` as the first token is off their distribution; SmolLM2-135M-Instruct gets 10% on bare numbers, 95% on
-restated sums)."""
+``7`` as the first token is off their distribution)."""
 
 from __future__ import annotations
 

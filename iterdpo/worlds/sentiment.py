@@ -28,8 +28,8 @@ from ..registry import WORLDS
 from ..samplers import load as load_sampler
 from . import SeedData, World
 
-# Extra seed-pair prompts drawn beyond the pairs asked for, to make up for oracle ties (4 of 124 of SmolLM2's
-# reply pairs at 48 tokens in the smollm2-sentiment preset, seed 1: two neutral replies scoring 0).
+# Extra seed-pair prompts drawn beyond the pairs asked for, to make up for oracle ties (mostly two neutral
+# replies both scoring 0), which are skipped.
 TIE_MARGIN = 0.2
 
 
