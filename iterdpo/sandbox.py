@@ -26,9 +26,9 @@ Layers, outermost first:
 - **Not root**: ``RLIMIT_NPROC`` counts all the evaluator user's processes (with many of them the
   program cannot fork at all); a user plus network namespace is tried (it needs unprivileged user
   namespaces); where that fails a warning says so, and only the guard stops sockets.
-- **The guard**, in the child before the program runs, in the spirit of human-eval's
-  ``reliability_guard``: ``os``/``posix`` process, signal, delete, rename, chmod/chown, chdir and exec
-  functions, ``shutil.rmtree``/``move``, ``subprocess`` and socket creation raise PermissionError;
+- **The guard** (``iterdpo/sandbox_guard.py``), in the child before the program runs, in the spirit of
+  human-eval's ``reliability_guard``: ``os``/``posix`` process, signal, delete, rename, chmod/chown, chdir
+  and exec functions, ``shutil.rmtree``/``move``, ``subprocess`` and socket creation raise PermissionError;
   ``open``/``os.open``/``os.mkdir`` refuse to write outside the temporary folder; the ``ctypes``,
   ``resource``, ``multiprocessing`` and ``pty`` imports are refused; ``-S`` leaves out ``exit``/``quit``.
   The guard is the floor, not the ceiling: code that means to can undo it from inside the same
@@ -64,6 +64,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 PASSED, FAILED, TIMED_OUT, KILLED = "passed", "failed", "timed_out", "killed"
 SANDBOX_USER = 65534  # uid and gid of the child when the evaluator is root (nobody)
@@ -112,88 +113,9 @@ class Outcome:
         return self.status == PASSED
 
 
-# The child's bootstrap (``python -c _BOOTSTRAP verdict_fd program_file``): read the program, install the
-# guard, run the program, write the verdict to verdict_fd. os._exit skips the program's atexit hooks.
-_BOOTSTRAP = r'''
-import builtins, faulthandler, io, os, posix, shutil, socket, subprocess, sys, traceback, _socket
-verdict_fd, program, write, leave = int(sys.argv[1]), sys.argv[2], os.write, os._exit
-with open(program, encoding="utf-8") as f:
-    source = f.read()
-workdir = os.path.realpath(os.getcwd())
-faulthandler.disable()
-
-def refuse(name):
-    def refused(*args, **kwargs):
-        raise PermissionError(f"sandbox: {name} is disabled")
-    return refused
-
-PROCESS = ("system", "popen", "fork", "forkpty", "kill", "killpg", "setsid", "setpgid", "setpgrp",
-           "setuid", "seteuid", "setreuid", "setresuid", "setgid", "setegid", "setregid", "setresgid",
-           "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe", "spawnv",
-           "spawnve", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnvp", "spawnvpe", "posix_spawn",
-           "posix_spawnp", "putenv", "unsetenv", "chdir", "fchdir", "chroot")
-FILES = ("remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate",
-         "ftruncate", "link", "symlink", "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown",
-         "chflags", "lchflags", "mkfifo", "mknod")
-for module, names in ((os, PROCESS + FILES), (posix, PROCESS + FILES),
-                      (shutil, ("rmtree", "move", "chown")),
-                      (subprocess, ("Popen", "run", "call", "check_call", "check_output", "getoutput",
-                                    "getstatusoutput")),
-                      (socket, ("socket", "create_connection", "create_server", "socketpair", "fromfd")),
-                      (_socket, ("socket", "socketpair"))):
-    for name in names:
-        if hasattr(module, name):
-            setattr(module, name, refuse(f"{module.__name__}.{name}"))
-for name in ("ctypes", "_ctypes", "resource", "multiprocessing", "_multiprocessing", "pty", "psutil",
-             "_posixsubprocess", "ipdb", "joblib", "tkinter"):
-    sys.modules[name] = None
-
-def inside(path, dir_fd=None):
-    if isinstance(path, int):
-        return True
-    real = os.path.realpath(os.fsdecode(os.fspath(path)))
-    return dir_fd is None and (real == workdir or real.startswith(workdir + os.sep))
-
-real_open, real_os_open, real_mkdir = io.open, os.open, os.mkdir
-WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-def guarded_open(file, mode="r", *args, **kwargs):
-    if set(mode) & set("wax+") and not inside(file):
-        raise PermissionError(f"sandbox: writing {file!r} outside the working folder")
-    return real_open(file, mode, *args, **kwargs)
-
-def guarded_os_open(path, flags, mode=0o777, *, dir_fd=None):
-    if flags & WRITES and not inside(path, dir_fd):
-        raise PermissionError(f"sandbox: writing {path!r} outside the working folder")
-    return real_os_open(path, flags, mode, dir_fd=dir_fd)
-
-def guarded_mkdir(path, mode=0o777, *, dir_fd=None):
-    if not inside(path, dir_fd):
-        raise PermissionError(f"sandbox: creating {path!r} outside the working folder")
-    return real_mkdir(path, mode, dir_fd=dir_fd)
-
-builtins.open = io.open = guarded_open
-os.open = posix.open = guarded_os_open
-os.mkdir = posix.mkdir = guarded_mkdir
-
-try:
-    exec(compile(source, program, "exec"), {"__name__": "__main__", "__builtins__": builtins})
-    verdict = "passed"
-except BaseException as error:
-    try:
-        traceback.print_exception(type(error), error, error.__traceback__.tb_next)  # from the program's frame
-        message = str(error).strip().splitlines()
-    except BaseException:
-        message = []
-    verdict = "error\t" + type(error).__name__ + (": " + message[0] if message else "")
-for stream in (sys.stdout, sys.stderr):
-    try:
-        stream.flush()
-    except BaseException:
-        pass
-write(verdict_fd, (verdict[:500] + "\n").encode("utf-8", "replace"))
-leave(0 if verdict == "passed" else 1)
-'''
+# The child's bootstrap, run as ``python -c _BOOTSTRAP verdict_fd program_file``: iterdpo/sandbox_guard.py,
+# read as text from beside this file (so this module still imports no other module of the package).
+_BOOTSTRAP = (Path(__file__).resolve().parent / "sandbox_guard.py").read_text(encoding="utf-8")
 
 _warned: set[str] = set()
 
