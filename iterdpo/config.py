@@ -178,10 +178,11 @@ class EvalConfig(_Section):
     batch_size: int = F(64, "Sequences per batch for log-probs and sampling.", min=1, max=65_536)
     greedy: bool = F(False, "Also report greedy-decoding figures beside the sampled ones.")
     backend: str = F("hf", "Sampler for evaluation samples and log-probs (iterdpo/samplers/); capability scoring reads its Hugging Face model, so hf unless a backend offers one.", choices=SAMPLERS)
-    capability: list = F(["probes"], "Capability suites (iterdpo/suites/): probes (built in), gsm8k, mmlu, arc.")
+    capability: list = F(["probes"], "Capability suites (iterdpo/suites/): probes (built in), gsm8k, mmlu, arc, humaneval.")
     capability_n: int = F(32, "Items per capability suite.", min=1, max=100_000)
     capability_paths: dict = F({}, "Local file or hub name per suite, e.g. {gsm8k: ../shared/data/evals/gsm8k/test.jsonl}.")
     gsm8k_max_new_tokens: int = F(128, "Tokens generated per GSM8K answer.", min=1, max=4096)
+    humaneval_max_new_tokens: int = F(384, "Tokens generated per HumanEval answer (the whole function, often its docstring again).", min=1, max=4096)
     length_bins: int = F(4, "Length bins for the length-controlled win rate.", min=1, max=100)
 
     def validate(self) -> None:

@@ -24,7 +24,7 @@ from .metrics import ARMS_COMPARED, Evaluation, N, capability_of, oracle_win_rat
 from .models import free, resolve_precision
 from .samplers import Sampler
 from .samplers import load as load_sampler
-from .suites import capability_scores, retention, retention_se, score_se
+from .suites import capability_results, retention, retention_se, score_se
 from .worlds import world_of
 
 
@@ -49,7 +49,8 @@ def _policy_pass(policy: Sampler, inputs: EvalInputs, cfg) -> dict:
                                       seed=inputs.seed, desc="eval samples")]
     out = _logprob_pass(policy, samples, inputs, "policy")
     out["samples"] = samples
-    out["capability"] = capability_scores(policy.model, policy.tokenizer, e, inputs.style, cfg.seed)
+    out["capability"], out["capability_rows"] = capability_results(policy.model, policy.tokenizer, e, inputs.style,
+                                                                    cfg.seed)
     if e.greedy:
         out["greedy"] = [dict(prompt=r["prompt"], response=r["responses"][0], ended=r["ended"][0])
                          for r in policy.sample(inputs.heldout_prompts, 1, g.max_new_tokens, greedy=True,
@@ -114,9 +115,10 @@ def compare(samples: list[dict], other: list[dict] | None, name: str, has_oracle
 def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str | list[str], inputs: EvalInputs, cfg,
              sft_samples: list[dict] | None = None, prev_samples: list[dict] | None = None,
              baseline_capability: float | None = None,
-             baseline_capability_se: float = 0.0) -> tuple[Evaluation, list[dict]]:
-    """The evaluation and the scored samples of the policy at `policy_path` (ref_path None: it is its own
-    reference). Models load one at a time, in model.precision, and each is dropped before the next loads."""
+             baseline_capability_se: float = 0.0) -> tuple[Evaluation, list[dict], dict[str, list[dict]]]:
+    """The evaluation, the scored samples and the capability suites' per-item rows ({suite: rows}, for the suites
+    that return them) of the policy at `policy_path` (ref_path None: it is its own reference). Models load one at
+    a time, in model.precision, and each is dropped before the next loads."""
     precision = resolve_precision(cfg.model.precision)
     pol, ref = _policy_and_reference(policy_path, ref_path, inputs, cfg, precision)
     samples = pol["samples"]
@@ -141,7 +143,7 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str |
             m[N.greedy_oracle_score] = sum(inputs.oracle(s["prompt"], s["response"], s["ended"])
                                            for s in pol["greedy"]) / len(pol["greedy"])
     m.update(_against_sft_and_previous(samples, rewards, sft_samples, prev_samples, inputs.oracle is not None))
-    return Evaluation.from_dict(m), samples
+    return Evaluation.from_dict(m), samples, pol["capability_rows"]
 
 
 def _policy_and_reference(policy_path: str, ref_path: str | None, inputs: EvalInputs, cfg, precision) -> tuple[dict, dict]:
@@ -244,9 +246,9 @@ def _against_sft_and_previous(samples: list[dict], rewards: list[float], sft_sam
 
 
 def evaluate_policy(cfg, run, rnd, ref: str | None = None, beta: float | None = None,
-                    policy: str | None = None) -> tuple[Evaluation, list[dict]]:
-    """The evaluation and scored samples of round `rnd`'s trained policy (or the one at `policy`, e.g. a repair
-    candidate) against `ref` (a path; None: itself), on the held-out set."""
+                    policy: str | None = None) -> tuple[Evaluation, list[dict], dict[str, list[dict]]]:
+    """The evaluation, scored samples and capability rows ({suite: rows}) of round `rnd`'s trained policy (or the
+    one at `policy`, e.g. a repair candidate) against `ref` (a path; None: itself), on the held-out set."""
     world = world_of(cfg)
     inputs = EvalInputs(run.pairs("heldout_pairs"), run.prompts("heldout_prompts"),
                         world.oracle if world.has_oracle else None, cfg.seed_for("eval_sampling"), style=world.style,

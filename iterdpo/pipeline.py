@@ -90,7 +90,8 @@ def run_reward(cfg: RunConfig, force: bool = False) -> dict:
 
 def evaluate_round(cfg: RunConfig, rnd: int | str, force: bool = False, ref: str | None = None,
                    beta: float | None = None) -> dict:
-    """Evaluate round `rnd`'s trained policy into round_<rnd>/eval (samples.jsonl, metrics.json).
+    """Evaluate round `rnd`'s trained policy into round_<rnd>/eval (samples.jsonl, metrics.json, and
+    capability_<suite>.jsonl for each suite that scores item by item).
 
     The evaluation belongs to one training of the round (RunFolder.made_from): after a round was trained again
     (force, or a resumed run that retrained its offline arm and was killed before evaluating it), an earlier
@@ -101,8 +102,11 @@ def evaluate_round(cfg: RunConfig, rnd: int | str, force: bool = False, ref: str
     stale = rnd != 0 and run.done(dest) and not run.made_from(dest, config["trained"])
 
     def work(tmp: Path) -> dict:
-        evaluation, samples = evaluate.evaluate_policy(cfg, run, rnd, ref, beta)
-        write_jsonl(StageFiles(tmp).samples, samples)
+        evaluation, samples, capability_rows = evaluate.evaluate_policy(cfg, run, rnd, ref, beta)
+        files = StageFiles(tmp)
+        write_jsonl(files.samples, samples)
+        for suite, rows in capability_rows.items():
+            write_jsonl(files.capability(suite), rows)
         return evaluation.to_dict()
 
     return stage(dest, config, force or stale, work)

@@ -107,7 +107,7 @@ def repair_stage(cfg, run: RunFolder, rnd, start, m: dict, ref: str | None, beta
     for alpha in c.repair_alphas:
         cand = tmp / "candidates" / f"alpha_{alpha:g}"
         interpolate(run.policy(start), run.trained_policy(rnd), alpha, cand)
-        evaluation, samples = evaluate_policy(cfg, run, rnd, ref, beta, policy=str(cand))
+        evaluation, samples, capability_rows = evaluate_policy(cfg, run, rnd, ref, beta, policy=str(cand))
         cm = evaluation.to_dict()
         passes = eligible(cm, c)
         tried.append({"alpha": alpha, "passes": passes, **{k: cm[k] for k in KEYS if k in cm}})
@@ -121,6 +121,8 @@ def repair_stage(cfg, run: RunFolder, rnd, start, m: dict, ref: str | None, beta
             ev.folder.mkdir()
             write_json(ev.config, {"run": cfg.to_dict(), "start": start, "alpha": alpha})
             write_jsonl(ev.samples, samples)
+            for suite, rows in capability_rows.items():
+                write_jsonl(ev.capability(suite), rows)
             write_json(ev.metrics, {**cm, N.repair_alpha: alpha, N.repair_start_round: start})
             kept = alpha
             break

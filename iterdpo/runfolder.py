@@ -58,6 +58,10 @@ class StageFiles:
     export_record = property(lambda self: self.folder / "export.json")
     members = property(lambda self: self.folder / "members")  # reward-ensemble members after the first
 
+    def capability(self, suite: str) -> Path:
+        """capability_<suite>.jsonl in an evaluation folder: the suite's rows, one per item, where it returns them."""
+        return self.folder / f"capability_{suite}.jsonl"
+
     def data(self, name: str) -> Path:
         """data/<name>.jsonl: train_pairs, heldout_pairs, heldout_prompts, gen_prompts."""
         return self.folder / f"{name}.jsonl"

@@ -2,8 +2,10 @@
 
 Each suite is one module of this package, registered in ``iterdpo.registry.SUITES`` (its items and how they
 are scored to an accuracy in [0, 1]): ``probes`` (generated here, offline), ``gsm8k`` (greedy generation, the
-last number must match), ``mmlu`` and ``arc`` (multiple choice, the letters scored). A suite says which world
-styles it can serve (iterdpo.worlds.World.style); the config refuses one the run's world cannot serve.
+last number must match), ``mmlu`` and ``arc`` (multiple choice, the letters scored), ``humaneval`` (greedy code,
+run in the sandbox). A suite says which world styles it can serve (iterdpo.worlds.World.style); the config
+refuses one the run's world cannot serve. A suite may also return one row per item beside its accuracy
+(``capability_results``); the evaluation keeps them as ``capability_<suite>.jsonl``.
 """
 
 from __future__ import annotations
@@ -36,12 +38,23 @@ def load_suite(name: str, source: str, n: int, seed: int) -> list[dict]:
     return read_suite(SUITES[name], name, source, n, seed)
 
 
+def capability_results(model, tokenizer, cfg: EvalConfig, style: str,
+                       seed: int) -> tuple[dict, dict[str, list[dict]]]:
+    """({suite: accuracy for each suite in cfg.capability, N.capability_score: their mean}, {suite: its rows} for
+    each suite whose score returns (accuracy, one row per item) rather than the accuracy alone)."""
+    scores, rows = {}, {}
+    for name in cfg.capability:
+        got = SUITES[name].score(model, tokenizer, suite_items(name, cfg, style, seed), cfg)
+        if isinstance(got, tuple):
+            got, rows[name] = got
+        scores[name] = got
+    scores[N.capability_score] = sum(scores.values()) / len(scores) if scores else float("nan")
+    return scores, rows
+
+
 def capability_scores(model, tokenizer, cfg: EvalConfig, style: str, seed: int) -> dict:
     """{suite: accuracy for each suite in cfg.capability, N.capability_score: their mean}."""
-    scores = {name: SUITES[name].score(model, tokenizer, suite_items(name, cfg, style, seed), cfg)
-              for name in cfg.capability}
-    scores[N.capability_score] = sum(scores.values()) / len(scores) if scores else float("nan")
-    return scores
+    return capability_results(model, tokenizer, cfg, style, seed)[0]
 
 
 def score_se(scores: dict, n: int) -> float:

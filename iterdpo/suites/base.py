@@ -29,9 +29,9 @@ LETTERS = "ABCDEFGH"
 class Suite:
     """How one suite's items are had and scored; registered under its name in iterdpo.registry.SUITES."""
 
-    score: Callable  # (model, tokenizer, items, EvalConfig) -> accuracy in [0, 1]
+    score: Callable  # (model, tokenizer, items, EvalConfig) -> accuracy in [0, 1], or (accuracy, a row per item)
     styles: frozenset = frozenset({"chat"})  # the world styles it can serve (iterdpo.worlds.World.style)
-    make: Callable | None = None  # (EvalConfig, style, seed) -> items, for a suite generated here (no file)
+    make: Callable | None = None  # (EvalConfig, style, seed) -> items, for a suite that finds its own (no path needed)
     read_local: Callable | None = None  # (path) -> items, for a file-backed suite
     hub: tuple[str, str] | None = None  # (config, split) when the source is a hub dataset name
     hub_item: Callable | None = None  # (hub row, location) -> item
