@@ -22,17 +22,15 @@ import sys
 import time
 from pathlib import Path
 
-from . import dist
+from . import dist, pipeline, runner
 from .config import SECTIONS, ConfigError, RunConfig, field_help, load_preset, parse_override
 from .controller.report import headline
 from .data import ApproxTokenizer, DataError, load_pairs, preflight
 from .folder import write_json
 from .guard import NonFiniteError
 from .models import resolve_source
-from .pipeline import run_all
 from .resume import ResumeError, resume, resumed_config
 from .runfolder import OFFLINE_ARM, RunFolder
-from .runner import run_notebooks
 from .metrics import N, win_rate_vs
 
 
@@ -158,9 +156,9 @@ def _run(args) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
     if args.engine == "notebooks":
-        summary = run_notebooks(cfg, overrides={**overrides, "rounds": cfg.rounds}, resume=args.resume)
+        summary = runner.run_notebooks(cfg, overrides={**overrides, "rounds": cfg.rounds}, resume=args.resume)
     else:
-        summary = run_all(cfg)
+        summary = pipeline.run_all(cfg)
     print(report(summary, time.perf_counter() - t0, Path(cfg.out)))
     dist.shutdown()
     return 0

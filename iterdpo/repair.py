@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .controller.gates import eligible, weaknesses
-from .evaluate import evaluate_policy
+from . import evaluate
 from .folder import write_json, write_jsonl
 from .metrics import N, se
 from .runfolder import RunFolder, StageFiles

@@ -79,14 +79,15 @@ def done(run: RunFolder, stage: str, rnd: int | None = None) -> bool:
     raise ValueError(f"unknown stage {stage!r}; the stages are {list(BY_NAME)}")
 
 
-def _first_needed(run: RunFolder, stage: Stage, rnd: int | None) -> str | None:
-    """What stage `stage` (of round `rnd`) needs first, in one line; None when its reads are finished."""
+def _first_needed(run: RunFolder, stage: Stage, rnd: int | None, made_here: tuple = ()) -> str | None:
+    """What stage `stage` (of round `rnd`) needs first, in one line; None when its reads are finished or are among
+    `made_here` (the stages the same notebook runs before it)."""
     texts = {"sft": f"run 01_sft first: {run.root} has no finished SFT stage",
              "reward": f"run 02_reward_model first: {run.root} has no finished reward model",
              "generate": f"run 03_synthetic_preferences with round={rnd} first",
              "dpo": "run the rounds first (03_synthetic_preferences, then 04_dpo_round, round 1)"}
     for name in stage.reads:
-        if BY_NAME[name].notebook == stage.notebook:  # made by the same notebook, before this stage
+        if BY_NAME[name] in made_here:
             continue
         if not done(run, name, rnd if BY_NAME[name].scope == "round" and stage.scope == "round" else None):
             return texts.get(name, f"run {BY_NAME[name].notebook} first: stage {name} is not finished")
@@ -141,7 +142,7 @@ def missing(run: RunFolder, cfg, step: Step) -> str | None:
             why = _first_needed(run, BY_NAME["reward"], None) or round_problem(run, cfg, step.round)
             if why:
                 return why
-        why = _first_needed(run, stage, step.round)
+        why = _first_needed(run, stage, step.round, step.stages)
         if why:
             return why
     return None

@@ -6,6 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from iterdpo import repair
 from iterdpo.config import ControllerConfig, load_preset
+from iterdpo.controller.gates import needs_repair
 from iterdpo.folder import write_json
 from iterdpo.runfolder import RunFolder, StageFiles
 
@@ -49,13 +50,13 @@ def test_interpolate_writes_a_loadable_policy_folder(tmp_path):
 def test_a_repair_is_needed_for_a_capability_or_kl_failure_only():
     cfg = ControllerConfig()
     ok = {"capability_retention": 1.0, "capability_retention_se": 0.02, "kl_to_reference": 0.05, "win_rate_vs_sft": 0.7}
-    assert not repair.needed(ok, cfg)
-    assert repair.needed({**ok, "capability_retention": 0.7}, cfg)
-    assert repair.needed({**ok, "kl_to_reference": 0.5}, cfg)
-    assert not repair.needed({**ok, "capability_retention": 0.7}, ControllerConfig(repair_alphas=[]))
-    assert not repair.needed({**ok, "capability_retention": 0.7, "collapsing": True}, cfg)  # a rollback, not a repair
-    assert not repair.needed({**ok, "capability_retention": 0.7, "base_perplexity_ratio_vs_sft": 3.0}, cfg)
-    assert not repair.needed({**ok, "win_rate_vs_sft": 0.3}, cfg)  # weak alignment is not repaired by stepping back
+    assert not needs_repair(ok, cfg)
+    assert needs_repair({**ok, "capability_retention": 0.7}, cfg)
+    assert needs_repair({**ok, "kl_to_reference": 0.5}, cfg)
+    assert not needs_repair({**ok, "capability_retention": 0.7}, ControllerConfig(repair_alphas=[]))
+    assert not needs_repair({**ok, "capability_retention": 0.7, "collapsing": True}, cfg)  # a rollback, not a repair
+    assert not needs_repair({**ok, "capability_retention": 0.7, "base_perplexity_ratio_vs_sft": 3.0}, cfg)
+    assert not needs_repair({**ok, "win_rate_vs_sft": 0.3}, cfg)  # weak alignment is not repaired by stepping back
 
 
 def test_a_kept_repair_stands_for_the_round(tmp_path):

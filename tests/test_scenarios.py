@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iterdpo import evaluate, pipeline, repair
+from iterdpo import evaluate, pipeline, repair, stages
 from iterdpo.runfolder import RunFolder, StageFiles
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def test_converging_run_stops_by_itself(tiny_run):
     d = _decisions(cfg)
     assert d[-1]["decision"] in ("stop_converged", "final_evaluation") and d[-1]["stop"]
     assert len(d) < cfg.controller.max_rounds  # stopped before the budget
-    assert pipeline.next_round(cfg) is None
+    assert stages.next_round(RunFolder(cfg.out), cfg) is None
 
 
 def test_a_gate_failing_round_is_repaired_toward_its_start(tiny_run, capsys, monkeypatch):
@@ -89,7 +89,7 @@ def test_a_gate_failing_round_is_repaired_toward_its_start(tiny_run, capsys, mon
     def no_evaluation(*args, **kwargs):
         raise AssertionError("a finished repair is read back, not evaluated again")
 
-    monkeypatch.setattr(evaluate, "evaluate_round", no_evaluation)
+    monkeypatch.setattr(evaluate, "evaluate_policy", no_evaluation)
     assert pipeline.repair_round(passing, 1, 0, m, ref, beta) == got  # resumed
     trained = StageFiles(run.dpo(1)).metrics
     before = trained.read_text()

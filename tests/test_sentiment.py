@@ -76,7 +76,8 @@ def test_data_stage_and_a_short_sampling_pass_on_smollm2(shared_data, tmp_path):
     """The data stage at a tiny size (a few prompts, a few tokens): labels, noise share, the split, then
     one short generation from the base model scored by the oracle."""
     _smollm2()
-    from iterdpo import pipeline, sampler
+    from iterdpo import pipeline
+    from iterdpo import samplers as sampler
     from iterdpo.models import Precision
     from iterdpo.runfolder import RunFolder
 
