@@ -4,8 +4,8 @@ Read the modules in the order the data flows (the README's module map says what 
 registry, fields, config, metrics, folder, data, losses, migrate, runfolder, progress, guard, dist, models,
 training, memory, lexicons, sampling; the seams worlds/, samplers/, suites/, strategies/ (with pairs); the stages
 sft, reward, generate, dpo, evaluate, repair; controller/ (gates, verdict, log, report); stages, pipeline,
-resume; the faces turns, runner, notebook, judges, plots/, export, __main__; sandbox and humaneval; the tools
-bench/, devicecheck/, wheelhouse.
+resume; the faces turns, runner, notebook, judges, plots/, export, __main__; sandbox, sandbox_guard and
+humaneval; the tools bench/, devicecheck/, wheelhouse.
 """
 
 __version__ = "0.1.0"

@@ -138,6 +138,22 @@ def test_the_tools_stay_out_of_the_runtime():
     assert not {m: t for m, t in leaks.items() if t}
 
 
+def test_the_reading_order_lists_every_module():
+    """The README's module map and the package docstring name every module (a subpackage by its folder)."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## The code, in reading order"):]
+    docstring = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
+    words = set(re.findall(r"[\w]+/?", docstring))
+    for name, path in modules().items():
+        rel = path.relative_to(ROOT)
+        top = rel.parts[1] if len(rel.parts) > 1 else rel.name
+        folder = f"iterdpo/{top}/" if len(rel.parts) > 2 else None
+        if name == "iterdpo":
+            continue
+        assert (folder or str(rel)) in table, f"{rel} is not in the README's module map"
+        assert (f"{top}/" if folder else path.stem) in words, f"{rel} is not in iterdpo/__init__.py's reading order"
+
+
 def metric_names() -> set[str]:
     return {f.name for cls in (metrics.Evaluation, metrics.Labels) for f in dataclasses.fields(cls)} - {"extra"}
 
