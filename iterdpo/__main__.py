@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from . import dist, pipeline, runner
 from .config import SECTIONS, ConfigError, RunConfig, field_help, load_preset, parse_override
 from .controller.report import headline
@@ -29,6 +31,7 @@ from .data import ApproxTokenizer, DataError, load_pairs, preflight
 from .folder import write_json
 from .guard import NonFiniteError
 from .models import resolve_source
+from .registry import WORLDS
 from .resume import ResumeError, resume, resumed_config
 from .runfolder import OFFLINE_ARM, RunFolder
 from .metrics import N, win_rate_vs
@@ -126,7 +129,7 @@ def one_line(e: Exception, out: Path) -> str:
 def _show(args) -> int:
     cfg, _ = build_config(args)
     if not args.help_fields:
-        print(cfg.to_yaml())
+        print(recipe_yaml(cfg))
         return 0
     values = cfg.to_dict()
     for section in SECTIONS:
@@ -134,6 +137,16 @@ def _show(args) -> int:
         for name, text in field_help(section).items():
             print(f"  {name} = {values[section][name]!r}\n      {text}")
     return 0
+
+
+def recipe_yaml(cfg: RunConfig) -> str:
+    """The config as a preset file to keep (``show --preset t4 > my.yaml``, then ``--preset my.yaml``): a world's
+    own section (named as the world) only for the world that ``data.source`` names; a missing one loads as its
+    defaults."""
+    d = cfg.to_dict()
+    for section in [s for s in SECTIONS if s in WORLDS and s != cfg.data.source]:
+        del d[section]
+    return yaml.safe_dump(d, sort_keys=False)
 
 
 def _run(args) -> int:
