@@ -41,6 +41,11 @@ class EvalInputs:
     sft_path: str | None = None  # the SFT policy, for kl_to_sft when the reference is another round
 
 
+def heldout_flips(pairs: list[dict]) -> list[bool] | None:
+    """Each held-out pair's `flipped` flag, where every pair carries one (a world that knows its oracle labels)."""
+    return [bool(p["flipped"]) for p in pairs] if pairs and all("flipped" in p for p in pairs) else None
+
+
 def _policy_pass(policy: Sampler, inputs: EvalInputs, cfg) -> dict:
     """Everything that needs only the policy."""
     g, e = cfg.generation, cfg.eval
@@ -132,7 +137,7 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str |
         for s, lp, n in zip(samples, lp_base.tolist(), n_base.tolist()):
             s["base_logp"], s["base_tokens"] = lp, n
     rewards, greedy_rewards = _judge(samples, pol.get("greedy"), rm_path, pol["tokenizer"], inputs, cfg, precision)
-    m = _policy_metrics(pol, ref, samples, rewards, beta, n_tok, kl_sft)
+    m = _policy_metrics(pol, ref, samples, rewards, beta, n_tok, kl_sft, heldout_flips(inputs.heldout_pairs))
     m.update(_capability(pol["capability"], cfg.eval.capability_n, baseline_capability, baseline_capability_se))
     m.update(_fluency(m, samples, sft_samples, inputs.base_path is not None))
     if inputs.oracle is not None:
@@ -184,10 +189,12 @@ def _judge(samples: list[dict], greedy: list[dict] | None, rm_path, tok, inputs:
 
 
 def _policy_metrics(pol: dict, ref: dict, samples: list[dict], rewards: list[float], beta: float, n_tok: torch.Tensor,
-                    kl_sft: float | None) -> dict:
-    """Preference accuracy and margin on held-out pairs, KL, perplexity, length and reward of the samples."""
-    stats = preference_stats(dpo_implicit_rewards(pol["lp_chosen"], ref["lp_chosen"], beta),
-                             dpo_implicit_rewards(pol["lp_rejected"], ref["lp_rejected"], beta))
+                    kl_sft: float | None, flipped: list[bool] | None = None) -> dict:
+    """Preference accuracy (against the seed labels, and the oracle's where `flipped` is known) and margin on
+    held-out pairs, KL, perplexity, length and reward of the samples."""
+    chosen = dpo_implicit_rewards(pol["lp_chosen"], ref["lp_chosen"], beta)
+    rejected = dpo_implicit_rewards(pol["lp_rejected"], ref["lp_rejected"], beta)
+    stats = preference_stats(chosen, rejected)
     lengths = [s["n_tokens"] for s in samples]
     kl = per_token_kl(pol["lp_samples"], ref["lp_samples"], n_tok)
     return {
@@ -199,7 +206,18 @@ def _policy_metrics(pol: dict, ref: dict, samples: list[dict], rewards: list[flo
         N.mean_length: sum(lengths) / len(lengths), N.ended_share: sum(s["ended"] for s in samples) / len(samples),
         N.length_reward_corr: correlation(lengths, rewards),
         N.mean_logp_chosen: (pol["lp_chosen"].sum() / pol["n_chosen"].sum()).item(),
+        **oracle_preference_accuracy(chosen, rejected, flipped),
     }
+
+
+def oracle_preference_accuracy(chosen: torch.Tensor, rejected: torch.Tensor, flipped: list[bool] | None) -> dict:
+    """{preference_accuracy_oracle: ...} where the held-out pairs carry `flipped` (a flipped pair's label is the
+    reverse of the oracle's), else {}. chosen, rejected: (B,) implicit rewards of the labelled sides."""
+    if flipped is None:
+        return {}
+    flip = torch.tensor(flipped, dtype=torch.bool)
+    truth = preference_stats(torch.where(flip, rejected, chosen), torch.where(flip, chosen, rejected))
+    return {N.preference_accuracy_oracle: truth["accuracy"]}
 
 
 def _capability(scores: dict, n: int, baseline: float | None, baseline_se: float) -> dict:

@@ -7,7 +7,9 @@ standard error) are made by the functions below. On disk the record stays the fl
 
 Definitions (what evaluate measures, and how):
 - preference_accuracy / reward_margin: DPO's implicit reward beta*(log pi - log pi_ref) on held-out pairs,
-  chosen against rejected (ties count half; the SFT policy is its own reference: 0.5 / 0).
+  chosen against rejected (ties count half; the SFT policy is its own reference: 0.5 / 0). The labels are the
+  seed labels, noisy on purpose in the toy and sentiment worlds (a perfect policy agrees with them only as often
+  as they are right); preference_accuracy_oracle scores the same rewards against the oracle's labels.
 - kl_to_reference: Monte-Carlo KL(pi || pi_ref) in nats per token, on the policy's own samples; kl_to_sft the
   same against the SFT policy (the x axis of the reward-KL frontier).
 - perplexity: of held-out chosen responses; base_perplexity: the base model's on the policy's own samples
@@ -30,6 +32,7 @@ class Evaluation:
     field ``<name>_se`` beside it; fields a run cannot measure (no oracle, no base model) stay None."""
 
     preference_accuracy: float | None = None
+    preference_accuracy_oracle: float | None = None  # the same against the oracle's labels (a world whose pairs carry `flipped`)
     reward_margin: float | None = None
     mean_reward: float | None = None
     kl_to_reference: float | None = None
