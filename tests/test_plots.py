@@ -113,7 +113,7 @@ def test_responses_table_has_a_column_per_model(run: Path) -> None:
 
 
 def test_response_viewer_falls_back_to_the_table_outside_a_notebook(run: Path) -> None:
-    assert plots.response_viewer(run, n_prompts=3).shape == (3, 4)
+    assert plots.response_viewer(run, n_prompts=3).data.shape == (3, 4)
 
 
 def test_decisions_table_writes_nested_fields_briefly(run: Path) -> None:
@@ -158,3 +158,70 @@ def test_monitors_are_few_and_keep_flat_lines_flat(run: Path) -> None:
     length = next(ax for ax in axes if ax.get_title() == "mean length")  # 4.0 in every model
     lo, hi = length.get_ylim()
     assert hi - lo >= 0.2
+
+
+def test_the_flat_check_reads_the_whole_curve() -> None:
+    dip = [0.693, 0.68, 0.66, 0.645, 0.64, 0.645, 0.66, 0.675, 0.685, 0.69]  # ends where it began, dipped 8%
+    assert plots.flat_note(dip) is None
+    noise = [0.693 + (0.01 if i % 2 else -0.01) for i in range(20)]  # wobbles, never falls
+    assert plots.flat_note(noise).startswith("FLAT")
+    assert plots.flat_note([3.0 - 0.1 * i for i in range(10)]) is None
+
+
+def test_every_dpo_arm_gets_the_flat_check(run: Path) -> None:
+    flat = [{"step": s, "loss": 0.693 + 0.001 * (s % 2)} for s in range(1, 21)]
+    _write(run / "offline_dpo" / "dpo" / "train_log.jsonl", flat)
+    note = " ".join(t.get_text() for t in plots.dpo_training_curves(run).axes[0].texts)
+    assert "offline DPO" in note and "round 1" not in note
+
+
+def _with_limits(run: Path, reference: str) -> Path:
+    from iterdpo.config import load_preset
+
+    cfg = load_preset("tiny", {"out": str(run), "dpo.reference": reference, "controller.max_kl": 0.5})
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    for folder in ("round_0", "round_1", "round_2", "offline_dpo"):
+        m = json.loads((run / folder / "eval" / "metrics.json").read_text())
+        m.update(kl_to_sft=m["kl_to_reference"] * 3, kl_to_reference_se=0.002, win_rate_vs_sft_se=0.04,
+                 preference_accuracy_oracle=0.7)
+        (run / folder / "eval" / "metrics.json").write_text(json.dumps(m))
+    return run
+
+
+@pytest.mark.parametrize("reference", ["previous", "sft"])
+def test_monitors_show_kl_to_sft_and_the_limit_where_it_applies(run: Path, reference: str) -> None:
+    axes = [ax for ax in plots.eval_metric_grid(_with_limits(run, reference)).axes if ax.get_visible()]
+    kl = {ax.get_title(): ax for ax in axes if "KL" in ax.get_title()}
+    assert any(t.startswith("KL to SFT") for t in kl) and len(kl) == (2 if reference == "previous" else 1)
+    gated = [ax for t, ax in kl.items() if "max_kl" in t]
+    assert len(gated) == 1 and (reference == "sft") == gated[0].get_title().startswith("KL to SFT")
+    limit = [ln for ln in gated[0].lines if ln.get_label().startswith("controller limit")]
+    assert len(limit) == 1 and limit[0].get_linestyle() == ":" and limit[0].get_ydata()[0] == 0.5
+    assert gated[0].get_ylim()[1] > 0.5  # the limit is on the axis
+    offline = [ln for ax in axes for ln in ax.lines if ln.get_label() == "offline DPO"]
+    assert offline and all(ln.get_linestyle() == "--" for ln in offline)
+
+
+def test_standard_errors_are_drawn(run: Path) -> None:
+    fig = plots.improvement_trajectory(_with_limits(run, "previous"))
+    win = next(ax for ax in fig.axes if ax.get_title().startswith("Win rate vs SFT, judged by the reward"))
+    assert any(c.get_label() == "± 1 standard error" for c in win.containers)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert any("seed labels" in t for t in titles) and any("oracle's labels" in t for t in titles)
+
+
+def test_the_best_rounds_star_leaves_the_bar_labels_readable(run: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = plots.reward_comparison(run)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.canvas.draw()
+    for ax in (a for a in fig.axes if a.get_visible()):
+        stars = [c for c in ax.collections if c.get_paths() and len(c.get_offsets()) == 1]
+        assert stars
+        for star in stars:
+            x, y = star.get_offset_transform().transform(star.get_offsets()[0])
+            r = star.get_sizes()[0] ** 0.5 / 2 * fig.dpi / 72  # marker radius in pixels
+            for text in ax.texts:
+                box = text.get_window_extent(renderer)
+                assert not (box.x0 - r < x < box.x1 + r and box.y0 - r < y < box.y1 + r), text.get_text()

@@ -15,16 +15,16 @@ what the controller sees, the second is the truth it cannot see.
 from __future__ import annotations
 
 from .frames import (  # noqa: F401
-    CHANCE, DPO_CURVES, FLAT, HEADLINE, MARKS, MONITORS, OFFLINE, SFT, TRAJECTORY, _chance, _empty, _grid,
+    CHANCE, DPO_CURVES, FLAT, HEADLINE, LIMIT, MARKS, MONITORS, OFFLINE, SFT, TRAJECTORY, _chance, _empty, _grid,
     _honest_ylim, _is_number, _order_columns, _pretty, _save, eval_metrics, eval_samples, model_folders,
     palette, round_status, train_logs,
 )
 from .tables import (  # noqa: F401
-    _arrow, _brief, comparison_table, decisions_table, label_quality_table, pairs_table, response_viewer,
-    responses_table,
+    _arrow, _brief, card_markdown, comparison_table, config_table, decisions_table, label_quality_table, pairs_table,
+    response_viewer, responses_table, wide,
 )
 from .figures import (  # noqa: F401
-    _call_out, _controller_limits, _lines, _mark_bars, dpo_training_curves, eval_metric_grid, flat_note,
+    _call_out, _controller_limits, _legend, _lines, _mark_bars, dpo_training_curves, eval_metric_grid, flat_note,
     generation_summary, improvement_trajectory, reward_comparison, reward_distributions,
     stage_training_curves, training_note,
 )

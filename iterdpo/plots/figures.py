@@ -7,26 +7,31 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.transforms import offset_copy
 
 from ..runfolder import RunFolder
 from .frames import (
-    DPO_CURVES, FLAT, MARKS, MONITORS, OFFLINE, TRAJECTORY, _chance, _empty, _grid, _honest_ylim, _pretty,
+    DPO_CURVES, FLAT, LIMIT, MARKS, MONITORS, OFFLINE, TRAJECTORY, _chance, _empty, _grid, _honest_ylim, _pretty,
     _save, eval_metrics, eval_samples, palette, round_status, train_logs,
 )
-from ..metrics import N
+from ..metrics import N, se
 
 
 # ---------------------------------------------------------------- figures
 
 def _mark_bars(ax, labels, status_of: dict) -> None:
-    """Hatch the bars of rejected and rolled-back rounds, star the best one."""
+    """Hatch the bars of rejected and rolled-back rounds, star the best one beyond its value label (22 points
+    past the bar's end, the label sits within 14), with room made for it on the axis."""
     for bar, label in zip(ax.patches, labels):
         st = status_of.get(label, "")
         if st in ("rejected", "rolled back"):
             bar.set_hatch("//")
             bar.set_edgecolor("tab:red")
         if st == "best":
-            ax.scatter(bar.get_x() + bar.get_width() / 2, bar.get_height(), **MARKS["best"])
+            h = bar.get_y() + bar.get_height()
+            away = offset_copy(ax.transData, fig=ax.figure, y=22 if h >= 0 else -22, units="points")
+            ax.scatter(bar.get_x() + bar.get_width() / 2, h, transform=away, **MARKS["best"])
+            ax.margins(y=0.25)
 
 
 def reward_comparison(run: str | Path):
@@ -70,38 +75,60 @@ def reward_distributions(run: str | Path):
 
 
 def improvement_trajectory(run: str | Path, metrics: list[tuple[str, str]] = TRAJECTORY):
-    """Win rates and preference accuracy by round (0 = SFT): chance at 0.5, the controller's marks, offline DPO dashed."""
+    """Win rates and preference accuracy (against the seed labels and, where the world has an oracle, its labels)
+    by round (0 = SFT): chance at 0.5, the controller's marks, offline DPO dashed, standard errors as bars."""
     df = eval_metrics(run)
     panels = [(m, t) for m, t in metrics if m in df.columns and df[m].notna().any()]
     if not panels:
         return _empty(run, "trajectory", "Improvement by round", "no eval metrics yet")
-    fig, axes = _grid(len(panels), 3, size=(4.6, 3.6))
+    fig, axes = _grid(len(panels), 4, size=(4.6, 3.6))
     _lines(run, df, panels, axes)
+    _legend(axes)
     fig.suptitle("Improvement over rounds (round 0 = SFT). What the controller sees is the reward model's judgement.")
     return _save(fig, run, "trajectory")
 
 
 def eval_metric_grid(run: str | Path):
-    """The controller's monitors by round: KL to the reference, capability retention, length, perplexity,
-    each with its threshold where the controller has one, on axes that keep a flat line flat."""
+    """The monitors by round: KL to SFT (the drift), KL to the DPO reference (what the max_kl gate checks;
+    one panel with KL to SFT when the reference is SFT), capability retention, length, perplexity. A limit
+    the controller checks is drawn dotted grey on its own metric's axis, which is widened to show it; offline
+    DPO is dashed in its colour; error bars are the recorded standard errors."""
     df = eval_metrics(run)
-    panels = [(m, _pretty(m)) for m, _ in MONITORS if m in df.columns and df[m].notna().any()]
+    limits, reference = _controller_limits(run)
+    panels = [(m, _monitor_title(m, reference)) for m, _ in MONITORS if m in df.columns and df[m].notna().any()
+              and not (m == N.kl_to_reference and reference == "sft" and N.kl_to_sft in df.columns)]
     if not panels:
         return _empty(run, "eval_metrics", "Monitors by round", "no eval metrics yet")
-    fig, axes = _grid(len(panels), 4, size=(3.8, 3.2))
+    fig, axes = _grid(len(panels), 3, size=(4.2, 3.2))
     _lines(run, df, panels, axes)
-    limits = _controller_limits(run)
     for ax, (m, _) in zip(axes, panels):
-        field = dict(MONITORS)[m]
+        field = dict(MONITORS)[m] or ("max_kl" if m == N.kl_to_sft and reference == "sft" else None)
         if field and field in limits:
-            ax.axhline(limits[field], color="tab:red", ls="--", lw=1, label=f"controller limit ({field})")
-    fig.suptitle("What the controller watches, by round (dashed red: its limits)")
+            ax.axhline(limits[field], **LIMIT, label=f"controller limit ({field})")
+            lo, hi = ax.get_ylim()
+            pad = 0.08 * (max(hi, limits[field]) - min(lo, limits[field]))
+            ax.set_ylim(min(lo, limits[field] - pad), max(hi, limits[field] + pad))
+    _legend(axes)
+    fig.suptitle("What the controller watches, by round (dotted grey: its limits; dashed: offline DPO)")
     return _save(fig, run, "eval_metrics")
 
 
-def _controller_limits(run) -> dict:
+def _monitor_title(metric: str, reference: str | None) -> str:
+    if metric == N.kl_to_sft:
+        return "KL to SFT" + (" (the DPO reference): max_kl gate" if reference == "sft" else "")
+    if metric == N.kl_to_reference:
+        return ("KL to the DPO reference (the round before): max_kl gate" if reference == "previous"
+                else "KL to the DPO reference: max_kl gate")
+    return _pretty(metric)
+
+
+def _controller_limits(run) -> tuple[dict, str | None]:
+    """(the controller's config fields, dpo.reference) of the run; ({}, None) where it has no config yet."""
     rf = RunFolder(run)
-    return rf.config().controller.to_dict() if rf.exists() else {}
+    if not rf.exists():
+        return {}, None
+    cfg = rf.config()
+    return cfg.controller.to_dict(), cfg.dpo.reference
 
 
 def _lines(run, df: pd.DataFrame, panels: list[tuple[str, str]], axes) -> None:
@@ -111,34 +138,61 @@ def _lines(run, df: pd.DataFrame, panels: list[tuple[str, str]], axes) -> None:
     status = round_status(run)
     for ax, (m, title) in zip(axes, panels):
         ax.plot(rounds["round"], rounds[m], color="0.35", zorder=1)
+        err = rounds[se(m)].astype(float).fillna(0.0) if se(m) in rounds.columns else None
+        if err is not None:
+            ax.errorbar(rounds["round"], rounds[m], yerr=err, fmt="none", ecolor="0.35", capsize=3, lw=1, zorder=1,
+                        label="± 1 standard error")
         for label, row in rounds.iterrows():
             ax.scatter(row["round"], row[m], color=colours[label], s=45, zorder=2, label=label)
             st = status.get(int(row["round"]), "")
             if st in MARKS and pd.notna(row[m]) and (st != "best" or int(row["round"]) > 0 or len(rounds) > 1):
                 ax.scatter(row["round"], row[m], label=f"{st} round", **MARKS[st])
+        shown = [*rounds[m], *([] if err is None else [*(rounds[m] - err), *(rounds[m] + err)])]
         if OFFLINE in df.index and pd.notna(df.loc[OFFLINE, m]):
-            ax.axhline(df.loc[OFFLINE, m], ls="--", color=colours[OFFLINE], label=OFFLINE)
+            y, e = df.loc[OFFLINE, m], df[se(m)].get(OFFLINE) if se(m) in df.columns else None
+            ax.axhline(y, ls="--", color=colours[OFFLINE], label=OFFLINE)
+            if e is not None and pd.notna(e):
+                ax.axhspan(y - e, y + e, color=colours[OFFLINE], alpha=0.15, lw=0)
+                shown += [y - e, y + e]
+            shown.append(y)
         _chance(ax, m)
-        _honest_ylim(ax, [*rounds[m], *([df.loc[OFFLINE, m]] if OFFLINE in df.index else [])], m)
+        _honest_ylim(ax, shown, m)
         ax.set(xlabel="round", ylabel=_pretty(m), title=title)
         ax.title.set_fontsize(9)
         ax.set_xticks(rounds["round"].astype(int).tolist())
         ax.set_xlim(rounds["round"].min() - 0.3, rounds["round"].max() + 0.3)
+
+
+def _legend(axes) -> None:
+    """One legend under the figure, each label once."""
     handles = {h: a for ax in axes for a, h in zip(*ax.get_legend_handles_labels())}
     axes[0].figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 5),
                           frameon=False, fontsize=8)
 
 
 def flat_note(series: pd.Series, what: str = "loss") -> str | None:
-    """'flat: ...' when a training curve's `what` moved less than FLAT of its first value, else None."""
-    v = pd.Series(series, dtype=float).dropna()
+    """'FLAT: ...' when a training curve did not clearly fall, else None; the same rule for every curve drawn
+    (SFT, the reward model, each DPO round and offline DPO).
+
+    The rule reads the whole curve, not its two ends: smooth it with a centred rolling mean over a fifth of its
+    points; it fell by `start - min`, from the smoothed start to the smoothed minimum. It is flat when that fall
+    is below FLAT (2%) of the start, or below twice the noise of a smoothed point (the residuals' standard
+    deviation around the smoothed curve over the square root of the window): a dip that noise could make is
+    not learning. A curve that dips and comes back up therefore counts as having learned (its rise is another
+    story: overfitting or too high a learning rate).
+    """
+    v = pd.Series(series, dtype=float).dropna().reset_index(drop=True)
     if len(v) < 2 or v.iloc[0] == 0:
         return None
-    moved = (v.iloc[0] - v.iloc[-1]) / abs(v.iloc[0])
-    if abs(moved) >= FLAT:
+    window = max(1, len(v) // 5)
+    smooth = v.rolling(window, center=True, min_periods=1).mean()
+    start, low = smooth.iloc[0], smooth.min()
+    noise = (v - smooth).std(ddof=0) / window ** 0.5
+    fell = start - low
+    if fell >= max(FLAT * abs(start), 2 * noise):
         return None
-    return (f"FLAT: the {what} moved {moved:+.1%} from {v.iloc[0]:.3f} to {v.iloc[-1]:.3f}, "
-            "so this stage learned little; more steps or a higher learning rate may help")
+    return (f"FLAT: the {what} fell at most {fell / abs(start):.1%} (smoothed, from {start:.3f} to {low:.3f}; "
+            f"noise {noise:.3f}), so this stage learned little; more steps or a higher learning rate may help")
 
 
 def _call_out(ax, note: str | None) -> None:

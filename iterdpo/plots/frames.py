@@ -22,19 +22,24 @@ from ..metrics import N
 
 # Metrics shown first in tables, in this order; the rest follow alphabetically.
 HEADLINE = [N.oracle_score, N.mean_reward, N.win_rate_vs_sft, N.win_rate_vs_previous, N.oracle_win_rate_vs_sft,
-            N.preference_accuracy, N.reward_margin, N.kl_to_reference, N.perplexity, N.mean_length,
+            N.preference_accuracy, N.preference_accuracy_oracle, N.reward_margin, N.kl_to_reference, N.perplexity, N.mean_length,
             N.capability_score, N.capability_retention]
 # (metric, panel title): judged by the reward model, judged by the oracle, and the held-out pairs.
 TRAJECTORY = [(N.win_rate_vs_sft, "Win rate vs SFT, judged by the reward model"),
               (N.oracle_win_rate_vs_sft, "Win rate vs SFT, judged by the oracle"),
-              (N.preference_accuracy, "Preference accuracy on held-out pairs")]
-# The monitors the controller checks, with the config field that holds each one's threshold.
-MONITORS = [(N.kl_to_reference, "max_kl"), (N.capability_retention, "min_retention"), (N.mean_length, None),
-            (N.perplexity, None)]
+              (N.preference_accuracy, "Preference accuracy on held-out pairs, seed labels (noisy)"),
+              (N.preference_accuracy_oracle, "Preference accuracy on held-out pairs, oracle's labels")]
+# The monitors, with the controller config field that holds the limit the controller checks on that metric.
+# KL to SFT is the drift to read; the max_kl gate acts on KL to the DPO reference (the round before, with
+# dpo.reference: previous), so that panel is drawn too when the two differ.
+MONITORS = [(N.kl_to_sft, None), (N.kl_to_reference, "max_kl"), (N.capability_retention, "min_retention"),
+            (N.mean_length, None), (N.perplexity, None)]
 DPO_CURVES = ["loss", "rewards/accuracies", "rewards/margins"]
 CHANCE = {N.win_rate_vs_sft: 0.5, N.oracle_win_rate_vs_sft: 0.5, N.win_rate_vs_previous: 0.5,
-          N.preference_accuracy: 0.5, "rewards/accuracies": 0.5, "loss": math.log(2)}
-FLAT = 0.02  # a training curve whose loss moves less than this share of its start is called flat
+          N.preference_accuracy: 0.5, N.preference_accuracy_oracle: 0.5, "rewards/accuracies": 0.5,
+          "loss": math.log(2)}
+FLAT = 0.02  # a training curve whose smoothed loss never falls this share of its start below it is called flat
+LIMIT = dict(color="0.2", ls=":", lw=1.6)  # a controller limit: dotted dark grey (baselines: dashed, own colour)
 MARKS = {"best": dict(marker="*", s=260, color="gold", edgecolor="black", zorder=4),
          "rejected": dict(marker="X", s=120, color="tab:red", zorder=4),
          "rolled back": dict(marker="o", s=190, facecolor="none", edgecolor="tab:red", linewidth=2, zorder=4)}

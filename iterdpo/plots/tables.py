@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from ..progress import live
 from ..runfolder import RunFolder
@@ -42,8 +45,9 @@ def _arrow(delta: float, tol: float = 1e-3) -> str:
     return f"{'↑' if delta > tol else '↓' if delta < -tol else '→'} {delta:+.3f}"
 
 
-def responses_table(run: str | Path, n_prompts: int = 8, width: int = 80) -> pd.DataFrame:
-    """Rows = the first `n_prompts` held-out prompts; one column per model: 'response  [reward, oracle]'."""
+def responses_table(run: str | Path, n_prompts: int = 8, width: int | None = None) -> pd.DataFrame:
+    """Rows = the first `n_prompts` held-out prompts; one column per model: 'response  [reward, oracle]', the
+    response whole (or its first `width` characters). Show it with `wide` so nothing is cut."""
     s = eval_samples(run)
     if s.empty:
         return s
@@ -79,8 +83,9 @@ def _brief(key: str, v):
     return v
 
 
-def pairs_table(run: str | Path, round: int, n: int = 5, width: int = 80) -> pd.DataFrame:
-    """The first `n` pairs built for round `round`: prompt, chosen, rejected and their rewards."""
+def pairs_table(run: str | Path, round: int, n: int = 5, width: int | None = None) -> pd.DataFrame:
+    """The first `n` pairs built for round `round`: prompt, chosen, rejected (whole, or their first `width`
+    characters) and their rewards. Show it with `wide` so nothing is cut."""
     rf = RunFolder(run)
     if not rf.pairs_file(round).exists():
         return pd.DataFrame()
@@ -92,9 +97,9 @@ def pairs_table(run: str | Path, round: int, n: int = 5, width: int = 80) -> pd.
 
 def response_viewer(run: str | Path, n_prompts: int = 32):
     """A prompt picker (ipywidgets) showing every model's response; the table when not in a live notebook."""
-    table = responses_table(run, n_prompts, width=400)
+    table = responses_table(run, n_prompts)
     if table.empty or not live():
-        return table
+        return wide(table)
     import ipywidgets as w
 
     pick = w.Dropdown(options=[(p[:80], i) for i, p in enumerate(table.index)], description="prompt",
@@ -126,3 +131,39 @@ def label_quality_table(run: str | Path) -> pd.DataFrame:
                 row[k] = m[k]
         rows.append(row)
     return pd.DataFrame(rows).set_index("round") if rows else pd.DataFrame()
+
+
+# ---------------------------------------------------------------- display
+
+WRAP = {"white-space": "pre-wrap", "text-align": "left", "vertical-align": "top"}
+
+
+def wide(df: pd.DataFrame):
+    """`df` for display with every cell whole: text wrapped at real line breaks and the page's width, nothing
+    cut at pandas' column width (a Styler, so no display option changes for other tables)."""
+    return (df.style.set_properties(**WRAP).set_table_styles([{"selector": "th", "props": list(WRAP.items())}])
+            .format(precision=4, escape="html").format_index(escape="html"))
+
+
+def config_table(cfg, *sections: str) -> pd.DataFrame:
+    """A config as a table, one row per field: its value and help text. `cfg` is one section (``cfg.dpo``) or
+    the run's config; for the run's config, its own plain fields and then `sections`' fields (``dpo.beta``)."""
+    rows = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not dataclasses.is_dataclass(value):  # values as text: a column of mixed types would print 120 as 120.0
+            rows.append((f.name, value if isinstance(value, str) else json.dumps(value), f.metadata.get("help", "")))
+        elif f.name in sections:
+            rows += [(f"{f.name}.{n}", v, h) for n, v, h in config_table(value).itertuples()]
+    return pd.DataFrame(rows, columns=["field", "value", "help"]).set_index("field")
+
+
+def card_markdown(card: str) -> str:
+    """A model card for display: its YAML front matter (the hub's metadata), which Markdown would run together
+    into one line of text, as a small table above the body."""
+    if not card.startswith("---\n") or "\n---\n" not in card[4:]:
+        return card
+    front, body = card[4:].split("\n---\n", 1)
+    rows = [f"| {k} | {', '.join(map(str, v)) if isinstance(v, list) else v} |"
+            for k, v in (yaml.safe_load(front) or {}).items()]
+    return "\n".join(["| card metadata | |", "|---|---|", *rows, "", body.lstrip()])
