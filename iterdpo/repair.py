@@ -107,7 +107,7 @@ def repair_stage(cfg, run: RunFolder, rnd, start, m: dict, ref: str | None, beta
     for alpha in c.repair_alphas:
         cand = tmp / "candidates" / f"alpha_{alpha:g}"
         interpolate(run.policy(start), run.trained_policy(rnd), alpha, cand)
-        evaluation, samples, capability_rows = evaluate_policy(cfg, run, rnd, ref, beta, policy=str(cand))
+        evaluation, samples, capability_rows = evaluate.evaluate_policy(cfg, run, rnd, ref, beta, policy=str(cand))
         cm = evaluation.to_dict()
         passes = eligible(cm, c)
         tried.append({"alpha": alpha, "passes": passes, **{k: cm[k] for k in KEYS if k in cm}})
