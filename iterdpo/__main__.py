@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import time
@@ -24,16 +25,17 @@ from pathlib import Path
 
 import yaml
 
-from . import dist, pipeline, runner
+from . import dist, lock, pipeline, runner
 from .config import SECTIONS, ConfigError, RunConfig, field_help, load_preset, parse_override
 from .controller.report import headline
 from .data import ApproxTokenizer, DataError, load_pairs, preflight
-from .folder import write_json
+from .folder import DamagedRun, write_json
+from .lock import RunFolderBusy
 from .guard import NonFiniteError
 from .models import resolve_source
 from .registry import WORLDS
 from .resume import ResumeError, resume, resumed_config
-from .runfolder import OFFLINE_ARM, RunFolder
+from .runfolder import LOCK_FILE, OFFLINE_ARM, RunFolder
 from .metrics import N, win_rate_vs
 
 
@@ -83,7 +85,7 @@ def build_config(args):
     if args.seed is not None:
         overrides["seed"] = args.seed
     if args.rounds is not None:
-        if args.rounds != "auto" and not args.rounds.isdigit():
+        if args.rounds != "auto" and not re.fullmatch(r"[0-9]+", args.rounds):  # ASCII digits: '²' is a digit to isdigit
             raise ConfigError(f"--rounds {args.rounds!r}: expected a positive integer or 'auto'")
         overrides["rounds"] = "auto" if args.rounds == "auto" else int(args.rounds)
     cfg = load_preset(args.preset or "tiny", overrides)
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line_error(e: Exception) -> bool:
     """Errors in what the user gave (config, data, files, the run folder, a notebook): no traceback."""
-    return (isinstance(e, (ConfigError, DataError, RunFolderError, ResumeError, NonFiniteError, OSError))
+    return (isinstance(e, (ConfigError, DataError, RunFolderError, ResumeError, NonFiniteError, OSError, DamagedRun,
+                           RunFolderBusy))
             or type(e).__name__ == "PapermillExecutionError")
 
 
@@ -193,18 +196,29 @@ def _setup_run(args):
     out = Path(cfg.out)
     args.out = cfg.out  # main()'s error report looks for a failed notebook there
     check_out(out, fresh=args.fresh, resume=args.resume)
+    run = RunFolder(out)
+    if args.resume and not args.fresh and not run.is_run():
+        raise RunFolderError(f"--resume: {out} has no iterdpo config.json, so it holds no run to continue")
+    if out.is_dir() and dist.is_main():
+        lock.acquire(run.lock_path)  # before anything is changed or deleted
     if args.resume and not args.fresh:
-        run = RunFolder(out)
-        if not run.exists():
-            raise RunFolderError(f"--resume: {out} has no config.json, so it holds no run to continue")
+        damaged = run.check()
+        if damaged:
+            raise DamagedRun(f"{damaged[0]}{f' (and {len(damaged) - 1} more)' if len(damaged) > 1 else ''}: the run "
+                             "folder was changed after its stages finished; delete the damaged stage's folder to have "
+                             "--resume redo it and the stages after it, or start over with --fresh")
         cfg = resume(run, resumed_config(run, overrides, args.preset, cfg.out), args.allow_change)
         overrides = {}  # the notebooks rebuild cfg from its difference to the preset
     preflight(cfg)
     if args.fresh and out.exists():
-        shutil.rmtree(out)
-    if not RunFolder(out).exists():  # first, so a run that fails in its first stage is still a run folder
+        for p in list(out.iterdir()):  # everything but the lock this process holds
+            if p != run.lock_path:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    if not run.exists():  # first, so a run that fails in its first stage is still a run folder
         out.mkdir(parents=True, exist_ok=True)
-        write_json(RunFolder(out).config_path, cfg.to_dict())
+        write_json(run.config_path, cfg.to_dict())
+    if dist.is_main():
+        lock.acquire(run.lock_path)
     return cfg, overrides
 
 
@@ -212,9 +226,9 @@ def check_out(out: Path, fresh: bool, resume: bool) -> None:
     """Refuse an --out that cannot be used as asked, before anything is deleted or loaded."""
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {out}: is a file, not a folder")
-    used = out.is_dir() and any(out.iterdir())
-    if fresh and used and not RunFolder(out).exists():
-        raise RunFolderError(f"--fresh: {out} holds files but no config.json, so it is not a run folder; "
+    used = out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
+    if fresh and used and not RunFolder(out).is_run():  # the question --resume asks
+        raise RunFolderError(f"--fresh: {out} holds files but no iterdpo config.json, so it is not a run folder; "
                              "refusing to delete it (nothing was changed)")
     if resume and not fresh and not used:
         raise RunFolderError(f"--resume: {out} holds no run to continue")

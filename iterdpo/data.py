@@ -75,6 +75,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise DataError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path}: is a folder; expected a .jsonl or .jsonl.gz file")
+    if not path.is_file():  # a FIFO would block the first read forever
+        raise DataError(f"{path}: not a regular file (a pipe, a device or a socket); expected a .jsonl or .jsonl.gz file")
     try:
         with open(path, "rb") as f:
             gz = f.read(2) == GZIP_MAGIC

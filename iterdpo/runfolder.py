@@ -21,16 +21,18 @@ policy, that policy and its evaluation stand for the round: ``policy(r)`` and ``
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Union
 
 from . import migrate
 from .config import RunConfig
 from .data import PAIR_KEYS, check_records
-from .folder import CONFIG_FILE, DONE_FILE, is_done, read_json, read_jsonl
+from .folder import CONFIG_FILE, DONE_FILE, DamagedRun, check_stage, is_done, read_json, read_jsonl
 from .metrics import N
 
 Round = Union[int, str]
+LOCK_FILE = ".lock"  # the process writing the run (pid, host, since when, its command)
 OFFLINE_ARM = "offline_dpo"  # the baseline arm's folder and name, beside the numbered rounds
 ARMS = (OFFLINE_ARM,)
 SFT, OFFLINE = "SFT", "offline DPO"  # how tables, figures and judges label round 0 and the offline arm
@@ -214,6 +216,38 @@ class RunFolder:
     def exists(self) -> bool:
         return self.config_path.exists()
 
+    def is_run(self) -> bool:
+        """Whether this folder holds an iterdpo run: a config.json that reads as a RunConfig (a model folder's
+        config.json does not). --resume and --fresh ask the same question."""
+        try:
+            self.config()
+        except (OSError, ValueError, TypeError, KeyError):
+            return False
+        return True
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock of the process writing the run (iterdpo.lock)."""
+        return self.root / LOCK_FILE
+
+    def stage_folders(self) -> list[Path]:
+        """Every finished stage folder of the run, in the order they were made."""
+        once = [self.stage(n) for n in ("base", "data", "sft", "reward")]
+        rounds = [d for r in self.round_numbers() for d in (self.generate(r), self.dpo(r), self.trained_eval(r),
+                                                             self.repair(r)) if r > 0 or d == self.trained_eval(r)]
+        offline = [self.dpo(OFFLINE_ARM), self.trained_eval(OFFLINE_ARM), self.repair(OFFLINE_ARM)]
+        return [d for d in once + rounds + offline if is_done(d)]
+
+    def check(self) -> list[str]:
+        """What is damaged in the run's finished stages, one line each (folder.check_stage), then in
+        decisions.jsonl; empty when the run is whole."""
+        problems = [p for d in self.stage_folders() for p in check_stage(d)]
+        try:
+            self._decision_lines()
+        except DamagedRun as e:
+            problems.append(str(e))
+        return problems
+
     def config(self):
         """The run's own RunConfig, read back from config.json."""
         return RunConfig.from_dict(migrate.config(read_json(self.config_path)))
@@ -242,17 +276,25 @@ class RunFolder:
         return [r["prompt"] for r in read_jsonl(self.data_file(name))]
 
     def samples(self, rnd: Round) -> list[dict] | None:
-        """The scored evaluation samples of round `rnd`, or None before it is evaluated."""
-        path = StageFiles(self.eval(rnd)).samples
-        return read_jsonl(path) if path.exists() else None
+        """The scored evaluation samples of round `rnd`, or None before it is evaluated (a finished evaluation
+        without them is damaged, not absent)."""
+        return self._finished_rows(self.eval(rnd), StageFiles(self.eval(rnd)).samples, None)
 
     def generation_records(self, rnd: int) -> list[dict] | None:
-        path = StageFiles(self.generate(rnd)).samples
-        return read_jsonl(path) if path.exists() else None
+        return self._finished_rows(self.generate(rnd), StageFiles(self.generate(rnd)).samples, None)
 
     def train_log_rows(self, stage_dir: Path) -> list[dict]:
-        path = self.train_log(stage_dir)
-        return read_jsonl(path) if path.exists() else []
+        return self._finished_rows(stage_dir, self.train_log(stage_dir), [])
+
+    def _finished_rows(self, stage_dir: Path, path: Path, before):
+        """The rows of `path` in stage `stage_dir`; `before` while the stage is not finished; a finished stage
+        without the file is a DamagedRun naming it."""
+        if path.exists():
+            return read_jsonl(path)
+        if is_done(stage_dir):
+            raise DamagedRun(f"{path}: missing from a finished stage; delete {stage_dir} to have --resume redo it, "
+                             "or start over with --fresh")
+        return before
 
     def plan(self, rnd: int) -> dict:
         """Round `rnd`'s plan (start round, hyper-parameters, targeted data), as its generation stage derived it."""
@@ -267,7 +309,21 @@ class RunFolder:
         return [d for d in self._decision_lines() if "event" in d]
 
     def _decision_lines(self) -> list[dict]:
-        return read_jsonl(self.decisions_path) if self.decisions_path.exists() else []
+        """decisions.jsonl's lines. A last line cut short (an append that a full disk or a kill interrupted:
+        no newline, not JSON) was never a decision: it is removed, with a line saying so, and the round is
+        decided again. A bad line anywhere else is a DamagedRun naming it."""
+        if not self.decisions_path.exists():
+            return []
+        raw = self.decisions_path.read_bytes()
+        head, _, last = raw.rpartition(b"\n")
+        if last.strip():
+            try:
+                json.loads(last)
+            except ValueError:
+                self.decisions_path.write_bytes(head + b"\n" if head else b"")
+                print(f"{self.decisions_path}: removed an unfinished last line (an interrupted append); the round "
+                      "it was deciding is decided again")
+        return read_jsonl(self.decisions_path)
 
     def summary(self) -> dict:
         return read_json(self.summary_path)

@@ -31,6 +31,7 @@ from pathlib import Path
 from . import stages, turns
 from .config import ConfigError, RunConfig, load_preset
 from .controller import report
+from .folder import alive
 from .runfolder import RunFolder
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -141,8 +142,10 @@ def execute(name: str, dest: Path, parameters: dict, resume: bool = False, noteb
         return dest
     check_parameters(name, parameters, notebook_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dest.parent.glob(f".{dest.stem}.tmp-*.ipynb"):  # left by a killed run
-        stale.unlink()
+    for stale in dest.parent.glob(f".{dest.stem}.tmp-*.ipynb"):  # left by a killed run; never a live process's
+        pid = stale.name.rsplit("-", 1)[-1].removesuffix(".ipynb")
+        if not pid.isdigit() or not alive(int(pid)):
+            stale.unlink()
     tmp = dest.with_name(f".{dest.stem}.tmp-{os.getpid()}.ipynb")
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
     extra = {**HEADLESS_ENV, **(env or {})}
@@ -163,12 +166,16 @@ def execute(name: str, dest: Path, parameters: dict, resume: bool = False, noteb
 class _Job:
     """One notebook executing in a thread; its stages wait for the gate (iterdpo.turns) to open."""
 
-    def __init__(self, step: stages.Step, dest: Path, parameters: dict, gate_dir: Path, resume: bool, notebook_dir: Path):
+    def __init__(self, step: stages.Step, dest: Path, parameters: dict, gate_dir: Path, resume: bool, notebook_dir: Path,
+                 run: RunFolder):
         self.step, self.dest, self.error = step, dest, None
-        self.key, self.skipped = dest.stem, resume and dest.exists()
+        # resumed by stage: a notebook runs again unless every stage it makes is finished (its executed copy alone
+        # says nothing: a stage deleted since, or rounds added, make it stale)
+        self.key, self.skipped = dest.stem, resume and dest.exists() and stages.finished(run, step)
         self.go, self.abort = turns.files(gate_dir, self.key)
         env = {turns.ENV: f"{gate_dir}|{self.key}"}
-        kw = dict(name=step.notebook, dest=dest, parameters=parameters, resume=resume, notebook_dir=notebook_dir, env=env)
+        kw = dict(name=step.notebook, dest=dest, parameters=parameters, resume=self.skipped, notebook_dir=notebook_dir,
+                  env=env)
         self.thread = threading.Thread(target=self._run, kwargs=kw, daemon=True)
         self.thread.start()
 
@@ -232,7 +239,7 @@ def run_notebooks(cfg: RunConfig, resume: bool = False, rounds: int | str | None
 
     def start(step: stages.Step) -> _Job:
         name, suffix, extra = _job(step)
-        return _Job(step, folder / f"{name}{suffix}.ipynb", {**params, **extra}, gate_dir, resume, notebook_dir)
+        return _Job(step, folder / f"{name}{suffix}.ipynb", {**params, **extra}, gate_dir, resume, notebook_dir, run)
 
     job = start(stages.first())
     ahead = None

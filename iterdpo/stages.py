@@ -79,6 +79,14 @@ def done(run: RunFolder, stage: str, rnd: int | None = None) -> bool:
     raise ValueError(f"unknown stage {stage!r}; the stages are {list(BY_NAME)}")
 
 
+def finished(run: RunFolder, step: Step) -> bool:
+    """Whether every stage `step` makes is finished, so that its notebook need not run again. The offline arm and
+    the report follow every round before them (more rounds mean more offline steps and another summary): they
+    always run again, and their stages skip what is current."""
+    return all(s.scope in ("run", "round") and s.name != "report" and done(run, s.name, step.round)
+               for s in step.stages)
+
+
 def _first_needed(run: RunFolder, stage: Stage, rnd: int | None, made_here: tuple = ()) -> str | None:
     """What stage `stage` (of round `rnd`) needs first, in one line; None when its reads are finished or are among
     `made_here` (the stages the same notebook runs before it)."""

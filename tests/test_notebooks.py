@@ -196,11 +196,19 @@ def test_run_notebooks_order_names_and_resume(tmp_path: Path, monkeypatch) -> No
     assert all(c[2]["out"] == cfg.out and c[2]["preset"] == "tiny" for c in calls)
     assert sorted(p.name for p in (tmp_path / "run" / "notebooks").iterdir()) == sorted(c[1] for c in calls)
 
-    (tmp_path / "run" / "notebooks" / "05_compare_iterations.ipynb").unlink()
+    # resumed by stage: a notebook whose stages are finished is skipped; the offline arm and the report follow
+    # every round, so they always run again (their stages skip what is current)
     calls.clear()
     _fake_pipeline(monkeypatch, [None])
+    monkeypatch.setattr(stages, "done", lambda run, stage, rnd=None: True)
     runner.run_notebooks(cfg, resume=True)
-    assert [c[1] for c in calls] == ["05_compare_iterations.ipynb"]
+    assert [c[1] for c in calls] == ["04_dpo_round_offline_dpo.ipynb", "05_compare_iterations.ipynb"]
+    # a finished stage deleted since: its notebook runs again although its executed copy exists
+    calls.clear()
+    _fake_pipeline(monkeypatch, [None])
+    monkeypatch.setattr(stages, "done", lambda run, stage, rnd=None: stage != "sft")
+    runner.run_notebooks(cfg, resume=True)
+    assert [c[1] for c in calls] == ["01_sft.ipynb", "04_dpo_round_offline_dpo.ipynb", "05_compare_iterations.ipynb"]
 
 
 def test_a_kernel_started_ahead_for_a_turn_that_does_not_come_is_cancelled(tmp_path: Path, monkeypatch) -> None:
@@ -330,9 +338,24 @@ ROOT = NOTEBOOKS.parent
 EXECUTED = sorted([*ROOT.glob("build/*/executed/*.ipynb"), *ROOT.glob("runs/*/notebooks/*.ipynb")])
 
 
+LOG_DICT = re.compile(r"\{'(loss|train_runtime|eval_loss)':")  # a trainer's per-step or final log, printed raw
+BAR = re.compile(r"(\d+)%\||\[\s*(\d+)/(\d+)[\s\]]|<progress value='(\d+)' max='(\d+)'")  # tqdm, the trainer's
+
+
+def _frozen(text: str) -> str | None:
+    """The first progress bar in `text` saved short of its end (a finished bar, 100% or n/n, may stay)."""
+    for m in BAR.finditer(text):
+        pct, a, b, c, d = m.groups()
+        if (pct is not None and int(pct) < 100) or (a is not None and a != b) or (c is not None and c != d):
+            return m.group(0)
+    return None
+
+
 @pytest.mark.skipif(not EXECUTED, reason="no executed notebooks yet: run nbval (README's test command) or a run first")
 @pytest.mark.parametrize("path", EXECUTED, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
-def test_executed_notebooks_have_no_stderr_and_no_traceback(path: Path) -> None:
+def test_executed_notebooks_are_clean(path: Path) -> None:
+    """No stderr, no error or traceback, no trainer's raw log dict, no progress bar saved frozen (a tqdm widget
+    or text bar, or the trainer's HTML table, short of its end)."""
     if path.name.endswith(".failed.ipynb"):
         pytest.skip("a failed notebook is kept aside on purpose")
     for i, cell in enumerate(_code(nbformat.read(path, as_version=4))):
@@ -340,17 +363,21 @@ def test_executed_notebooks_have_no_stderr_and_no_traceback(path: Path) -> None:
             where = f"{path.name} cell {i} ({cell.source.splitlines()[0][:50] if cell.source else ''})"
             assert not (out.output_type == "stream" and out.name == "stderr"), f"{where}: stderr {out.text[:300]!r}"
             assert out.output_type != "error", f"{where}: {out.ename}: {out.evalue[:300]}"
-            text = str(out.get("data", {}).get("text/plain", "")) + str(out.get("text", ""))
+            data = out.get("data", {})
+            text = "".join(str(data.get(k, "")) for k in ("text/plain", "text/html")) + str(out.get("text", ""))
             assert "Traceback (most recent call last)" not in text, f"{where}: a traceback"
+            found = LOG_DICT.search(text)
+            assert not found, f"{where}: a raw trainer log {text[found.start():found.start() + 80]!r}"
+            assert not _frozen(text), f"{where}: a progress bar saved frozen at {_frozen(text)!r}"
+            if "application/vnd.jupyter.widget-view+json" in data:
+                assert not re.search(r"\d+%\|", str(data.get("text/plain", ""))), f"{where}: a progress widget"
 
 
-
-@pytest.mark.skipif(not EXECUTED, reason="no executed notebooks yet")
-def test_executed_notebooks_hold_no_frozen_progress_bars() -> None:
-    frozen = [(p.name, out["data"]["text/plain"][:40]) for p in EXECUTED for c in _code(nbformat.read(p, as_version=4))
-              for out in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in out.get("data", {})
-              and re.search(r"\d+%\|", out["data"].get("text/plain", ""))]
-    assert not frozen, f"{len(frozen)} progress bars saved frozen, e.g. {frozen[:3]}"
+def test_the_frozen_bar_check_tells_frozen_from_finished() -> None:
+    assert _frozen(" 40%|████      | 2/5 [00:01<00:02]") and _frozen("<progress value='2' max='60'></progress>")
+    assert _frozen("[ 2/60 00:01 < 00:30, 2.0 it/s, Epoch 0.1/1]")
+    assert not _frozen("100%|██████████| 5/5 [00:02<00:00]") and not _frozen("[60/60 00:30, Epoch 1/1]")
+    assert LOG_DICT.search("{'loss': '0.69', 'grad_norm': '1.2'}") and not LOG_DICT.search("loss 0.69 -> 0.52")
 
 
 def test_02_on_an_empty_run_folder_says_in_one_line_to_run_01_first(tmp_path: Path) -> None:
