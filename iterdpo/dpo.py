@@ -31,7 +31,7 @@ from .guard import NonFiniteGuard
 from .memory import plan_for, with_oom_retry
 from .models import Precision, check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision
 from .runfolder import StageFiles
-from .training import common_args, fp16_safe_adapters, last_logged, save_log, save_trained
+from .training import common_args, fp16_safe_adapters, last_logged, quiet_logging, save_log, save_trained
 from .metrics import N
 
 
@@ -122,6 +122,7 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
     trainer = DPOTrainer(model=model, ref_model=ref, args=conf, train_dataset=dist.shared_dataset(rows, work),
                          processing_class=tok, peft_config=lora_config(mcfg), callbacks=callbacks)
     fp16_safe_adapters(trainer)
+    quiet_logging(trainer, "DPO")
     trainer.train()
     log = save_log(trainer, f.train_log)
     save_trained(trainer, tok, f.policy, f.adapter, start_path, mcfg, precision, four_bit)

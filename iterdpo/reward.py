@@ -29,7 +29,7 @@ from .models import check_lora_targets, device, free, load_tokenizer, lora_confi
 from .progress import bar
 from .runfolder import StageFiles
 from .sampling import batches, encode_pairs, prompt_cache
-from .training import common_args, last_logged, save_log
+from .training import common_args, last_logged, quiet_logging, save_log
 from .worlds import world_of
 
 HEAD_FILE = "head.safetensors"
@@ -242,6 +242,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
     trainer = Trainer(model=rm, args=TrainingArguments(**args, remove_unused_columns=False),
                       train_dataset=Dataset.from_list(train), data_collator=PairCollator(tok),
                       callbacks=[NonFiniteGuard("reward", precision.fp16)])
+    quiet_logging(trainer, "reward model")
     trainer.train()
     log = save_log(trainer, f.train_log)
     heldout = run.pairs("heldout_pairs")
@@ -281,6 +282,7 @@ def _train_member(cfg, run, tok, train: list[dict], heldout: list[dict], i: int,
     trainer = Trainer(model=rm, args=TrainingArguments(**{**args, "disable_tqdm": True}, remove_unused_columns=False),
                       train_dataset=Dataset.from_list(rows), data_collator=PairCollator(tok),
                       callbacks=[NonFiniteGuard(f"reward_member_{i}", precision.fp16)])
+    quiet_logging(trainer, f"reward ensemble member {i}")
     trainer.train()
     out = heldout_rewards(rm, tok, heldout, r.score_batch_size)
     if trainer.accelerator.is_main_process:

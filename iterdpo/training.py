@@ -10,9 +10,13 @@ import importlib.util
 import os
 from pathlib import Path
 
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+from transformers.utils.notebook import NotebookProgressCallback
+
 from .dist import split_batch
 from .folder import write_jsonl
 from .models import Precision, load_causal_lm, merge_and_save, save_policy
+from .progress import quiet
 
 
 def resolve_report_to(report_to: str) -> str:
@@ -66,6 +70,42 @@ def fp16_safe_adapters(trainer) -> int:
     return len(recast)
 
 
+class _Bar(ProgressCallback):
+    """transformers' progress bar without the log dict it writes under the bar at every logging step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+class SummaryLine(TrainerCallback):
+    """One line when training ends: steps and the first and last logged loss (the rest is in train_log.jsonl)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            print(summary_line(self.name, state.global_step, state.log_history))
+
+
+def summary_line(name: str, steps: int, rows: list[dict]) -> str:
+    loss = [r["loss"] for r in rows if "loss" in r]
+    return f"{name}: {steps} steps" + (f", loss {loss[0]:.3f} -> {loss[-1]:.3f}" if loss else "")
+
+
+def quiet_logging(trainer, name: str):
+    """A summary line instead of transformers' per-step printing: the log dicts (PrinterCallback,
+    ProgressCallback) and the Step/Loss table (NotebookProgressCallback), which would fill a saved notebook.
+    A terminal or a watched notebook keeps a progress bar; a headless kernel none (iterdpo.progress.quiet).
+    Call it after the trainer is built, before train(). Returns the trainer."""
+    for printer in (PrinterCallback, ProgressCallback, NotebookProgressCallback):
+        trainer.remove_callback(printer)
+    if not trainer.args.disable_tqdm and not quiet():
+        trainer.add_callback(_Bar())
+    trainer.add_callback(SummaryLine(name))
+    return trainer
+
+
 def sft_train(model, tokenizer, rows: list[dict], args: dict, max_length: int, peft_config=None, callbacks=None):
     """Supervised fine-tuning on {prompt, completion} rows, loss on the completion only. Returns the trainer."""
     from datasets import Dataset
@@ -76,6 +116,7 @@ def sft_train(model, tokenizer, rows: list[dict], args: dict, max_length: int, p
     trainer = SFTTrainer(model=model, args=conf, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=peft_config, callbacks=callbacks)
     fp16_safe_adapters(trainer)
+    quiet_logging(trainer, "SFT")
     trainer.train()
     return trainer
 
