@@ -78,7 +78,8 @@ def code(text: str, tags: list[str] | None = None):
     return cell
 
 
-def head(name: str, title: str, text: str, ref: str, extra_params: str = "", show: str = "print(cfg.to_yaml())",
+def head(name: str, title: str, text: str, ref: str, extra_params: str = "",
+         show: str = "plots.wide(plots.config_table(cfg))",
          ready_args: str = "") -> list:
     """Title and introduction, parameters, the Colab bootstrap and the config cell: the same head everywhere."""
     return [
@@ -119,7 +120,7 @@ def quickstart(ref: str) -> list:
         md("### Did SFT learn?\n\nThe loss should fall; a flat curve is flagged on the figure and below."),
         code('print(plots.training_note(cfg.out, "sft"))\nplots.stage_training_curves(cfg.out, "sft")'),
         md("## 2 · The reward model\n\nA Bradley-Terry model trained on the seed pairs. It judges every sample "
-           "from here on, so its held-out accuracy matters: near 0.5 it is guessing."),
+           "from here on, so its held-out accuracy matters. " + NOISY),
         code("pd.json_normalize(pipeline.run_reward(cfg)).T"),
         md("## 3 · DPO rounds until the controller stops\n\nEach round samples K responses per prompt from the "
            "current policy, pairs the best and worst by reward, trains DPO on those pairs and evaluates. After "
@@ -141,7 +142,7 @@ def quickstart(ref: str) -> list:
            "load them), its LoRA adapter, and a model card with the decisions and metrics."),
         code("best = export.export_best(cfg)\nprint(best, sorted(p.name for p in best.iterdir()))"),
         md("### Its model card"),
-        code("from IPython.display import Markdown\nMarkdown(export.model_card(cfg))"),
+        code("from IPython.display import Markdown\nMarkdown(plots.card_markdown(export.model_card(cfg)))"),
         md("## 7 · Chat with it\n\nAn input box when you run this notebook yourself; under papermill or nbval, "
            "the answers to a fixed list of prompts."),
         code("export.chat(cfg)"),
@@ -159,6 +160,12 @@ DPO_EQ = r"""$$\mathcal{L}_\text{DPO}(\theta) = -\,\mathbb{E}_{(x, y_w, y_l)} \l
 \frac{\pi_\theta(y_w \mid x)}{\pi_\text{ref}(y_w \mid x)} - \beta \log \frac{\pi_\theta(y_l \mid x)}{\pi_\text{ref}(y_l \mid x)}\Big)$$"""
 
 
+NOISY = ("With noisy labels a value near 0.5 is expected, not a failure: the toy and sentiment worlds flip a "
+         "share of the seed labels on purpose (40% in `tiny`, so even a judge that knows the truth agrees with them "
+         "only about 60% of the time). Where the world has an oracle, the accuracy against the oracle's labels "
+         "(`oracle_accuracy` for the reward model, `preference_accuracy_oracle` for a policy) is the one to read.")
+
+
 def tutorials(ref: str) -> dict:
     return {
         "01_sft": head("01_sft", "01 · Supervised fine-tuning", (
@@ -172,7 +179,8 @@ def tutorials(ref: str) -> dict:
             "- **reads**: the preset and overrides (and the base model: the toy world builds its own)\n"
             "- **writes**: `<out>/config.json`, `base/`, `data/`, `sft/` (merged policy, LoRA adapter, "
             "`metrics.json`, `train_log.jsonl`)\n"
-            "- **next**: `02_reward_model`"), ref) + [
+            "- **next**: `02_reward_model`"), ref,
+            show='plots.wide(plots.config_table(cfg, "data", "model", "sft"))') + [
             md("## Prepare the run folder\n\nWrites the base model and the data split (skipped when already done). "
                "**Look for** the counts of training and held-out pairs, and the pairs skipped by reason: a large "
                "`skipped` count means the length limits (`data.max_prompt_tokens`, `data.max_response_tokens`) "
@@ -197,11 +205,11 @@ def tutorials(ref: str) -> dict:
             "$\\ln 2 \\approx 0.693$ and an accuracy of 0.5.\n\n"
             "- **reads**: `<out>/data/`, `<out>/sft/`\n"
             "- **writes**: `<out>/reward/` (model, `metrics.json`, `train_log.jsonl`), `<out>/round_0/eval/`\n"
-            "- **next**: `03_synthetic_preferences`"), ref, show="cfg.reward") + [
-            md("## Train the reward model\n\n**Look for** `heldout_accuracy` well above 0.5. In the toy world, "
-               "`oracle_accuracy` is how often it agrees with the truth: above `seed_label_oracle_agreement` "
-               "means it has averaged out the label noise and its labels will beat the seed labels. "
-               "`rm_beats_seed_labels: False` is a bad sign for every round that follows."),
+            "- **next**: `03_synthetic_preferences`"), ref, show="plots.wide(plots.config_table(cfg.reward))") + [
+            md("## Train the reward model\n\n**Look for** `heldout_accuracy` (against the seed labels) above 0.5 "
+               "and, in the toy world, `oracle_accuracy`, how often it agrees with the truth, above "
+               "`seed_label_oracle_agreement`: then it has averaged out the label noise and its labels will beat the "
+               "seed labels. `rm_beats_seed_labels: False` is a bad sign for every round that follows. " + NOISY),
             code("reward_metrics = pipeline.run_reward(cfg)\npd.json_normalize(reward_metrics).T"),
             md("## Reward-model training curve\n\nThe dotted line is $\\ln 2$, the loss of a coin flip. A curve that "
                "stays on it learned nothing; one that falls far below while the held-out accuracy stays low has "
@@ -227,7 +235,7 @@ def tutorials(ref: str) -> dict:
             "- **writes**: `<out>/round_<round>/generate/` (`samples.jsonl`, `pairs.jsonl`, `metrics.json`)\n"
             "- **next**: `04_dpo_round` with the same `round`"), ref,
             extra_params="\nround = 1  # DPO round this data is for: the run's next round, or one under way",
-            show="cfg.generation", ready_args=", round") + [
+            show="plots.wide(plots.config_table(cfg.generation))", ready_args=", round") + [
             md("## Sample, score and pair\n\n**Look for** `pair_success_rate` (pairs kept per prompt) near 1. "
                "Low means most prompts were dropped: the samples are too alike for the reward model "
                "(`dropped.small_gap`: raise `generation.temperature` or K) or never end (`dropped.no_eos`: raise "
@@ -240,7 +248,7 @@ def tutorials(ref: str) -> dict:
             code("plots.generation_summary(cfg.out, round)"),
             md("## A few pairs\n\nRead them: is the chosen response really better? If not, the reward model is "
                "the problem, not DPO."),
-            code("plots.pairs_table(cfg.out, round, n=5)"),
+            code("plots.wide(plots.pairs_table(cfg.out, round, n=5))"),
         ],
         "04_dpo_round": head("04_dpo_round", "04 · One DPO round", (
             "**What it does.** Trains one DPO round on the synthetic pairs (and the seed pairs, as configured), "
@@ -261,11 +269,12 @@ def tutorials(ref: str) -> dict:
             "- **next**: `03_synthetic_preferences` for the next round, or `05_compare_iterations`"), ref,
             extra_params='\nround = 1  # DPO round to train (ignored by the offline_dpo arm)'
                          '\narm = "iterative"  # iterative: round `round`; offline_dpo: the offline baseline',
-            show="cfg.dpo", ready_args=", round, arm") + [
+            show="plots.wide(plots.config_table(cfg.dpo))", ready_args=", round, arm") + [
             md("## Train and evaluate\n\n**Look for** `win_rate_vs_sft` above 0.5 (judged by the reward model), "
                "`kl_to_reference` below the controller's `max_kl`, and `capability_retention` near 1. A win rate "
                "below 0.5 means the round made the policy worse; a KL far above the limit means it moved too far "
-               "(raise β or lower the learning rate)."),
+               "(raise β or lower the learning rate). `preference_accuracy` is how often the policy's implicit "
+               "reward prefers the held-out chosen response. " + NOISY),
             code('if arm == "iterative":\n    dpo_metrics = pipeline.run_dpo_round(cfg, round)\nelse:\n'
                  '    dpo_metrics = pipeline.run_offline_baseline(cfg)\npd.json_normalize(dpo_metrics).T'),
             md("## Every model so far\n\n`status`: the controller's view (best, rejected, rolled back); `trend`: "
@@ -280,7 +289,7 @@ def tutorials(ref: str) -> dict:
             code("plots.decisions_table(cfg.out)"),
             md("## Responses to the same held-out prompts\n\nRead a few: a rising reward with worse-looking answers "
                "is reward hacking (longer answers, repeated words)."),
-            code("plots.responses_table(cfg.out, n_prompts=5)"),
+            code("plots.wide(plots.responses_table(cfg.out, n_prompts=5))"),
         ],
         "05_compare_iterations": head("05_compare_iterations", "05 · Compare the iterations", (
             "**What it does.** Collects every round's metrics into `summary.json` and compares SFT, each DPO round "
@@ -291,7 +300,8 @@ def tutorials(ref: str) -> dict:
             "drawn on separate axes: when the reward model's win rate climbs while the oracle's does not, the "
             "policy is learning the reward model's mistakes.\n\n"
             "- **reads**: `<out>/round_*/`, `<out>/offline_dpo/`, `decisions.jsonl`, `<out>/logs/`\n"
-            "- **writes**: `<out>/summary.json`, `<out>/plots/*.png`"), ref, show="cfg.controller") + [
+            "- **writes**: `<out>/summary.json`, `<out>/plots/*.png`"), ref,
+            show="plots.wide(plots.config_table(cfg.controller))") + [
             md("## Summary"),
             code('summary = pipeline.write_summary(cfg)\nprint("best round:", summary["best_round"])'),
             md("## Iteration log\n\nWhat each round ran with, what it scored, what was weak, and what the "
@@ -307,8 +317,9 @@ def tutorials(ref: str) -> dict:
                "toward its start by this share of its step (`iterdpo/repair.py`); its figures are the repaired model's."),
             code("plots.comparison_table(cfg.out)"),
             md("## Improvement over rounds\n\nThe gold star is the best round, a red cross a rejected round, a red "
-               "ring a rolled-back one; the dotted line is chance (0.5) and the dashed one offline DPO. **Look "
-               "for** rounds above chance on both judges and above the offline baseline."),
+               "ring a rolled-back one; the dotted line is chance (0.5), the dashed one offline DPO, error bars one "
+               "standard error. **Look for** rounds above chance on both judges and above the offline baseline. "
+               "Preference accuracy is drawn twice, against the seed labels and the oracle's. " + NOISY),
             code("plots.improvement_trajectory(cfg.out)"),
             md("## Reward by model\n\nThe reward model's mean score and the oracle's, side by side but on their own "
                "axes. Hatched bars are rounds the controller did not keep."),
@@ -316,9 +327,10 @@ def tutorials(ref: str) -> dict:
             md("## Reward distributions\n\nA whole distribution shifting right is real improvement; a long right "
                "tail with an unchanged mean is a few lucky samples."),
             code("plots.reward_distributions(cfg.out)"),
-            md("## What the controller watches\n\nKL to the reference and capability retention with the "
-               "controller's limits (dashed red), length and perplexity. The axes never zoom on noise: a flat "
-               "line looks flat."),
+            md("## What the controller watches\n\nKL to SFT (how far the policy has drifted in all), KL to the "
+               "DPO reference (the round before, with `dpo.reference: previous`: what the `max_kl` gate checks) and "
+               "capability retention, with the controller's limits dotted grey, then length and perplexity; offline "
+               "DPO dashed. The axes never zoom on noise: a flat line looks flat."),
             code("plots.eval_metric_grid(cfg.out)"),
             md("## The reward-KL frontier\n\nThe DPO paper's figure: the oracle's score (the reward model's where the "
                "run has no world) against the KL to the SFT policy, for SFT, each round and offline DPO. Up and to "
@@ -341,7 +353,7 @@ def tutorials(ref: str) -> dict:
             md("## The controller's decisions"),
             code("plots.decisions_table(cfg.out)"),
             md("## Responses side by side"),
-            code("plots.responses_table(cfg.out, n_prompts=8)"),
+            code("plots.wide(plots.responses_table(cfg.out, n_prompts=8))"),
             md("## Browse the responses\n\nA prompt picker when the notebook is live; the table otherwise."),
             code("plots.response_viewer(cfg.out)"),
             md("## TensorBoard\n\nEvery training stage logs to `<out>/logs/` when `export.report_to` is `auto` (and "

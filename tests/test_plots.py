@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from iterdpo import plots
@@ -225,3 +226,22 @@ def test_the_best_rounds_star_leaves_the_bar_labels_readable(run: Path) -> None:
             for text in ax.texts:
                 box = text.get_window_extent(renderer)
                 assert not (box.x0 - r < x < box.x1 + r and box.y0 - r < y < box.y1 + r), text.get_text()
+
+
+def test_wide_tables_show_every_cell_whole(run: Path) -> None:
+    table = plots.responses_table(run, n_prompts=2)
+    table.iloc[0, 0] = "line one\nline two <b> " + "word " * 60
+    html = plots.wide(pd.concat([table, table])).to_html()  # a repeated prompt: a non-unique index
+    assert "word " * 60 in html and "pre-wrap" in html and "&lt;b&gt;" in html
+
+
+def test_config_and_card_display() -> None:
+    from iterdpo.config import load_preset
+
+    cfg = load_preset("tiny", {})
+    table = plots.config_table(cfg, "dpo")
+    assert table.loc["dpo.beta", "value"] == str(cfg.dpo.beta) and table.loc["seed", "help"]
+    assert "model.name" not in table.index and plots.config_table(cfg.dpo).shape[0] == table.shape[0] - 4
+    card = "---\nlibrary_name: transformers\ntags:\n- dpo\n- iterdpo\n---\n\n# iterdpo\n"
+    assert plots.card_markdown(card).splitlines()[2:4] == ["| library_name | transformers |", "| tags | dpo, iterdpo |"]
+    assert plots.card_markdown(card).endswith("# iterdpo\n")

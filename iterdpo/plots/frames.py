@@ -22,8 +22,8 @@ from ..metrics import N
 
 # Metrics shown first in tables, in this order; the rest follow alphabetically.
 HEADLINE = [N.oracle_score, N.mean_reward, N.win_rate_vs_sft, N.win_rate_vs_previous, N.oracle_win_rate_vs_sft,
-            N.preference_accuracy, N.preference_accuracy_oracle, N.reward_margin, N.kl_to_reference, N.perplexity, N.mean_length,
-            N.capability_score, N.capability_retention]
+            N.preference_accuracy, N.preference_accuracy_oracle, N.reward_margin, N.kl_to_reference, N.perplexity,
+            N.mean_length, N.capability_score, N.capability_retention]
 # (metric, panel title): judged by the reward model, judged by the oracle, and the held-out pairs.
 TRAJECTORY = [(N.win_rate_vs_sft, "Win rate vs SFT, judged by the reward model"),
               (N.oracle_win_rate_vs_sft, "Win rate vs SFT, judged by the oracle"),

@@ -141,7 +141,8 @@ WRAP = {"white-space": "pre-wrap", "text-align": "left", "vertical-align": "top"
 def wide(df: pd.DataFrame):
     """`df` for display with every cell whole: text wrapped at real line breaks and the page's width, nothing
     cut at pandas' column width (a Styler, so no display option changes for other tables)."""
-    return (df.style.set_properties(**WRAP).set_table_styles([{"selector": "th", "props": list(WRAP.items())}])
+    # CSS by selector, not per cell: a table of held-out prompts may repeat one (a non-unique index).
+    return (df.style.set_table_styles([{"selector": "td, th", "props": list(WRAP.items())}])
             .format(precision=4, escape="html").format_index(escape="html"))
 
 
