@@ -6,8 +6,8 @@
     best/README.md        the model card: base model, data, rounds, every decision, metrics, config, usage
     best/export.json      which round and folder it came from
 
-``export_best(cfg)`` writes all of it (files are hard-linked where the file system allows, else copied,
-so deleting a round folder never breaks ``best/``) and pushes to the hub when ``export.push_to_hub`` is on.
+``export_best(cfg)`` writes all of it as copies (clones where the file system can): nothing written into ``best/``
+reaches a round, deleting a round never breaks ``best/``. It pushes to the hub when ``export.push_to_hub`` is on.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def export_best(cfg: RunConfig) -> Path:
     if not (marker.exists() and read_json(marker) == record):
         tmp = rf.best.with_name(f"best.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp, copy_function=_link_or_copy)
+        shutil.copytree(source, tmp, copy_function=_own_copy)
         if record["adapter"]:
-            shutil.copytree(rf.adapter(rnd), StageFiles(tmp).adapter, copy_function=_link_or_copy)
+            shutil.copytree(rf.adapter(rnd), StageFiles(tmp).adapter, copy_function=_own_copy)
         write_json(StageFiles(tmp).export_record, record)
         shutil.rmtree(rf.best, ignore_errors=True)
         os.replace(tmp, rf.best)
@@ -64,10 +64,16 @@ def export_best(cfg: RunConfig) -> Path:
     return rf.best
 
 
-def _link_or_copy(src: str, dst: str) -> str:
+def _own_copy(src: str, dst: str) -> str:
+    """A copy that shares nothing with src, so no write into best/ reaches a round (a hard link did): the file
+    system's copy-on-write clone where it has one (copy_file_range clones on btrfs and XFS), else the bytes."""
     try:
-        os.link(src, dst)
-    except OSError:  # another file system (Drive), or links not allowed
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            left = os.fstat(fin.fileno()).st_size
+            while left > 0 and (n := os.copy_file_range(fin.fileno(), fout.fileno(), left)):
+                left -= n
+        shutil.copystat(src, dst)
+    except (OSError, AttributeError):  # no copy_file_range (not Linux, another file system, FUSE as on Drive)
         shutil.copy2(src, dst)
     return dst
 

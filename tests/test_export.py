@@ -138,3 +138,35 @@ def test_injected_parameters_are_checked_against_the_parameters_cell() -> None:
     history = ["", 'preset = "auto"\nout = "runs/colab"\nround = 1', '# Parameters\npreset = "tiny"\nrounds = 3\n']
     assert notebook.injected(history) == ({"preset", "rounds"}, {"preset", "out", "round"})
     assert notebook.injected(["", "x = 1"]) is None
+
+
+# ------------------------------------------------------------------ best/ is a view nobody can write through
+
+def _bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_writing_into_best_leaves_the_rounds_files_alone(exported) -> None:
+    """Issue 28 item 7: a tokenizer saved into best/ (or any file of it opened for writing) once rewrote the
+    round's own files through a hard link."""
+    from transformers import AutoTokenizer
+
+    cfg, _, best = exported
+    rf = RunFolder(cfg.out)
+    rnd = export.best_round(cfg.out)
+    sources = [rf.policy(rnd), *([rf.adapter(rnd)] if rf.adapter(rnd).exists() else [])]
+    before = [_bytes(s) for s in sources]
+    tok = AutoTokenizer.from_pretrained(str(best))
+    tok.add_tokens(["<a-new-word>"])
+    tok.save_pretrained(str(best))
+    for p in best.rglob("*"):
+        if p.is_file():
+            with open(p, "r+b") as f:  # write in place, as a careless editor or an in-place save would
+                f.write(b"\0")
+    try:
+        assert [_bytes(s) for s in sources] == before
+    finally:  # the other tests read an untouched best/
+        import shutil
+
+        shutil.rmtree(best)
+        export.export_best(cfg)
