@@ -26,6 +26,7 @@ from .progress import live as watched
 from .runfolder import RunFolder, StageFiles
 from .worlds import world_of
 
+LOCAL_PLACEHOLDER = "path/to/best"  # the card's load path when not pushed: best/ moves, a local path would lie
 CARD_METRICS = [N.oracle_score, N.mean_reward, N.win_rate_vs_sft, N.win_rate_vs_previous, N.preference_accuracy,
                 N.kl_to_reference, N.capability_retention, N.mean_length]
 
@@ -111,8 +112,16 @@ def _decision_rows(rf: RunFolder) -> list[dict]:
     return rows
 
 
-def model_card(cfg: RunConfig) -> str:
-    """best/README.md: what the model is, how it was made, how it scored, and how to load it."""
+def _portable(v):
+    """A config value as the card shows it: an absolute path (this machine's) as its last part."""
+    if isinstance(v, (list, dict)):
+        return [_portable(x) for x in v] if isinstance(v, list) else {k: _portable(x) for k, x in v.items()}
+    return Path(v).name if isinstance(v, str) and os.path.isabs(v) else v
+
+
+def model_card(cfg: RunConfig, repo: str = "") -> str:
+    """best/README.md: what the model is, how it was made, how it scored, and how to load it (from the hub
+    ``repo`` when given, else ``export.hub_model_id`` when pushing, else a placeholder path)."""
     rf = RunFolder(cfg.out)
     rnd = best_round(rf.root)
     rep = rf.metrics(rf.repair(rnd)) if rf.repaired(rnd) else None
@@ -122,7 +131,7 @@ def model_card(cfg: RunConfig) -> str:
     front = {"library_name": "transformers", "tags": ["dpo", "iterative-dpo", "iterdpo"]}
     if world.hub_base(cfg):
         front["base_model"] = world.hub_base(cfg)
-    where = cfg.export.hub_model_id or str(rf.best)
+    where = repo or (cfg.export.hub_model_id if cfg.export.push_to_hub else "") or LOCAL_PLACEHOLDER
     n_rounds = len(rf.decisions())
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
@@ -146,7 +155,7 @@ def model_card(cfg: RunConfig) -> str:
         "Win rates are judged by the run's reward model; `oracle_score` exists only where the world has an oracle.", "",
         _table(_metric_rows(rf), ["model", *CARD_METRICS]), "",
         "## How to load it", "",
-        "With plain transformers, no iterdpo needed:", "",
+        "With plain transformers, no iterdpo needed" + (f" (`{where}`: this folder)" if where == LOCAL_PLACEHOLDER else "") + ":", "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
@@ -160,8 +169,8 @@ def model_card(cfg: RunConfig) -> str:
         "`adapter/` holds the LoRA adapter of the last training step (load it with `peft.PeftModel.from_pretrained` "
         "on the policy the round started from)" + (", its step scaled as the repair scaled it." if rep else ".")
         if rf.best_adapter.exists() else "", "",
-        "## Config", "",
-        "<details><summary>The run's full config</summary>", "", "```yaml", cfg.to_yaml().strip(), "```", "", "</details>", "",
+        "## Config", "", "<details><summary>The run's full config</summary>", "", "```yaml",
+        yaml.safe_dump(_portable(cfg.to_dict()), sort_keys=False).strip(), "```", "", "</details>", "",
     ]
     return "\n".join(lines)
 
@@ -182,6 +191,7 @@ def push_to_hub(cfg: RunConfig) -> str:
         user = api.whoami()["name"]
         repo = cfg.export.hub_model_id or f"{user}/iterdpo-{cfg.preset}-s{cfg.seed}"
         api.create_repo(repo, exist_ok=True, private=True)
+        rf.model_card.write_text(model_card(cfg, repo))  # the card names the repo it is read from
         api.upload_folder(folder_path=str(rf.best), repo_id=repo, ignore_patterns=["export.json"])
     except Exception as e:  # no network, no token, no permission: the run itself is complete
         return f"push_to_hub skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

@@ -85,6 +85,16 @@ def test_chat_under_papermill_answers_fixed_prompts(exported) -> None:
     assert list(table.index) == export.example_prompts(cfg) and table["model"].map(type).eq(str).all()
 
 
+def test_the_model_card_names_no_local_path(exported) -> None:
+    cfg, _, best = exported
+    card = (best / "README.md").read_text()
+    assert f'from_pretrained("{export.LOCAL_PLACEHOLDER}")' in card
+    assert str(best) not in card and str(Path(cfg.out).resolve()) not in card and "/tmp" not in card
+    pushed = export.model_card(cfg.replace(**{"export.push_to_hub": True, "export.hub_model_id": "me/iterdpo-toy"}))
+    assert 'from_pretrained("me/iterdpo-toy")' in pushed and export.LOCAL_PLACEHOLDER not in pushed
+    assert 'from_pretrained("you/found-it")' in export.model_card(cfg, repo="you/found-it")  # the repo pushed to
+
+
 # ------------------------------------------------------------------ is the run ready for a notebook
 
 def _decide(rf: RunFolder, rnd: int, decision: str = "continue", stop: bool = False) -> None:
