@@ -245,7 +245,7 @@ class ExportConfig(_Section):
     report_to: str = F("auto", "Experiment tracking of every training stage, logs in <run>/logs/<stage>: auto = tensorboard when installed, else none; or none, tensorboard, wandb, ... (transformers' report_to).")
     push_to_hub: bool = F(False, "Upload the run's best/ folder (model, adapter, model card) to the Hugging Face hub at the end; skipped with a one-line note when offline or not logged in.")
     hub_model_id: str = F("", "Hub repository for push_to_hub, e.g. you/iterdpo-qwen-hh; empty = <your user>/iterdpo-<preset>-s<seed>.")
-
+    gguf: bool = F(True, "Also write best/model.gguf (f16) for llama.cpp and Ollama (Llama and Qwen2 models; with the tokenizer when it is a byte-level BPE).")
 
 SECTIONS = {
     "model": ModelConfig, "toy": ToyConfig, "sentiment": SentimentConfig, "data": DataConfig, "sft": SFTStageConfig, "reward": RewardConfig,

@@ -5,6 +5,7 @@
     best/adapter/         the LoRA adapter that produced it, when the round kept one
     best/README.md        the model card: base model, data, rounds, every decision, metrics, config, usage
     best/export.json      which round and folder it came from
+    best/model.gguf       the same model for llama.cpp and Ollama (``export.gguf``; see :func:`write_gguf`)
 
 ``export_best(cfg)`` writes all of it as copies (clones where the file system can): nothing written into ``best/``
 reaches a round, deleting a round never breaks ``best/``. It pushes to the hub when ``export.push_to_hub`` is on.
@@ -12,6 +13,7 @@ reaches a round, deleting a round never breaks ``best/``. It pushes to the hub w
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -48,7 +50,8 @@ def export_best(cfg: RunConfig) -> Path:
     if not rf.has_policy(rnd):
         raise FileNotFoundError(f"round {rnd} has no merged policy at {source}; run the stages first")
     record = {"round": rnd, "policy": str(source), "adapter": str(rf.adapter(rnd)) if rf.adapter(rnd).exists() else None,
-              "repair": rf.metrics(rf.repair(rnd)) if rf.repaired(rnd) else None}  # a new repair is a new model
+              "repair": rf.metrics(rf.repair(rnd)) if rf.repaired(rnd) else None,  # a new repair is a new model
+              "gguf": cfg.export.gguf}
     marker = StageFiles(rf.best).export_record
     if not (marker.exists() and read_json(marker) == record):
         tmp = rf.best.with_name(f"best.tmp-{os.getpid()}")
@@ -56,6 +59,8 @@ def export_best(cfg: RunConfig) -> Path:
         shutil.copytree(source, tmp, copy_function=_own_copy)
         if record["adapter"]:
             shutil.copytree(rf.adapter(rnd), StageFiles(tmp).adapter, copy_function=_own_copy)
+        if cfg.export.gguf:
+            print(write_gguf(tmp).replace(str(tmp), str(rf.best)))
         write_json(StageFiles(tmp).export_record, record)
         shutil.rmtree(rf.best, ignore_errors=True)
         os.replace(tmp, rf.best)
@@ -77,6 +82,96 @@ def _own_copy(src: str, dst: str) -> str:
     except (OSError, AttributeError):  # no copy_file_range (not Linux, another file system, FUSE as on Drive)
         shutil.copy2(src, dst)
     return dst
+
+
+# ---------------------------------------------------------------- GGUF, for llama.cpp and Ollama
+
+GGUF_FILE = "model.gguf"
+GGUF_ARCHS = {"LlamaForCausalLM": "LLAMA", "Qwen2ForCausalLM": "QWEN2"}  # what llama.cpp and transformers both read
+
+
+def write_gguf(folder: str | Path) -> str:
+    """``folder/model.gguf`` from the merged safetensors in ``folder``; returns a one-line note of what it wrote.
+
+    f16 (norms and biases f32, as llama.cpp writes them): next to lossless for fp16 or fp32 weights, and what
+    llama.cpp's ``llama-quantize`` makes q8_0 or q4_k_m from. The tokenizer goes in when it is a byte-level BPE
+    (Qwen's, SmolLM's), which llama.cpp and transformers both read; a word-level one (the toy's) is ``none``."""
+    import gguf
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    c = AutoConfig.from_pretrained(folder)
+    arch = next((GGUF_ARCHS[a] for a in c.architectures or [] if a in GGUF_ARCHS), None)
+    rope = getattr(c, "rope_parameters", None) or {"rope_theta": getattr(c, "rope_theta", 10000.0)}
+    if arch is None or rope.get("rope_type", "default") != "default":
+        return f"gguf skipped: {c.architectures} with rope {rope.get('rope_type')} (GGUF export knows {sorted(GGUF_ARCHS)})"
+    heads, kv_heads = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
+    tmp = folder / f"{GGUF_FILE}.tmp-{os.getpid()}"
+    w = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[arch]])
+    for add, value in [(w.add_context_length, c.max_position_embeddings), (w.add_embedding_length, c.hidden_size),
+                       (w.add_block_count, c.num_hidden_layers), (w.add_feed_forward_length, c.intermediate_size),
+                       (w.add_head_count, heads), (w.add_head_count_kv, kv_heads), (w.add_vocab_size, c.vocab_size),
+                       (w.add_rope_dimension_count, getattr(c, "head_dim", None) or c.hidden_size // heads),
+                       (w.add_rope_freq_base, float(rope["rope_theta"])), (w.add_layer_norm_rms_eps, c.rms_norm_eps),
+                       (w.add_file_type, gguf.LlamaFileType.MOSTLY_F16)]:
+        add(value)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch], c.num_hidden_layers)
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                if name == "lm_head.weight" and c.tie_word_embeddings:
+                    continue
+                t = f.get_tensor(name).to(torch.float32)
+                if arch == "LLAMA" and name.endswith(("q_proj.weight", "k_proj.weight")):  # llama.cpp's rotary layout
+                    n = heads if "q_proj" in name else kv_heads  # (transformers' GGUF loader undoes it)
+                    t = t.reshape(n, 2, t.shape[0] // n // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+                w.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")),
+                             t.numpy().astype("float16" if t.ndim == 2 else "float32"))
+    kind = _gguf_tokenizer(w, folder, c)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, folder / GGUF_FILE)
+    return f"wrote {folder / GGUF_FILE}: {arch.lower()}, f16, tokenizer {kind}, {(folder / GGUF_FILE).stat().st_size:,} bytes"
+
+
+def _gguf_tokenizer(w, folder: Path, c) -> str:
+    """The tokenizer's ids, chat template and (byte-level BPE only) vocabulary into the writer; returns its kind."""
+    import gguf
+    from transformers import AutoTokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    for add, value in [(w.add_bos_token_id, tok.bos_token_id), (w.add_eos_token_id, tok.eos_token_id),
+                       (w.add_pad_token_id, tok.pad_token_id), (w.add_unk_token_id, tok.unk_token_id)]:
+        if value is not None:
+            add(value)
+    if getattr(tok, "chat_template", None):
+        w.add_chat_template(tok.chat_template)
+    spec = json.loads((folder / "tokenizer.json").read_text()) if (folder / "tokenizer.json").exists() else {}
+    model = spec.get("model", {})
+    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
+        w.add_tokenizer_model("none")
+        return "none (not a byte-level BPE)"
+    added = {t["id"]: t for t in spec.get("added_tokens", [])}
+    # ids the model has and the tokenizer never emits (hub models pad their embeddings) stay unused
+    tokens, types = [f"[PAD{i}]" for i in range(c.vocab_size)], [gguf.TokenType.UNUSED] * c.vocab_size
+    for text, i in {**model["vocab"], **{t["content"]: i for i, t in added.items()}}.items():
+        if i < c.vocab_size:
+            tokens[i] = text
+            types[i] = (gguf.TokenType.NORMAL if i not in added else gguf.TokenType.CONTROL if added[i]["special"]
+                        else gguf.TokenType.USER_DEFINED)
+    w.add_tokenizer_model("gpt2")
+    qwen2 = json.dumps(PRETOKENIZE_REGEX)[1:-1] in json.dumps(spec["pre_tokenizer"])  # Qwen's own split of text
+    w.add_tokenizer_pre("qwen2" if qwen2 else "default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])])
+    w.add_add_bos_token(tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id])
+    return "gpt2 (byte-level BPE)"
 
 
 # ---------------------------------------------------------------- the model card

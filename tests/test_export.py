@@ -95,6 +95,26 @@ def test_the_model_card_names_no_local_path(exported) -> None:
     assert 'from_pretrained("you/found-it")' in export.model_card(cfg, repo="you/found-it")  # the repo pushed to
 
 
+def test_best_has_a_gguf_that_transformers_loads_and_generates(exported) -> None:
+    """The toy world's word-level tokenizer cannot be stated in GGUF (tests/test_gguf.py covers a byte-level BPE,
+    whose tokenizer goes in): the weights come from best/model.gguf, the tokenizer from best/."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg, _, best = exported
+    assert cfg.export.gguf and (best / export.GGUF_FILE).stat().st_size > 0
+    tok = AutoTokenizer.from_pretrained(best)
+    plain = AutoModelForCausalLM.from_pretrained(best, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(best, gguf_file=export.GGUF_FILE, dtype=torch.float32).eval()
+    enc = tok(export.render_chat(tok, [{"role": "user", "content": "list 3 fruit"}]), return_tensors="pt")
+    with torch.no_grad():
+        want, got = plain(**enc).logits, model(**enc).logits
+    assert (got - want).abs().max().item() < 1e-2  # f16 weights: measured 1e-3 on logits of about 10
+    out = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    ref = plain.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > enc["input_ids"].shape[1] and out.tolist() == ref.tolist()
+
+
 # ------------------------------------------------------------------ is the run ready for a notebook
 
 def _decide(rf: RunFolder, rnd: int, decision: str = "continue", stop: bool = False) -> None:
