@@ -11,7 +11,13 @@ humaneval; the tools bench/, devicecheck/, wheelhouse.
 __version__ = "0.1.0"
 
 import logging as _logging
+import os as _os
 import warnings as _warnings
+
+# Nothing sent unasked: the Hugging Face libraries' usage telemetry (TRL sends a request at every trainer start,
+# naming the trainer, the model's architecture, the GPU and the world size) is off before any of them is
+# imported, unless the user turns it on (export.telemetry, or HF_HUB_DISABLE_TELEMETRY=0 in the environment).
+_os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 # Known-harmless noise of the stack, silenced before anything imports it, so executed notebooks show none:
 # bitsandbytes' CPU backend logs a missing optional 4-bit kernel package at import (4 bit is CUDA-only

@@ -198,7 +198,7 @@ def _setup_run(args):
     check_out(out, fresh=args.fresh, resume=args.resume)
     run = RunFolder(out)
     if args.resume and not args.fresh and not run.is_run():
-        raise RunFolderError(f"--resume: {out} has no iterdpo config.json, so it holds no run to continue")
+        raise RunFolderError(f"--resume: {out} holds no run to continue ({run.not_a_run()})")
     if out.is_dir() and dist.is_main():
         lock.acquire(run.lock_path)  # before anything is changed or deleted
     if args.resume and not args.fresh:

@@ -224,10 +224,14 @@ def load_pairs(source: str, paths: list[str], tokenizer, max_prompt: int, max_re
     """
     pairs, skips, seen = [], Skips(), set()
     keys = ("chosen", "rejected") if source == "hh" else PAIR_KEYS
+    controls = control_tokens(tokenizer)
     for loc, rec in iter_source(paths, split):
         require(rec, keys, loc)
         if not all(_utf8(rec[k]) for k in keys):  # "\ud800" is valid JSON but no tokenizer takes it
             skips.add("lone_surrogate", loc)
+            continue
+        if any(t in rec[k] for k in keys for t in controls):  # text would become a turn boundary or an early end
+            skips.add("control_token", loc)
             continue
         if source == "hh":
             got = hh_pair(rec, loc)
@@ -239,12 +243,13 @@ def load_pairs(source: str, paths: list[str], tokenizer, max_prompt: int, max_re
             messages, chosen, rejected = [{"role": "user", "content": rec["prompt"]}], rec["chosen"], rec["rejected"]
         prompt = render_prompt(messages, tokenizer)
         reason = check_pair(prompt, chosen, rejected, tokenizer, max_prompt, max_response)
-        if reason is None and (prompt, chosen.strip(), rejected.strip()) in seen:
+        key = (normalised(prompt), chosen.strip(), rejected.strip())
+        if reason is None and key in seen:
             reason = "duplicate_pair"
         if reason:
             skips.add(reason, loc)
             continue
-        seen.add((prompt, chosen.strip(), rejected.strip()))
+        seen.add(key)
         pairs.append({"prompt": prompt, "chosen": as_completion(prompt, chosen), "rejected": as_completion(prompt, rejected),
                       "source": "seed", "origin": loc})
         if limit and len(pairs) >= limit:
@@ -253,6 +258,19 @@ def load_pairs(source: str, paths: list[str], tokenizer, max_prompt: int, max_re
         what = f"all {skips.total} records skipped: {describe(skips)}" if skips.total else "no records (empty)"
         raise DataError(f"{', '.join(map(str, paths))}: no usable pairs; {what}")
     return pairs, skips
+
+
+def control_tokens(tokenizer) -> list[str]:
+    """The tokenizer's own special and added tokens (``<|im_start|>``, ``<|im_end|>``, ``</s>``...): in a pair's
+    text they would be read as real control tokens (an injected turn, an early end), so such pairs are skipped."""
+    special = list(getattr(tokenizer, "all_special_tokens", []) or [])
+    added = list(getattr(tokenizer, "get_added_vocab", dict)() or {})
+    return sorted({t for t in special + added if isinstance(t, str) and len(t) > 1})
+
+
+def normalised(prompt: str) -> str:
+    """A prompt as the held-out split and the duplicate check compare it: case and whitespace do not count."""
+    return " ".join(prompt.lower().split())
 
 
 def describe(skips: Skips) -> str:
@@ -279,8 +297,9 @@ def check_records(rows: list[dict], keys: tuple[str, ...], path: str) -> list[di
 
 def split_heldout(pairs: list[dict], n_heldout: int, n_train: int, seed: int,
                   skips: Skips | None = None) -> tuple[list[dict], list[dict]]:
-    """A fixed, seeded split: (train, heldout). Prompts in the held-out pairs never appear in training:
-    a training pair that shares one is counted in `skips` as ``prompt_in_heldout``, not dropped silently."""
+    """A fixed, seeded split: (train, heldout). Prompts in the held-out pairs never appear in training, up to case
+    and whitespace (normalised): a training pair that shares one is counted in `skips` as ``prompt_in_heldout``,
+    not dropped silently."""
     if len(pairs) < n_heldout + 1:
         files = sorted({p["origin"].rsplit(":", 1)[0] for p in pairs if "origin" in p})
         skipped = f"; {skips.total} skipped: {describe(skips)}" if skips and skips.total else ""
@@ -289,10 +308,10 @@ def split_heldout(pairs: list[dict], n_heldout: int, n_train: int, seed: int,
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     heldout = [pairs[i] for i in order[:n_heldout]]
-    held_prompts = {p["prompt"] for p in heldout}
+    held_prompts = {normalised(p["prompt"]) for p in heldout}
     train = []
     for i in order[n_heldout:]:
-        if pairs[i]["prompt"] not in held_prompts:
+        if normalised(pairs[i]["prompt"]) not in held_prompts:
             train.append(pairs[i])
         elif skips is not None:
             skips.add("prompt_in_heldout", pairs[i].get("origin", f"pair {i}"))

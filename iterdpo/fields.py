@@ -124,12 +124,28 @@ def _number(v: Any) -> Any:
         return v
 
 
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases: a few hundred bytes of nested aliases expand to gigabytes (a "billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            anchor = self.peek_event().anchor
+            raise ConfigError(f"YAML alias *{anchor} (line {self.peek_event().start_mark.line + 1}): aliases are not "
+                              "accepted in presets or --set (they can expand without bound); write the values out")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str):
+    """YAML as plain values, without aliases (ConfigError on one)."""
+    return yaml.load(text, Loader=_NoAliases)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """'dpo.beta=0.2' -> ('dpo.beta', 0.2); values are parsed as YAML scalars or lists."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.field=value")
     key, raw = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), load_yaml(raw)
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None

@@ -33,6 +33,15 @@ class Precision:
 EMULATE_T4 = "ITERDPO_EMULATE_T4"  # "1": treat the CUDA GPU as a T4 (compute capability 7.5), as the device check does
 
 
+def hub_telemetry(on: bool) -> None:
+    """Let the Hugging Face libraries send their usage telemetry, or not (export.telemetry; off by default:
+    iterdpo/__init__.py turns it off before they are imported). Kernels and processes started later inherit it."""
+    import huggingface_hub.constants as hub
+
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "0" if on else "1"
+    hub.HF_HUB_DISABLE_TELEMETRY = not on
+
+
 def gpu_capability() -> tuple[int, int]:
     """The GPU's compute capability, or a T4's (7, 5) when ITERDPO_EMULATE_T4=1: fp16 only, never bf16."""
     return (7, 5) if os.environ.get(EMULATE_T4) == "1" else torch.cuda.get_device_capability()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import pipeline, stages
-from .config import RunConfig, auto_preset
+from .config import ConfigError, RunConfig, auto_preset, load_preset
 from .turns import wait_turn
 from .progress import ipython, injected, live  # noqa: F401 (live: the notebooks ask it)
 from .runfolder import RunFolder
@@ -70,6 +70,19 @@ def missing(cfg: RunConfig, name: str, round: int | None = None, arm: str = ITER
 def round_problem(cfg: RunConfig, rnd) -> str | None:
     """Why DPO round `rnd` may not run now (None when it may): the stage graph's rule (iterdpo.stages)."""
     return stages.round_problem(RunFolder(cfg.out), cfg, rnd)
+
+
+def config(preset: str, seed: int, out: str, overrides) -> RunConfig:
+    """The run's config from a notebook's parameters: the preset, then `overrides` ({"section.field": value}),
+    the seed and the run folder (anchored). A parameter of the wrong kind (papermill's ``-p overrides '...'``
+    passes a string) is one line, not a traceback."""
+    if not isinstance(overrides, dict):
+        raise NotReady(f"overrides={overrides!r}: expected a mapping of section.field to value, e.g. "
+                       "-y '{overrides: {dpo.beta: 0.2}}' with papermill (-p passes a string)")
+    try:
+        return load_preset(preset, {**overrides, "seed": seed, "out": anchored(out)})
+    except ConfigError as e:
+        raise NotReady(str(e)) from None
 
 
 def ready(cfg: RunConfig, name: str, round: int | None = None, arm: str = ITERATIVE) -> None:

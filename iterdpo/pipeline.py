@@ -18,6 +18,7 @@ sequences them:
 
 from __future__ import annotations
 
+import errno
 import shutil
 import time
 from pathlib import Path
@@ -41,7 +42,13 @@ def stage(dest: Path, config: dict, force: bool, work: Callable[[Path], dict]) -
     with dist.stage_folder(dest, config, force) as tmp:  # several processes: the main one writes
         if tmp is not None:
             t0 = time.perf_counter()
-            m = work(tmp)
+            try:
+                m = work(tmp)
+            except Exception as e:
+                if "No space left on device" in str(e) and not isinstance(e, OSError):  # safetensors' own error
+                    raise OSError(errno.ENOSPC, f"no space left on the device while writing stage {dest.name} "
+                                                "(nothing of it was kept)") from None
+                raise
             m[N.wall_seconds] = time.perf_counter() - t0
             write_json(StageFiles(tmp).metrics, m)
     return read_json(StageFiles(dest).metrics)

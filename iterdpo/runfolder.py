@@ -28,7 +28,7 @@ from typing import Union
 from . import migrate
 from .config import RunConfig
 from .data import PAIR_KEYS, check_records
-from .folder import CONFIG_FILE, DONE_FILE, DamagedRun, check_stage, is_done, read_json, read_jsonl
+from .folder import CONFIG_FILE, DONE_FILE, MANIFEST_FILE, DamagedRun, check_stage, is_done, read_json, read_jsonl
 from .metrics import N
 
 Round = Union[int, str]
@@ -219,11 +219,19 @@ class RunFolder:
     def is_run(self) -> bool:
         """Whether this folder holds an iterdpo run: a config.json that reads as a RunConfig (a model folder's
         config.json does not). --resume and --fresh ask the same question."""
+        return self.not_a_run() is None
+
+    def not_a_run(self) -> str | None:
+        """Why this folder holds no iterdpo run, in a phrase naming config.json; None when it holds one."""
+        if not self.config_path.exists():
+            return f"{self.config_path}: missing"
         try:
             self.config()
-        except (OSError, ValueError, TypeError, KeyError):
-            return False
-        return True
+        except DamagedRun as e:
+            return str(e)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            return f"{self.config_path}: not an iterdpo run's config ({str(e).splitlines()[0][:160]})"
+        return None
 
     @property
     def lock_path(self) -> Path:
@@ -231,12 +239,13 @@ class RunFolder:
         return self.root / LOCK_FILE
 
     def stage_folders(self) -> list[Path]:
-        """Every finished stage folder of the run, in the order they were made."""
+        """Every finished stage folder of the run, in the order they were made (one that lost its metrics.json
+        still has its manifest, and counts: it is damaged, not unfinished)."""
         once = [self.stage(n) for n in ("base", "data", "sft", "reward")]
         rounds = [d for r in self.round_numbers() for d in (self.generate(r), self.dpo(r), self.trained_eval(r),
                                                              self.repair(r)) if r > 0 or d == self.trained_eval(r)]
         offline = [self.dpo(OFFLINE_ARM), self.trained_eval(OFFLINE_ARM), self.repair(OFFLINE_ARM)]
-        return [d for d in once + rounds + offline if is_done(d)]
+        return [d for d in once + rounds + offline if is_done(d) or (d / MANIFEST_FILE).exists()]
 
     def check(self) -> list[str]:
         """What is damaged in the run's finished stages, one line each (folder.check_stage), then in
