@@ -13,11 +13,13 @@ reaches a round, deleting a round never breaks ``best/``. It pushes to the hub w
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
+from threading import Thread
 
 import yaml
 
@@ -303,9 +305,10 @@ def push_note(cfg: RunConfig) -> str:
 # ---------------------------------------------------------------- chatting with it
 
 class Chat:
-    """The exported model with plain transformers: ``Chat(path).reply("list 3 fruit")``."""
+    """The exported model with plain transformers: ``Chat(path).reply("list 3 fruit")``, or ``stream`` for the text
+    as it is generated; both take the conversation so far (``history``: role/content messages)."""
 
-    def __init__(self, path: str | Path, max_new_tokens: int = 64, temperature: float = 0.7, seed: int = 0):
+    def __init__(self, path: str | Path, max_new_tokens: int = 256, temperature: float = 0.7, seed: int = 0):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -316,21 +319,48 @@ class Chat:
             self.model.to("cuda")
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
 
-    def reply(self, text: str) -> str:
-        """The model's answer to one user message (its chat template, sampled)."""
-        import torch
+    def encode(self, messages: list[dict]) -> tuple[dict, int]:
+        """(model inputs, new tokens): the conversation in the chat template, its oldest exchanges dropped until
+        it and the reply fit the model's positions (the reply gets at most half of them)."""
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 10**9
+        new = min(self.max_new_tokens, limit // 2)
+        while True:
+            enc = self.tok(render_chat(self.tok, messages), return_tensors="pt", add_special_tokens=False)
+            if enc["input_ids"].shape[1] + new <= limit or len(messages) <= 1:
+                return {k: v[:, -(limit - new):].to(self.model.device) for k, v in enc.items()}, new
+            messages = messages[2:]
 
-        if getattr(self.tok, "chat_template", None):
-            enc = self.tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                               return_dict=True, return_tensors="pt")
-        else:
-            enc = self.tok(f"\n\nHuman: {text}\n\nAssistant:", return_tensors="pt")
-        enc = {k: v.to(self.model.device) for k, v in enc.items()}
+    def stream(self, text: str, history: list[dict] = ()):
+        """The reply to ``text`` after ``history``, piece by piece as it is generated (sampled, seeded)."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        enc, new = self.encode([*history, {"role": "user", "content": text}])
+        streamer = TextIteratorStreamer(self.tok, skip_prompt=True, skip_special_tokens=True)
         torch.manual_seed(self.seed)
-        with torch.no_grad():
-            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=True,
-                                      temperature=self.temperature, pad_token_id=self.tok.pad_token_id)
-        return self.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+        def generate():
+            try:
+                self.model.generate(**enc, max_new_tokens=new, do_sample=True, temperature=self.temperature,
+                                    streamer=streamer, pad_token_id=self.tok.pad_token_id)
+            finally:  # a failed generation still ends the stream: the reader would wait forever
+                streamer.end()
+
+        worker = Thread(target=generate)
+        worker.start()
+        yield from streamer
+        worker.join()
+
+    def reply(self, text: str, history: list[dict] = ()) -> str:
+        """The whole reply to ``text`` after ``history``."""
+        return "".join(self.stream(text, history)).strip()
+
+
+def render_chat(tok, messages: list[dict]) -> str:
+    """A conversation as the prompt for the assistant's next turn: the chat template, else HH-RLHF's transcript."""
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in messages) + "\n\nAssistant:"
 
 
 def example_prompts(cfg: RunConfig, n: int = 5) -> list[str]:
@@ -338,30 +368,32 @@ def example_prompts(cfg: RunConfig, n: int = 5) -> list[str]:
     return world_of(cfg).example_prompts(cfg, n)
 
 
-def chat(cfg: RunConfig, prompts: list[str] | None = None, live: bool | None = None):
-    """An input box to chat with best/ when the notebook is live; replies to fixed prompts (a table) otherwise."""
+def chat(cfg: RunConfig, prompts: list[str] | None = None, live: bool | None = None, max_new_tokens: int = 256):
+    """A chat box with best/ when the notebook is live (multi-turn, the reply streamed as it is generated);
+    replies to fixed prompts, each a new conversation, as a table otherwise."""
     import pandas as pd
 
-    bot = Chat(RunFolder(cfg.out).best, seed=cfg.seed)
-    live = watched() if live is None else live
-    if not live:
+    bot = Chat(RunFolder(cfg.out).best, max_new_tokens=max_new_tokens, seed=cfg.seed)
+    if not (watched() if live is None else live):
         prompts = prompts or example_prompts(cfg)
         return pd.DataFrame({"you": prompts, "model": [bot.reply(p) for p in prompts]}).set_index("you")
-    import html
-
     import ipywidgets as w
 
-    box = w.Text(placeholder="Type a message and press Enter", continuous_update=False, layout=w.Layout(width="95%"))
-    log = w.HTML()
+    box = w.Text(placeholder="Type a message and press Enter", continuous_update=False, layout=w.Layout(width="80%"))
+    clear, log, history = w.Button(description="New chat"), w.HTML(), []
 
     def send(change):
-        text = change["new"].strip()
-        if text:
-            box.value = ""
-            log.value += f"<p><b>you</b>: {html.escape(text)}<br><b>model</b>: {html.escape(bot.reply(text))}</p>"
+        if not (text := change["new"].strip()):
+            return
+        box.value, answer, before = "", "", log.value + f"<p><b>you</b>: {html.escape(text)}<br><b>model</b>: "
+        for piece in bot.stream(text, history):
+            answer += piece
+            log.value = before + html.escape(answer) + "</p>"
+        history.extend([{"role": "user", "content": text}, {"role": "assistant", "content": answer.strip()}])
 
     box.observe(send, names="value")
-    return w.VBox([box, log])
+    clear.on_click(lambda _: (history.clear(), setattr(log, "value", "")))
+    return w.VBox([w.HBox([box, clear]), log])
 
 
 if __name__ == "__main__":  # python -m iterdpo.export <run folder>: export a finished run

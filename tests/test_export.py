@@ -83,6 +83,7 @@ def test_chat_under_papermill_answers_fixed_prompts(exported) -> None:
     cfg, _, _ = exported
     table = export.chat(cfg, live=False)
     assert list(table.index) == export.example_prompts(cfg) and table["model"].map(type).eq(str).all()
+    assert table["model"].str.len().gt(0).any()
 
 
 def test_the_model_card_names_no_local_path(exported) -> None:
@@ -93,6 +94,55 @@ def test_the_model_card_names_no_local_path(exported) -> None:
     pushed = export.model_card(cfg.replace(**{"export.push_to_hub": True, "export.hub_model_id": "me/iterdpo-toy"}))
     assert 'from_pretrained("me/iterdpo-toy")' in pushed and export.LOCAL_PLACEHOLDER not in pushed
     assert 'from_pretrained("you/found-it")' in export.model_card(cfg, repo="you/found-it")  # the repo pushed to
+
+
+def test_a_conversation_goes_into_the_chat_template(toy_tokenizer) -> None:
+    turns = [{"role": "user", "content": "list 2 fruit"}, {"role": "assistant", "content": "apple pear"},
+             {"role": "user", "content": "add 2 3"}]
+    assert export.render_chat(toy_tokenizer, turns) == "user: list 2 fruit\nassistant: apple pear\nuser: add 2 3\nassistant:"
+
+    class Plain:  # a tokenizer without a chat template: the HH-RLHF transcript
+        chat_template = None
+
+    assert export.render_chat(Plain(), turns[:2]) == "\n\nHuman: list 2 fruit\n\nAssistant: apple pear\n\nAssistant:"
+
+
+def test_chat_streams_multi_turn_replies_within_the_models_positions(exported) -> None:
+    cfg, _, best = exported
+    bot = export.Chat(best, seed=cfg.seed)
+    limit = bot.model.config.max_position_embeddings
+    pieces = list(bot.stream("list 3 fruit"))
+    assert bot.max_new_tokens == 256 and pieces and "".join(pieces).strip() == bot.reply("list 3 fruit")
+    history = [{"role": "user", "content": "list 3 fruit"}, {"role": "assistant", "content": bot.reply("list 3 fruit")}]
+    enc, new = bot.encode([*history, {"role": "user", "content": "add 2 3"}])
+    text = bot.tok.decode(enc["input_ids"][0])
+    assert "list 3 fruit" in text and text.rstrip().endswith("add 2 3 assistant:")  # both turns, in order
+    long = history * 20 + [{"role": "user", "content": "add 2 3"}]
+    enc, new = bot.encode(long)  # the oldest exchanges go first, the last message stays
+    assert new == min(256, limit // 2) and enc["input_ids"].shape[1] + new <= limit
+    assert bot.tok.decode(enc["input_ids"][0]).rstrip().endswith("add 2 3 assistant:")
+    assert isinstance(bot.reply("add 2 3", history), str)
+
+
+def test_the_live_chat_box_keeps_the_conversation(exported, monkeypatch) -> None:
+    cfg, _, _ = exported
+    seen, stream = [], export.Chat.stream
+
+    def spy(self, text, history=()):
+        seen.append([*history, text])
+        yield from stream(self, text, history)
+
+    monkeypatch.setattr(export.Chat, "stream", spy)
+    ui = export.chat(cfg, live=True, max_new_tokens=8)
+    (box, clear), log = ui.children[0].children, ui.children[1]
+    box.value = "list 3 fruit"
+    first = log.value
+    box.value = "add 2 3"
+    assert box.value == "" and log.value.startswith(first) and "add 2 3" in log.value[len(first):]
+    assert seen[0] == ["list 3 fruit"] and len(seen[1]) == 3 and seen[1][0]["content"] == "list 3 fruit"
+    clear.click()
+    box.value = "repeat apple"
+    assert seen[-1] == ["repeat apple"] and "list 3 fruit" not in log.value  # a new chat starts empty
 
 
 def test_best_has_a_gguf_that_transformers_loads_and_generates(exported) -> None:
