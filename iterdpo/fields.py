@@ -72,6 +72,13 @@ def _coerce_type(section: str, f: dataclasses.Field, v: Any) -> Any:
 def _checked(section: str, f: dataclasses.Field, v: Any) -> Any:
     """`v` coerced to the field's type and checked against its choices and range (metadata gt, min, max)."""
     v = _coerce(section, f, v)
+    if isinstance(v, list) and "of" in f.metadata:  # a nested or mistyped element fails here, not in a stage
+        want = f.metadata["of"]
+        for x in v:
+            _check(isinstance(x, want) and not isinstance(x, bool), section, f.name, v,
+                   f"every element must be a {want.__name__}, not {type(x).__name__}")
+    if isinstance(v, list) and f.metadata.get("nonempty"):
+        _check(len(v) > 0, section, f.name, v, "must name at least one")
     if "choices" in f.metadata and not isinstance(v, list):
         _check(v in f.metadata["choices"], section, f.name, v, f"must be one of {f.metadata['choices']}")
     if "gt" in f.metadata and v is not None:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from . import pipeline, stages
 from .config import ConfigError, RunConfig, auto_preset, load_preset
-from .turns import wait_turn
+from .models import hub_telemetry
 from .progress import ipython, injected, live  # noqa: F401 (live: the notebooks ask it)
 from .runfolder import RunFolder
+from .turns import wait_turn
 
 REPO = Path(__file__).resolve().parent.parent
 ITERATIVE = stages.ITERATIVE
@@ -96,6 +97,7 @@ def ready(cfg: RunConfig, name: str, round: int | None = None, arm: str = ITERAT
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
     check_parameters()
+    hub_telemetry(cfg.export.telemetry)
     why = missing(cfg, name, round, arm)
     if why:
         raise NotReady(why)

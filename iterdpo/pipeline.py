@@ -32,7 +32,7 @@ from .controller.gates import needs_repair
 from .folder import read_json, write_json, write_jsonl
 from .guard import NonFiniteError
 from .metrics import N
-from .models import load_tokenizer
+from .models import hub_telemetry, load_tokenizer
 from .runfolder import RunFolder, StageFiles
 from .worlds import world_of
 
@@ -57,6 +57,7 @@ def stage(dest: Path, config: dict, force: bool, work: Callable[[Path], dict]) -
 # once per run ----------------------------------------------------------------------------------------
 def prepare(cfg: RunConfig, force: bool = False) -> dict:
     """Write the run's config, then the base model (trained, converted or referenced) and the data split."""
+    hub_telemetry(cfg.export.telemetry)  # before any trainer starts (the other notebooks' ready() does the same)
     run = RunFolder(cfg.out)
     run.root.mkdir(parents=True, exist_ok=True)
     dist.on_main(write_json, run.config_path, cfg.to_dict())
