@@ -31,7 +31,6 @@ from pathlib import Path
 from . import stages, turns
 from .config import ConfigError, RunConfig, load_preset
 from .controller import report
-from .folder import alive
 from .runfolder import RunFolder
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -142,10 +141,8 @@ def execute(name: str, dest: Path, parameters: dict, resume: bool = False, noteb
         return dest
     check_parameters(name, parameters, notebook_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dest.parent.glob(f".{dest.stem}.tmp-*.ipynb"):  # left by a killed run; never a live process's
-        pid = stale.name.rsplit("-", 1)[-1].removesuffix(".ipynb")
-        if not pid.isdigit() or not alive(int(pid)):
-            stale.unlink()
+    for stale in dest.parent.glob(f".{dest.stem}.tmp-*.ipynb"):  # left by a killed run (the run's lock keeps others out)
+        stale.unlink()
     tmp = dest.with_name(f".{dest.stem}.tmp-{os.getpid()}.ipynb")
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
     extra = {**HEADLESS_ENV, **(env or {})}
