@@ -191,10 +191,10 @@ def test_yaml_aliases_are_refused_in_a_preset_and_in_set(tmp_path, capsys):
     """316 bytes of nested aliases expand to gigabytes: refused in one line, before anything expands."""
     from iterdpo.config import ConfigError, load_preset
 
-    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
-    preset = tmp_path / "laughs.yaml"
-    preset.write_text(laughs + "model:\n  lora_targets: *i\n")
+    levels = ["&a [x, x, x, x, x, x, x, x, x]"] + [f"&{c} [{', '.join([f'*{p}'] * 9)}]"
+                                                    for p, c in zip("abcdefgh", "bcdefghi")]
+    preset = tmp_path / "laughs.yaml"  # every anchor inside a real field: 9**9 strings once expanded
+    preset.write_text(f"data:\n  path: [{', '.join(levels)}]\n")
     with pytest.raises(ConfigError, match="alias"):
         load_preset(str(preset))
     assert main(["show", "--set", "model.lora_targets=&a [q_proj]", "--set", "data.path=*a"]) == 2
