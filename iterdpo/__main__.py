@@ -204,9 +204,8 @@ def _setup_run(args):
     if args.resume and not args.fresh:
         damaged = run.check()
         if damaged:
-            raise DamagedRun(f"{damaged[0]}{f' (and {len(damaged) - 1} more)' if len(damaged) > 1 else ''}: the run "
-                             "folder was changed after its stages finished; delete the damaged stage's folder to have "
-                             "--resume redo it and the stages after it, or start over with --fresh")
+            more = f" ({len(damaged) - 1} more problems: the run folder was changed after its stages finished)"
+            raise DamagedRun(damaged[0] + (more if len(damaged) > 1 else ""))
         cfg = resume(run, resumed_config(run, overrides, args.preset, cfg.out), args.allow_change)
         overrides = {}  # the notebooks rebuild cfg from its difference to the preset
     preflight(cfg)

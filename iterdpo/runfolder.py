@@ -38,6 +38,11 @@ ARMS = (OFFLINE_ARM,)
 SFT, OFFLINE = "SFT", "offline DPO"  # how tables, figures and judges label round 0 and the offline arm
 
 
+def _finished(stage_dir: Path) -> bool:
+    """Finished, or damaged after it finished (its manifest remains where its metrics.json went)."""
+    return is_done(stage_dir) or (stage_dir / MANIFEST_FILE).exists()
+
+
 class StageFiles:
     """The files inside one stage folder, finished or still being written (its temporary twin): the names
     the stage that writes them and every reader share."""
@@ -238,23 +243,38 @@ class RunFolder:
         """The lock of the process writing the run (iterdpo.lock)."""
         return self.root / LOCK_FILE
 
+    def _stage_order(self) -> list[tuple[Path, bool]]:
+        """(stage folder, whether the run needs it) for every stage a run makes, in the order they are made; a
+        repair is made only where a gate failed, and a round whose training went non-finite has no dpo or eval."""
+        failed = {r for r, d in self.decisions().items() if d.get("failed")}
+        out = [(self.stage(n), True) for n in ("base", "data", "sft", "reward")] + [(self.trained_eval(0), True)]
+        for r in [r for r in self.round_numbers() if r > 0]:
+            out += [(self.generate(r), True), (self.dpo(r), r not in failed), (self.trained_eval(r), r not in failed),
+                    (self.repair(r), False)]
+        return out + [(self.dpo(OFFLINE_ARM), True), (self.trained_eval(OFFLINE_ARM), True),
+                      (self.repair(OFFLINE_ARM), False)]
+
     def stage_folders(self) -> list[Path]:
         """Every finished stage folder of the run, in the order they were made (one that lost its metrics.json
         still has its manifest, and counts: it is damaged, not unfinished)."""
-        once = [self.stage(n) for n in ("base", "data", "sft", "reward")]
-        rounds = [d for r in self.round_numbers() for d in (self.generate(r), self.dpo(r), self.trained_eval(r),
-                                                             self.repair(r)) if r > 0 or d == self.trained_eval(r)]
-        offline = [self.dpo(OFFLINE_ARM), self.trained_eval(OFFLINE_ARM), self.repair(OFFLINE_ARM)]
-        return [d for d in once + rounds + offline if is_done(d) or (d / MANIFEST_FILE).exists()]
+        return [d for d, _ in self._stage_order() if _finished(d)]
 
     def check(self) -> list[str]:
-        """What is damaged in the run's finished stages, one line each (folder.check_stage), then in
-        decisions.jsonl; empty when the run is whole."""
-        problems = [p for d in self.stage_folders() for p in check_stage(d)]
+        """What is damaged in the run, one line each, with what to do: a finished stage's file (folder.check_stage),
+        a stage missing while stages made after it are finished, decisions.jsonl. Empty when the run is whole."""
         try:
-            self._decision_lines()
+            order = self._stage_order()
         except DamagedRun as e:
-            problems.append(str(e))
+            return [str(e)]
+        problems = []
+        for i, (d, needed) in enumerate(order):
+            later = [x for x, _ in order[i + 1:] if _finished(x)]
+            todo = (f"start over with --fresh (or restore it: {later[0].relative_to(self.root)} and the stages after "
+                    "it were made from it)" if later else f"delete {d} to have --resume redo it, or start over with --fresh")
+            if _finished(d):
+                problems += [f"{p}; {todo}" for p in check_stage(d)]
+            elif needed and later:
+                problems.append(f"{d}: missing, though stages made after it are finished; {todo}")
         return problems
 
     def config(self):

@@ -222,3 +222,20 @@ def test_a_run_opens_no_network_connection(tmp_path, monkeypatch):
     pipeline.run_all(cfg)
     time.sleep(1)  # telemetry is sent from a background thread
     assert attempts == []
+
+
+def test_a_deleted_stage_with_later_stages_is_named_and_a_deleted_last_stage_is_redone(finished, tmp_path, capsys):
+    """A stage folder deleted by hand: the stages made after it came from it, so resume refuses in one line; the
+    last stage (offline DPO's evaluation) is simply redone, to the same figures."""
+    cfg, summary = finished
+    out = _copy(cfg, tmp_path / "a")
+    shutil.rmtree(out / "sft")
+    assert main(["run", "--resume", "--out", str(out), "--engine", "python"]) == 2
+    _one_line(capsys, f"{out / 'sft'}: missing, though stages made after it are finished", "--fresh")
+    out = _copy(cfg, tmp_path / "b")
+    (out / "offline_dpo" / "eval" / "samples.jsonl").write_text("{}\n")
+    assert main(["run", "--resume", "--out", str(out), "--engine", "python"]) == 2
+    _one_line(capsys, f"delete {out / 'offline_dpo' / 'eval'} to have --resume redo it")
+    shutil.rmtree(out / "offline_dpo" / "eval")
+    assert main(["run", "--resume", "--out", str(out), "--engine", "python"]) == 0
+    assert _values(RunFolder(out).summary()) == _values(summary) and RunFolder(out).check() == []
