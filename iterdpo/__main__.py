@@ -44,7 +44,8 @@ class RunFolderError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m iterdpo", description=__doc__,
+    p = argparse.ArgumentParser(prog="iterdpo" if Path(sys.argv[0]).name == "iterdpo" else "python -m iterdpo",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("run", "show"):

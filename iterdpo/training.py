@@ -106,8 +106,10 @@ def quiet_logging(trainer, name: str):
     return trainer
 
 
-def sft_train(model, tokenizer, rows: list[dict], args: dict, max_length: int, peft_config=None, callbacks=None):
-    """Supervised fine-tuning on {prompt, completion} rows, loss on the completion only. Returns the trainer."""
+def sft_train(model, tokenizer, rows: list[dict], args: dict, max_length: int, peft_config=None, callbacks=None,
+              name: str = "SFT"):
+    """Supervised fine-tuning on {prompt, completion} rows, loss on the completion only (`name` heads its summary
+    line). Returns the trainer."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -116,7 +118,7 @@ def sft_train(model, tokenizer, rows: list[dict], args: dict, max_length: int, p
     trainer = SFTTrainer(model=model, args=conf, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=peft_config, callbacks=callbacks)
     fp16_safe_adapters(trainer)
-    quiet_logging(trainer, "SFT")
+    quiet_logging(trainer, name)
     trainer.train()
     return trainer
 

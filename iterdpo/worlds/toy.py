@@ -276,7 +276,7 @@ def pretrain_base(cfg, dest) -> dict:
     args = common_args(f.work, precision, cfg.toy.pretrain_steps, cfg.toy.pretrain_lr, 64, 1, cfg.seed,
                        report_to=cfg.export.report_to, logging_dir=run.log_dir("base"))
     trainer = sft_train(model, tok, rows, args, max_length=cfg.toy.max_positions,
-                        callbacks=[NonFiniteGuard("base", precision.fp16)])
+                        callbacks=[NonFiniteGuard("base", precision.fp16)], name="base pretraining")
     log = save_log(trainer, f.train_log)
     model.save_pretrained(f.model, safe_serialization=True)
     tok.save_pretrained(f.model)
