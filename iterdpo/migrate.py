@@ -6,6 +6,8 @@ in the package knows that older formats existed.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from .losses import base_perplexity_ratio_se
 from .metrics import N, se
 
@@ -26,13 +28,14 @@ def stop_reason(d: dict) -> str | None:
     return "round_budget" if d.get("stop") and d.get("decision") == "stop_budget" else ("converged" if d.get("stop") else None)
 
 
-def fluency_se(m: dict, samples: list[dict] | None, sft_samples: list[dict] | None) -> dict:
+def fluency_se(m: dict, samples: Callable[[], tuple[list | None, list | None]]) -> dict:
     """An evaluation's metrics `m` with the fluency gate's standard error: evaluations written before it existed
-    get it from their stored samples (`samples`, and SFT's), so an old run folder's gate knows its noise too."""
+    get it from their stored samples (`samples()` gives the round's and SFT's; read only then), so an old run
+    folder's gate knows its noise too."""
     ratio = N.base_perplexity_ratio_vs_sft
     if ratio not in m or se(ratio) in m:
         return m
-    mine, sft = samples or [], sft_samples or []
+    mine, sft = (x or [] for x in samples())
     if not mine or len(mine) != len(sft) or not all("base_logp" in s for s in mine + sft):
         return m
     return {**m, se(ratio): base_perplexity_ratio_se(mine, sft)}

@@ -27,7 +27,6 @@ from typing import Callable
 from . import dist, dpo, evaluate, export, generate, repair, reward, sft, stages
 from .config import RunConfig
 from .controller import log, report
-from .controller import gates
 from .controller.gates import needs_repair
 from .folder import read_json, write_json, write_jsonl
 from .guard import NonFiniteError
@@ -168,17 +167,10 @@ def run_dpo_round(cfg: RunConfig, rnd: int, force: bool = False) -> dict:
     beta, ref = plan["params"]["beta"], str(run.policy(dm["reference_round"]))
     m = evaluate_round(cfg, rnd, force, ref=ref, beta=beta)
     # the repair decides on the round as trained, its collapse included (a collapse is rolled back, never repaired)
-    m = repair_round(cfg, rnd, plan["start"], {**m, **_collapse(run, cfg, rnd, m, plan)}, ref, beta, force)
+    m = repair_round(cfg, rnd, plan["start"], {**m, **log.collapse(run, cfg, rnd, m, plan)}, ref, beta, force)
     d = dist.on_main(log.record, run, cfg, rnd, _standing(m), plan) or run.decisions()[rnd]  # once; others read it
     print(report.iteration_report(run, cfg, rnd))
     return d
-
-
-def _collapse(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dict:
-    """The collapse check (controller.gates.collapse_check) on round `rnd` as trained, for the repair's decision."""
-    ev = log.gather(run, cfg, rnd, m, plan)
-    return gates.collapse_check(ev.chosen_logratios, ev.rejected_logratios, m[N.mean_length], ev.sft_mean_length,
-                                cfg.controller, m.get(N.base_perplexity_ratio_vs_sft))
 
 
 def _standing(m: dict) -> dict:
@@ -253,11 +245,7 @@ def run_rounds(cfg: RunConfig, force: bool = False) -> dict:
         print(f"round {rnd}: DPO and evaluation", flush=True)
         run_dpo_round(cfg, rnd, force)
         rnd = stages.next_round(run, cfg)
-    done = run.decisions()
-    last = done[max(done)] if done else {}
-    print(f"stopped after round {last.get('round', 0)}: {last.get('decision', 'no round ran')}; "
-          f"best round {last.get('best_round', 0)}")
-    return last
+    return _print_stop(run)
 
 
 def report_and_export(cfg: RunConfig) -> dict:
@@ -297,8 +285,10 @@ def run_all(cfg: RunConfig, force: bool = False) -> dict:
     return run.summary()
 
 
-def _print_stop(run: RunFolder) -> None:
+def _print_stop(run: RunFolder) -> dict:
+    """Say where the rounds stopped; the last decision."""
     done = run.decisions()
     last = done[max(done)] if done else {}
     print(f"stopped after round {last.get('round', 0)}: {last.get('decision', 'no round ran')}; "
           f"best round {last.get('best_round', 0)}")
+    return last

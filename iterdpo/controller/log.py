@@ -11,6 +11,7 @@ from ..config import RunConfig
 from ..folder import append_jsonl
 from ..metrics import N
 from ..runfolder import RunFolder
+from .gates import collapse_check
 from .verdict import Evidence, judge, non_finite
 
 
@@ -31,7 +32,7 @@ def round_plan(run: RunFolder, cfg: RunConfig, rnd: int) -> dict:
 def evaluation(run: RunFolder, rnd) -> dict:
     """Round `rnd`'s stored evaluation metrics, as today's code reads them (migrate.fluency_se)."""
     m = run.metrics(run.eval(rnd))
-    return m if rnd == 0 else migrate.fluency_se(m, run.samples(rnd), run.samples(0))
+    return m if rnd == 0 else migrate.fluency_se(m, lambda: (run.samples(rnd), run.samples(0)))
 
 
 def _history(run: RunFolder, done: dict, rounds) -> dict:
@@ -43,16 +44,29 @@ def _history(run: RunFolder, done: dict, rounds) -> dict:
     return history
 
 
+def logratios(run: RunFolder, rnd: int, beta: float) -> tuple[list[float], list[float]]:
+    """Round `rnd`'s logged DPO steps as (chosen, rejected) log-ratios to the reference, in nats (TRL's
+    rewards/chosen and rewards/rejected divided by beta): what the collapse check reads."""
+    rows = run.train_log_rows(run.dpo(rnd))
+    return ([r["rewards/chosen"] / beta for r in rows if "rewards/chosen" in r],
+            [r["rewards/rejected"] / beta for r in rows if "rewards/rejected" in r])
+
+
+def collapse(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> dict:
+    """The collapse check (gates.collapse_check) on round `rnd` evaluated as `m` (the repair's decision reads it on
+    the round as trained; the verdict computes its own on the evaluation that stands)."""
+    chosen, rejected = logratios(run, rnd, plan["params"]["beta"])
+    return collapse_check(chosen, rejected, m[N.mean_length], run.metrics(run.eval(0))[N.mean_length], cfg.controller,
+                          m.get(N.base_perplexity_ratio_vs_sft))
+
+
 def gather(run: RunFolder, cfg: RunConfig, rnd: int, m: dict, plan: dict) -> Evidence:
     """The evidence for round `rnd`'s verdict, `m` being the evaluation that stands for it."""
-    beta = plan["params"]["beta"]
-    rows = run.train_log_rows(run.dpo(rnd))
+    chosen, rejected = logratios(run, rnd, plan["params"]["beta"])
     return Evidence(
-        round=rnd, metrics=migrate.fluency_se(m, run.samples(rnd), run.samples(0)),
+        round=rnd, metrics=migrate.fluency_se(m, lambda: (run.samples(rnd), run.samples(0))),
         history=_history(run, run.decisions(), range(1, rnd)), plan=plan, elapsed=run.elapsed(),
-        max_rounds=cfg.max_rounds,
-        chosen_logratios=[r["rewards/chosen"] / beta for r in rows if "rewards/chosen" in r],
-        rejected_logratios=[r["rewards/rejected"] / beta for r in rows if "rewards/rejected" in r],
+        max_rounds=cfg.max_rounds, chosen_logratios=chosen, rejected_logratios=rejected,
         sft_mean_length=run.metrics(run.eval(0))[N.mean_length], generation=run.metrics(run.generate(rnd)),
         reward=run.metrics(run.stage("reward")), heldout_pairs=cfg.data.heldout_pairs,
         generation_records=run.generation_records(rnd) if cfg.controller.enabled else None,
