@@ -67,14 +67,19 @@ def read_json(path: str | Path) -> Any:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    rows = []
     with open(path, encoding="utf-8", errors="strict") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DamagedRun(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        return parse_jsonl(f, path)
+
+
+def parse_jsonl(lines, path: str | Path) -> list[dict]:
+    """The rows of JSONL `lines` (blank lines skipped); a bad line is a DamagedRun naming `path` and the line."""
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DamagedRun(f"{path}:{i}: not valid JSON ({e.msg})") from None
     return rows
 
 

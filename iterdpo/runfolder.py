@@ -28,7 +28,8 @@ from typing import Union
 from . import migrate
 from .config import RunConfig
 from .data import PAIR_KEYS, check_records
-from .folder import CONFIG_FILE, DONE_FILE, MANIFEST_FILE, DamagedRun, check_stage, is_done, read_json, read_jsonl
+from .folder import (CONFIG_FILE, DONE_FILE, MANIFEST_FILE, DamagedRun, check_stage, is_done, parse_jsonl, read_json,
+                     read_jsonl)
 from .metrics import N
 
 Round = Union[int, str]
@@ -349,10 +350,14 @@ class RunFolder:
             try:
                 json.loads(last)
             except ValueError:
-                self.decisions_path.write_bytes(head + b"\n" if head else b"")
+                raw = head + b"\n" if head else b""
+                self.decisions_path.write_bytes(raw)
                 print(f"{self.decisions_path}: removed an unfinished last line (an interrupted append); the round "
                       "it was deciding is decided again")
-        return read_jsonl(self.decisions_path)
+        try:
+            return parse_jsonl(raw.decode("utf-8").splitlines(), self.decisions_path)
+        except UnicodeDecodeError as e:
+            raise DamagedRun(f"{self.decisions_path}: not valid UTF-8 ({e.reason})") from None
 
     def summary(self) -> dict:
         return read_json(self.summary_path)
