@@ -60,9 +60,8 @@ if "google.colab" in sys.modules:  # Colab only: elsewhere the package is alread
 def config(name: str, show: str, extra: str = "") -> str:
     return f'''import pandas as pd
 from iterdpo import export, notebook, pipeline, plots
-from iterdpo.config import load_preset
 
-cfg = load_preset(preset, {{**overrides, "seed": seed, "out": notebook.anchored(out)}})
+cfg = notebook.config(preset, seed, out, overrides)  # the preset, then the overrides; one line if one is wrong
 notebook.ready(cfg, "{name}"{extra})  # one line naming what to run first, if anything
 {show}'''
 
