@@ -24,6 +24,7 @@ from threading import Thread
 import yaml
 
 from .config import RunConfig
+from .data import render_prompt
 from .folder import read_json, write_json
 from .metrics import N
 from .progress import live as watched
@@ -357,10 +358,9 @@ class Chat:
 
 
 def render_chat(tok, messages: list[dict]) -> str:
-    """A conversation as the prompt for the assistant's next turn: the chat template, else HH-RLHF's transcript."""
-    if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in messages) + "\n\nAssistant:"
+    """A conversation as the prompt for the assistant's next turn (data.render_prompt: the chat template, else
+    HH-RLHF's transcript)."""
+    return render_prompt(messages, tok)
 
 
 def example_prompts(cfg: RunConfig, n: int = 5) -> list[str]:
