@@ -5,6 +5,15 @@ its prompt's last token, and draws k sequences per prompt at once. Each prompt i
 key/value cache is computed for one row and repeated k times (``share_prompt``), where generate()
 with num_return_sequences=k would read it k times. Policies are saved with their LoRA adapters
 already merged, so generation runs on plain weights.
+
+The decode step's key/value cache (``cache``) is ``dynamic`` (grown by concatenation every step) or
+``static`` (preallocated for the batch's longest prompt plus max_new_tokens, rounded up to
+STATIC_BUCKET positions so few shapes occur). With a static cache transformers compiles the decode
+step on a GPU (CUDA graphs), where an eager step is host-bound; on a CPU it runs eagerly and saves the
+concatenation's copies (compiling it there measured slower: see docs/results.md, issue 29). ``auto``
+is static on a GPU and dynamic on a CPU, so CPU runs keep their figures. Both draw the same random
+numbers in the same order; the records are the same up to floating-point rounding of the attention
+over the masked, unused positions (tests/test_speed.py compares them).
 """
 
 from __future__ import annotations
@@ -27,22 +36,44 @@ def left_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
 
 
-def prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, **kwargs):
+CACHES = ("auto", "dynamic", "static")
+STATIC_BUCKET = 64  # a static cache's length is rounded up to a multiple of this: fewer compiled shapes on a GPU
+
+
+def resolve_cache(cache: str, device: torch.device) -> str:
+    """'auto' -> 'static' on a GPU, 'dynamic' elsewhere; 'dynamic' and 'static' as given."""
+    if cache not in CACHES:
+        raise ValueError(f"cache={cache!r}: expected one of {CACHES}")
+    return ("static" if device.type == "cuda" else "dynamic") if cache == "auto" else cache
+
+
+def static_length(prompt_tokens: int, max_new_tokens: int) -> int:
+    """Positions of a static cache for a batch: its prompts' width plus max_new_tokens, rounded up to STATIC_BUCKET."""
+    return -(-(prompt_tokens + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
+
+
+def prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, static_len: int = 0, **kwargs):
     """(the key/value cache of left-padded input_ids (B, T) computed once and repeated to B*k rows in
-    repeat_interleave order, the model's output on the B rows); kwargs go to the forward pass."""
-    from transformers import DynamicCache
+    repeat_interleave order, the model's output on the B rows); kwargs go to the forward pass.
+    static_len > 0: the cache is a StaticCache of that many positions holding the same keys and values."""
+    from transformers import DynamicCache, StaticCache
 
     cache = DynamicCache(config=model.config)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=left_positions(attention_mask),
                 past_key_values=cache, use_cache=True, **kwargs)
     cache.batch_repeat_interleave(k)
+    if static_len:
+        static = StaticCache(config=model.config, max_cache_len=static_len)
+        for i, layer in enumerate(cache.layers):  # update() writes positions 0..T-1 of an empty static layer
+            static.update(layer.keys, layer.values, i)
+        cache = static
     return cache, out
 
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, temperature: float = 1.0,
            top_p: float = 1.0, batch_size: int = 256, seed: int = 0, greedy: bool = False,
-           desc: str = "sampling", share_prompt: bool = True) -> list[dict]:
+           desc: str = "sampling", share_prompt: bool = True, cache: str = "auto") -> list[dict]:
     """k responses per prompt: [{"prompt", "responses": [k], "ended": [k], "n_tokens": [k]}], in prompt order.
 
     `batch_size` counts sequences (prompts x k). Batch b is seeded with seed + b, so two models given
@@ -51,7 +82,7 @@ def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, te
     the same whatever N is. share_prompt (k > 1): all but
     each prompt's last token go through the model once, and the cache is repeated k times; False reads
     every prompt k times (generate() with num_return_sequences=k). The two draw the same samples up to
-    floating-point rounding.
+    floating-point rounding. cache: the decode step's key/value cache (auto, dynamic or static; see above).
     """
     model.eval()
     tokenizer.padding_side = "left"
@@ -60,19 +91,22 @@ def sample(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, te
     per_batch = max(1, batch_size // k)
     out: dict[int, dict] = {}
     dev = next(model.parameters()).device
+    static = resolve_cache(cache, dev) == "static"
     for b, idx in bar(dist.mine(list(enumerate(batches(order, per_batch)))), desc):  # b counts the whole list's batches
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
         kw = dict(do_sample=not greedy, temperature=temperature if not greedy else None,
                   top_p=top_p if not greedy else None, top_k=None,
                   max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         torch.manual_seed(seed + b)  # the prompt's forward pass (eval mode) draws no random numbers
+        length = static_length(enc["input_ids"].shape[1], max_new_tokens) if static else 0
         if share_prompt and k > 1 and enc["input_ids"].shape[1] > 1:
             ids, att = enc["input_ids"], enc["attention_mask"]
-            cache, _ = prompt_cache(model, ids[:, :-1], att[:, :-1], k, logits_to_keep=1)
+            past, _ = prompt_cache(model, ids[:, :-1], att[:, :-1], k, length, logits_to_keep=1)
             gen = model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=att.repeat_interleave(k, 0),
-                                 past_key_values=cache, **kw)
+                                 past_key_values=past, **kw)
         else:
-            gen = model.generate(**enc, num_return_sequences=k, **kw)
+            extra = {"cache_implementation": "static", "cache_config": {"max_cache_len": length}} if static else {}
+            gen = model.generate(**enc, num_return_sequences=k, **kw, **extra)
         new = gen[:, enc["input_ids"].shape[1]:].cpu()
         for j, i in enumerate(idx):
             rows = new[j * k:(j + 1) * k]
