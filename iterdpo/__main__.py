@@ -27,7 +27,7 @@ import yaml
 
 from . import dist, lock, pipeline, runner
 from .config import SECTIONS, ConfigError, RunConfig, field_help, load_preset, parse_override
-from .controller.report import headline
+from .controller.report import headline, kl_matched_line
 from .data import ApproxTokenizer, DataError, load_pairs, preflight
 from .folder import DamagedRun, write_json
 from .lock import RunFolderBusy
@@ -296,7 +296,9 @@ def report(summary: dict, seconds: float, out: Path) -> str:
             return score + (", passes the gates" if a["passes_gates"] else ", fails a gate")
         line = f"answer (round {y['answer']['round']}) {key} {arm(y['answer'])}"
         lines.append(line + (f"; offline DPO {arm(y['offline_dpo'])}" if "offline_dpo" in y else ""))
-    if (y.get("movement") or {}).get("note"):
+    if y.get("kl_matched"):
+        lines.append(f"KL-matched: {kl_matched_line(y['kl_matched'])}")
+    elif (y.get("movement") or {}).get("note"):
         lines.append(f"note: {y['movement']['note']}")
     return "\n".join(lines)
 

@@ -111,6 +111,7 @@ class RewardConfig(_Section):
     score_batch_size: int = F(64, "Responses per batch when scoring.", min=1, max=65_536)
     ensemble: int = F(1, "Reward models trained on the seed pairs; with more than one, each after the first learns from a bootstrap resample under its own seed, and sampled responses are scored by their mean (see generation.min_agreement).", min=1, max=16)
     train_accuracy_pairs: int = F(500, "Training pairs the reward model's train accuracy is measured on (a cheap fit check).", min=1)
+    judge_share: float = F(0.2, "Share of the seed training pairs held back from the labelling ensemble to train the held-out judge: a reward model trained like the others that never picks or keeps a pair, and judges every round beside them (judge_win_rate_vs_sft; the over_optimisation gate). 0: no judge.", min=0.0, max=0.5)
 
 
 @dataclass
@@ -197,6 +198,14 @@ class EvalConfig(_Section):
 class BaselineConfig(_Section):
     section = "baseline"
     offline_dpo: bool = F(True, "Train the offline-DPO arm: seed pairs only, the same steps as all rounds together.")
+    frontier_betas: list = F([0.25, 0.0625], "Offline DPO's reward-KL frontier: more offline arms, at dpo.beta times each factor here (a smaller beta reaches further from SFT), trained as long and judged by the same gates; the run's answer is compared with this curve at its own KL (summary.json yardstick.kl_matched). Empty: the offline arm is one point.")
+    frontier_checkpoints: int = F(3, "Evaluations along each frontier arm's training (evenly spaced steps, the last one included): more points on the curve for the price of an evaluation each.", min=1, max=32)
+
+    def validate(self) -> None:
+        self.frontier_betas = [_number(a) for a in self.frontier_betas]  # '6.25e-2' is a string to YAML 1.1
+        for f in self.frontier_betas:
+            _check(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1e3, "baseline",
+                   "frontier_betas", self.frontier_betas, "each factor must be a number above 0 (and at most 1000)")
 
 
 @dataclass
@@ -222,7 +231,8 @@ SECTIONS = {
 TOP_FIELDS = {"preset", "seed", "rounds", "out"}
 # Offsets from the run seed, one per use, so that no two draws share a random stream (RunConfig.seed_for).
 SEED_OFFSETS = {"sft": 0, "reward": 1, "offline_dpo": 1, "pretrain_docs": 101, "seed_pairs": 202,
-                "heldout_prompts": 303, "gen_prompts": 404, "eval_sampling": 7919, "reward_member": 501,
+                "heldout_prompts": 303, "gen_prompts": 404, "eval_sampling": 7919, "reward_member": 501, "judge": 601,
+                "frontier": 701,
                 "split": 0, "dpo": 0, "pairs": 0, "capability_pairs": 0}
 PER_ROUND_SEEDS = {"dpo", "pairs", "capability_pairs", "reward_member"}  # these add the round (or member) number
 

@@ -345,3 +345,14 @@ class ApproxTokenizer:
 
 def unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
+
+
+def judge_split(pairs: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(the pairs the labelling ensemble trains on, the `share` of them held back for the held-out judge), drawn
+    with `seed`; each list keeps the pairs' order. share 0: every pair to the ensemble, none held back (share is at
+    most 0.5, reward.judge_share, so the ensemble keeps at least half)."""
+    n = int(round(share * len(pairs)))
+    if n == 0:
+        return pairs, []
+    back = set(random.Random(seed).sample(range(len(pairs)), n))
+    return [p for i, p in enumerate(pairs) if i not in back], [p for i, p in enumerate(pairs) if i in back]

@@ -148,16 +148,17 @@ def training_pairs(cfg, run, rnd: int) -> list[dict]:
 
 
 def train_with_retry(start: str, ref: str | None, pairs: list[dict], dcfg: DPORoundConfig, cfg, dest: Path,
-                     seed: int, where: str = "dpo", logs: Path | None = None) -> dict:
-    """train_round under the non-finite guard (named `where`), tracked into `logs`; on out-of-memory,
-    again at half the micro-batch, the effective batch kept."""
+                     seed: int, where: str = "dpo", logs: Path | None = None, callbacks: tuple = ()) -> dict:
+    """train_round under the non-finite guard (named `where`) and `callbacks`, tracked into `logs`; on
+    out-of-memory, again at half the micro-batch, the effective batch kept."""
     precision = resolve_precision(cfg.model.precision)
     tracking = {"report_to": cfg.export.report_to, "logging_dir": logs} if logs is not None else None
 
     def attempt(micro: int, accum: int) -> dict:
         shutil.rmtree(StageFiles(dest).work, ignore_errors=True)
         return train_round(start, ref, pairs, replace(dcfg, batch_size=micro, grad_accum=accum), cfg.model,
-                           precision, dest, seed, callbacks=[NonFiniteGuard(where, precision.fp16)], tracking=tracking)
+                           precision, dest, seed, callbacks=[NonFiniteGuard(where, precision.fp16), *callbacks],
+                           tracking=tracking)
 
     out, micro, accum = with_oom_retry(attempt, dcfg.batch_size, dcfg.grad_accum)
     if (micro, accum) != (dcfg.batch_size, dcfg.grad_accum):
@@ -201,15 +202,16 @@ def offline_steps(run) -> tuple[int, list[int]]:
     return sum(run.metrics(run.dpo(r))["params"]["max_steps"] for r in rounds), rounds
 
 
-def offline_stage(cfg, run, dest: Path) -> dict:
-    """The offline-DPO arm: seed pairs only, from the SFT policy, as many steps as all rounds together."""
+def offline_stage(cfg, run, dest: Path, beta: float | None = None, callbacks: tuple = ()) -> dict:
+    """The offline-DPO arm: seed pairs only, from the SFT policy, as many steps as all rounds together, at
+    `beta` (None: dpo.beta; the frontier's arms, iterdpo.frontier, take others)."""
     from transformers import set_seed
 
     steps, rounds = offline_steps(run)
-    dcfg = DPORoundConfig.from_dict({**cfg.dpo.to_dict(), "max_steps": steps})
+    dcfg = DPORoundConfig.from_dict({**cfg.dpo.to_dict(), "max_steps": steps, **({"beta": beta} if beta else {})})
     set_seed(cfg.seed_for("offline_dpo"))
     pairs = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
     out = train_with_retry(str(run.policy(0)), None, pairs, dcfg, cfg, dest, cfg.seed_for("offline_dpo"),
-                           where="offline_dpo", logs=run.log_dir("offline_dpo"))
+                           where="offline_dpo", logs=None if beta else run.log_dir("offline_dpo"), callbacks=callbacks)
     return {"max_steps": steps, "rounds_matched": rounds, N.pairs: len(pairs), N.train_loss: last_logged(out["log"], "loss"),
-            "max_length": out["max_length"], **_batch_record(out)}
+            "max_length": out["max_length"], "beta": dcfg.beta, **_batch_record(out)}

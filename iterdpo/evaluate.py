@@ -39,6 +39,7 @@ class EvalInputs:
     style: str = "chat"  # the world's (capability probes' phrasing)
     base_path: str | None = None  # the base model, which reads every policy's samples (base_perplexity)
     sft_path: str | None = None  # the SFT policy, for kl_to_sft when the reference is another round
+    judge_path: str | None = None  # the held-out judge (reward.judge_share), which scores but never labels
 
 
 def heldout_flips(pairs: list[dict]) -> list[bool] | None:
@@ -141,7 +142,11 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str |
     m.update(_capability(pol["capability"], cfg.eval.capability_n, baseline_capability, baseline_capability_se))
     m.update(_fluency(m, samples, sft_samples, inputs.base_path is not None))
     if inputs.oracle is not None:
+        oracle = torch.tensor([s["oracle"] for s in samples], dtype=torch.float64)
         m[N.oracle_score] = sum(s["oracle"] for s in samples) / len(samples)
+        m[se(N.oracle_score)] = (oracle.std() / math.sqrt(len(oracle))).item() if len(oracle) > 1 else 0.0
+    if inputs.judge_path:
+        m.update(_held_out_judge(samples, sft_samples, inputs.judge_path, pol["tokenizer"], cfg, precision))
     if greedy_rewards is not None:
         m[N.greedy_mean_reward] = sum(greedy_rewards) / len(greedy_rewards)
         if inputs.oracle is not None:
@@ -186,6 +191,23 @@ def _judge(samples: list[dict], greedy: list[dict] | None, rm_path, tok, inputs:
         if inputs.oracle is not None:
             s["oracle"] = inputs.oracle(s["prompt"], s["response"], s["ended"])
     return mean[0], (mean[1] if len(mean) > 1 else None)
+
+
+def _held_out_judge(samples: list[dict], sft_samples: list[dict] | None, path: str, tok, cfg, precision) -> dict:
+    """The held-out judge's score of each sample (s["judge"]), its mean, and its win rate against SFT's samples
+    where those carry the judge's scores too."""
+    rm = reward.load(path, cfg.reward.head_hidden, precision.dtype)
+    scores = reward.score(rm, tok, [s["prompt"] for s in samples], [s["response"] for s in samples],
+                          [s["ended"] for s in samples], cfg.reward.score_batch_size, desc="held-out judge")
+    del rm
+    free()
+    for s, j in zip(samples, scores):
+        s["judge"] = j
+    out = {N.judge_mean_reward: sum(scores) / len(scores)}
+    if sft_samples and all("judge" in s for s in sft_samples):
+        mine, theirs = torch.tensor(scores), torch.tensor([s["judge"] for s in sft_samples])
+        out.update({N.judge_win_rate_vs_sft: win_rate(mine, theirs), se(N.judge_win_rate_vs_sft): win_rate_se(mine, theirs)})
+    return out
 
 
 def _policy_metrics(pol: dict, ref: dict, samples: list[dict], rewards: list[float], beta: float, n_tok: torch.Tensor,
@@ -270,7 +292,8 @@ def evaluate_policy(cfg, run, rnd, ref: str | None = None, beta: float | None = 
     world = world_of(cfg)
     inputs = EvalInputs(run.pairs("heldout_pairs"), run.prompts("heldout_prompts"),
                         world.oracle if world.has_oracle else None, cfg.seed_for("eval_sampling"), style=world.style,
-                        base_path=run.base_source(), sft_path=str(run.policy(0)))
+                        base_path=run.base_source(), sft_path=str(run.policy(0)),
+                        judge_path=reward.judge_path(run))
     sft = run.metrics(run.eval(0)) if rnd != 0 else {}
     base_cap, base_cap_se = sft.get(N.capability_score), sft.get(se(N.capability_score), 0.0)
     prev = run.samples(rnd - 1) if isinstance(rnd, int) and rnd > 0 else None

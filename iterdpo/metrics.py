@@ -17,6 +17,8 @@ Definitions (what evaluate measures, and how):
 - win_rate_vs_X: share of held-out prompts where the reward model scores this policy's sample above X's (ties
   half); oracle_win_rate_vs_X: the same judged by the world's oracle.
 - length_controlled_win_rate_vs_sft: the win rate after a least-squares length trend is removed.
+- judge_win_rate_vs_sft: the same win rate judged by the held-out judge, a reward model trained on seed pairs
+  the labelling ensemble never saw and never used to pick or keep a pair (the over_optimisation gate reads it).
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class Evaluation:
     base_perplexity_ratio_vs_sft: float | None = None
     base_perplexity_ratio_vs_sft_se: float | None = None
     oracle_score: float | None = None
+    oracle_score_se: float | None = None
+    judge_mean_reward: float | None = None  # the held-out judge's (reward.judge_share), which never labels a pair
+    judge_win_rate_vs_sft: float | None = None
+    judge_win_rate_vs_sft_se: float | None = None
     greedy_mean_reward: float | None = None
     greedy_oracle_score: float | None = None
     win_rate_vs_sft: float | None = None

@@ -13,6 +13,7 @@ sequences them:
     round_r/dpo/  round_r/eval/           dpo.round_stage, evaluate.evaluate_round, controller.record
     round_r/repair/                       repair.repair_stage, where a capability or KL gate fails
     offline_dpo/{dpo,eval,repair}/        dpo.offline_stage: the baseline arm, held to the same repair
+    offline_dpo/frontier/                 frontier.frontier_stage: more offline arms, the arm as a curve
     summary.json                          write_summary
 """
 
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import dist, dpo, evaluate, export, generate, repair, reward, sft, stages
+from . import dist, dpo, evaluate, export, frontier, generate, repair, reward, sft, stages
 from .config import RunConfig
 from .controller import log, report
 from .controller.gates import needs_repair
@@ -196,7 +197,13 @@ def run_offline_baseline(cfg: RunConfig, force: bool = False) -> dict:
     stage(dest, {"run": cfg.to_dict(), "max_steps": steps}, force, lambda tmp: dpo.offline_stage(cfg, run, tmp))
     ref = str(run.policy(0))
     m = evaluate_round(cfg, "offline_dpo", force, ref=ref, beta=cfg.dpo.beta)
-    return repair_round(cfg, "offline_dpo", 0, m, ref, cfg.dpo.beta, force)
+    m = repair_round(cfg, "offline_dpo", 0, m, ref, cfg.dpo.beta, force)
+    if cfg.baseline.frontier_betas:  # the arm as a curve (iterdpo.frontier), trained as long as the arm
+        dest = report.frontier_folder(run)
+        stale = run.done(dest) and run.metrics(dest)["max_steps"] != steps
+        stage(dest, {"run": cfg.to_dict(), "max_steps": steps}, force or stale,
+              lambda tmp: frontier.frontier_stage(cfg, run, tmp))
+    return m
 
 
 # summary ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import dist, migrate
-from .data import PAIR_KEYS
+from .data import PAIR_KEYS, judge_split
 from .guard import NonFiniteGuard
 from .losses import bradley_terry_loss, preference_stats
 from .metrics import N
@@ -236,7 +236,8 @@ def train_stage(cfg, run, dest: Path) -> dict:
     r = cfg.reward
     rm = build(base, r.head_hidden, r.head_dropout, precision.dtype if r.backbone != "full" else torch.float32,
                device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"), r.pooling, r.layers)
-    train = [{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")]
+    train, held_back = judge_split([{k: p[k] for k in PAIR_KEYS} for p in run.pairs("train_pairs")], r.judge_share,
+                                   cfg.seed_for("judge"))
     args = common_args(f.work, precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, cfg.seed,
                        report_to=cfg.export.report_to, logging_dir=run.log_dir("reward"))
     trainer = Trainer(model=rm, args=TrainingArguments(**args, remove_unused_columns=False),
@@ -258,39 +259,51 @@ def train_stage(cfg, run, dest: Path) -> dict:
     del trainer, rm
     free()
     for i in range(1, r.ensemble):  # the other members: own seed, bootstrap resample of the seed pairs
-        members.append(_train_member(cfg, run, tok, train, heldout, i, f.members / str(i), precision))
+        seed = cfg.seed_for("reward_member", i)
+        rng = random.Random(seed)
+        rows = [train[rng.randrange(len(train))] for _ in train]
+        members.append(_train_member(cfg, run, tok, rows, heldout, seed, f.members / str(i), precision, f"reward_member_{i}"))
     if r.ensemble > 1:
         m.update(ensemble_accuracy(members, heldout), ensemble_size=r.ensemble)
         m.update(label_estimates(members, heldout, cfg.generation.min_agreement))
+    if held_back:  # the held-out judge: the pairs no member saw, trained like the first member
+        judged = _train_member(cfg, run, tok, held_back, heldout, cfg.seed_for("judge"), f.folder / "judge", precision,
+                               "held-out judge")
+        m.update({k.replace("ensemble", "judge"): v for k, v in ensemble_accuracy([judged], heldout).items()},
+                 judge_pairs=len(held_back), ensemble_pairs=len(train))
     return m
 
 
-def _train_member(cfg, run, tok, train: list[dict], heldout: list[dict], i: int, dest: Path, precision):
-    """Reward-ensemble member `i`: trained like the first on a bootstrap resample, saved to `dest`; its
-    rewards of the held-out pairs (chosen then rejected) are returned."""
+def _train_member(cfg, run, tok, rows: list[dict], heldout: list[dict], seed: int, dest: Path, precision, name: str):
+    """A reward model trained like the first on `rows` under `seed`, saved to `dest`; its rewards of the
+    held-out pairs (chosen then rejected) are returned."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, set_seed
 
-    seed, r = cfg.seed_for("reward_member", i), cfg.reward
-    rng = random.Random(seed)
-    rows = [train[rng.randrange(len(train))] for _ in train]
+    r = cfg.reward
     set_seed(seed)
     rm = build(run.base_source(), r.head_hidden, r.head_dropout, precision.dtype if r.backbone != "full" else torch.float32,
                device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"), r.pooling, r.layers)
-    args = common_args(dest.with_name(f"{i}.work"), precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum,
-                       seed, report_to="none")
+    work = dest.with_name(f"{dest.name}.work")
+    args = common_args(work, precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, seed, report_to="none")
     trainer = Trainer(model=rm, args=TrainingArguments(**{**args, "disable_tqdm": True}, remove_unused_columns=False),
                       train_dataset=Dataset.from_list(rows), data_collator=PairCollator(tok),
-                      callbacks=[NonFiniteGuard(f"reward_member_{i}", precision.fp16)])
-    quiet_logging(trainer, f"reward ensemble member {i}")
+                      callbacks=[NonFiniteGuard(name, precision.fp16)])
+    quiet_logging(trainer, name.replace("_", " ").replace("reward member", "reward ensemble member"))
     trainer.train()
     out = heldout_rewards(rm, tok, heldout, r.score_batch_size)
     if trainer.accelerator.is_main_process:
         save(rm, tok, dest)
-    shutil.rmtree(dest.with_name(f"{i}.work"), ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     del trainer, rm
     free()
     return out
+
+
+def judge_path(run) -> str | None:
+    """The held-out judge of the run (reward/judge/, reward.judge_share), or None where the run has none."""
+    path = StageFiles(run.stage("reward")).folder / "judge"
+    return str(path) if path.is_dir() else None
 
 
 def heldout_rewards(rm: RewardModel, tok, pairs: list[dict], batch_size: int) -> torch.Tensor:

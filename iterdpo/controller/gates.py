@@ -27,12 +27,14 @@ GATES = (Gate("capability_regression", N.capability_retention, "min_retention", 
          Gate("weak_alignment", N.win_rate_vs_sft, "min_win_rate", "below"),
          Gate("kl_violation", N.kl_to_reference, "max_kl", "above"),
          Gate("labels_no_better_than_seed", N.label_gain, "min_label_gain", "below"),
-         Gate("fluency_collapse", N.base_perplexity_ratio_vs_sft, "collapse_max_perplexity_ratio", "above"))
+         Gate("fluency_collapse", N.base_perplexity_ratio_vs_sft, "collapse_max_perplexity_ratio", "above"),
+         Gate("over_optimisation", N.judge_win_rate_vs_sft, "min_judge_win_rate", "below"))
 COLLAPSE = "collapse"  # the collapse check's trigger (collapse_check), not a gate on one metric
 # triggers that make a round ineligible as the best round, and a rollback
 DEGRADING = {COLLAPSE, "fluency_collapse"}
-# triggers that make a round ineligible, and a retry with gentler settings (after a repair, iterdpo.repair)
-RETRY = {"capability_regression", "kl_violation"}
+# triggers that make a round ineligible, and a retry with gentler settings (after a repair, iterdpo.repair);
+# over_optimisation: the labelling ensemble says better where the held-out judge says worse than SFT
+RETRY = {"capability_regression", "kl_violation", "over_optimisation"}
 
 
 @dataclass

@@ -3,10 +3,12 @@ offline DPO, both held to the same gates) that summary.json and the run's closin
 
 from __future__ import annotations
 
+import math
+
 from ..config import RunConfig
-from ..metrics import N
+from ..metrics import N, se
 from ..runfolder import RunFolder
-from .gates import RETRY, gates
+from .gates import RETRY, eligible, gates
 from .log import evaluation
 
 REPORTED = (N.win_rate_vs_sft, N.win_rate_vs_previous, N.preference_accuracy, N.kl_to_reference,
@@ -86,6 +88,85 @@ def movement(answer: dict, offline: dict, min_ratio: float) -> dict | None:
     return {"kl_to_sft_ratio": ratio, "note": note}
 
 
+def _front(curve: list[dict]) -> list[dict]:
+    """The points of `curve` that score above every point nearer SFT: the best the arm reached by each KL."""
+    front: list[dict] = []
+    for p in sorted(curve, key=lambda p: p["kl"]):
+        if not front or p["score"] > front[-1]["score"]:
+            front.append(p)
+    return front
+
+
+def kl_matched(answer: dict, curve: list[dict], gate_z: float) -> dict | None:
+    """The answer against offline DPO's frontier at the answer's own KL to SFT.
+
+    Args:
+        answer: {kl, score, score_se} of the run's answer (score: the headline, oracle or reward model).
+        curve: the same for every point offline DPO reached that passes the gates, SFT (KL 0) among them.
+        gate_z: the gates' z: the verdict is loop_ahead or offline_ahead only when the lead's whole interval,
+            lead -/+ gate_z standard errors, is past 0; else tie.
+    Returns:
+        {answer_kl, offline_at_kl, offline_at_kl_se, lead, lead_se, verdict, beyond_offline, frontier}, where the
+        frontier's value at a KL is the linear interpolation between its neighbouring points (never extrapolated:
+        an answer beyond the curve's largest KL is compared with its best point, and beyond_offline is true). The
+        standard errors combine as if independent; both arms are sampled on the same prompts with the same seed,
+        so their errors correlate positively and this errs towards a tie. None without a curve or a score.
+    """
+    pts = [p for p in curve if all(isinstance(p.get(k), (int, float)) for k in ("kl", "score"))]
+    if not pts or not all(isinstance(answer.get(k), (int, float)) for k in ("kl", "score")):
+        return None
+    front, k = _front(pts), max(0.0, answer["kl"])
+    beyond = k > max(p["kl"] for p in pts)
+    lo = [p for p in front if p["kl"] <= k]
+    hi = [p for p in front if p["kl"] > k]
+    if beyond or not hi or not lo:
+        p = front[-1] if beyond or not hi else front[0]
+        at, at_se = p["score"], p.get("score_se") or 0.0
+    else:
+        a, b = lo[-1], hi[0]
+        w = (k - a["kl"]) / (b["kl"] - a["kl"])
+        at = a["score"] + w * (b["score"] - a["score"])
+        at_se = (1 - w) * (a.get("score_se") or 0.0) + w * (b.get("score_se") or 0.0)
+    lead, lead_se = answer["score"] - at, math.hypot(answer.get("score_se") or 0.0, at_se)
+    verdict = "loop_ahead" if lead - gate_z * lead_se > 0 else "offline_ahead" if lead + gate_z * lead_se < 0 else "tie"
+    return {"answer_kl": answer["kl"], "offline_at_kl": at, "offline_at_kl_se": at_se, "lead": lead, "lead_se": lead_se,
+            "verdict": verdict, "beyond_offline": beyond, "frontier": front}
+
+
+def kl_matched_line(km: dict) -> str:
+    """One line on the KL-matched verdict (kl_matched), for the run's closing lines and the model card."""
+    where = ("beyond offline DPO's furthest point, so against its best point" if km["beyond_offline"]
+             else "offline DPO's frontier interpolated there")
+    return (f"at the answer's KL to SFT ({km['answer_kl']:.3f}), {where}: {km['score_name']} lead "
+            f"{km['lead']:+.3f} ± {km['lead_se']:.3f} (offline {km['offline_at_kl']:.3f}): {km['verdict']}, judged by "
+            f"the {km['judged_by']}")
+
+
+def frontier_folder(run: RunFolder):
+    """offline_dpo/frontier/: the frontier stage's folder (iterdpo.frontier)."""
+    return run.round_dir("offline_dpo") / "frontier"
+
+
+def _curve_point(m: dict, key: str, label: str) -> dict:
+    return {"label": label, "kl": m.get(N.kl_to_sft), "score": m.get(key), "score_se": m.get(se(key))}
+
+
+def offline_curve(run: RunFolder, cfg: RunConfig, key: str, frontier_points: list[dict]) -> list[dict]:
+    """Offline DPO's points on the headline `key` that pass the gates excluding a round: SFT (KL 0), the offline
+    arm as it stands (its repair's where one was kept), and the frontier stage's points (iterdpo.frontier)."""
+    sft = dict(run.metrics(run.eval(0)))
+    sft.setdefault(N.kl_to_sft, 0.0)
+    if key == N.win_rate_vs_sft:  # SFT against itself
+        sft.update({key: 0.5, se(key): 0.0})
+    curve = [_curve_point(sft, key, "SFT")]
+    arm = evaluation(run, "offline_dpo")
+    if eligible(arm, cfg.controller):
+        curve.append(_curve_point(arm, key, f"offline DPO (beta {cfg.dpo.beta:g})"))
+    curve += [{"label": f"beta {p['beta']:g}, step {p['step']}", "kl": p.get(N.kl_to_sft), "score": p["score"],
+               "score_se": p.get("score_se")} for p in frontier_points if p["eligible"] and p["score_name"] == key]
+    return curve
+
+
 def _arm(run: RunFolder, cfg: RunConfig, rnd) -> dict:
     m = evaluation(run, rnd)
     g = gates(m, cfg.controller)
@@ -107,4 +188,11 @@ def yardstick(run: RunFolder, cfg: RunConfig) -> dict:
            if run.done(run.eval(rnd))}
     if "answer" in out and "offline_dpo" in out:
         out["movement"] = movement(out["answer"], out["offline_dpo"], cfg.controller.movement_note_ratio)
+        m = evaluation(run, best)
+        key = headline(m)
+        points = run.metrics(frontier_folder(run))["points"] if run.done(frontier_folder(run)) else []
+        matched = kl_matched(_curve_point(m, key, "answer"), offline_curve(run, cfg, key, points), cfg.controller.gate_z)
+        if matched is not None:
+            out["kl_matched"] = {**matched, "score_name": key, "judged_by": "oracle" if key == N.oracle_score else
+                                 "the labelling reward ensemble (no oracle in this world)"}
     return out

@@ -132,14 +132,14 @@ def adjust(params: dict, triggers: list[Trigger], rnd: int, cfg: ControllerConfi
     """New hyper-parameters and the changes {param: [before, after]}, by the design's rules."""
     new = dict(params)
     names = {t.name for t in triggers}
-    if "kl_violation" in names:
+    if names & {"kl_violation", "over_optimisation"}:
         new["beta"] *= cfg.kl_beta_mult
         new["learning_rate"] *= cfg.kl_lr_mult
     if "capability_regression" in names:
         new["beta"] *= cfg.cap_beta_mult
         new["learning_rate"] *= cfg.cap_lr_mult
         new["max_steps"] = max(1, int(round(new["max_steps"] * cfg.cap_steps_mult)))
-    if "weak_alignment" in names and rnd >= cfg.weak_after_round and not names & {"kl_violation", "capability_regression"}:
+    if "weak_alignment" in names and rnd >= cfg.weak_after_round and not names & RETRY:
         new["learning_rate"] *= cfg.weak_lr_mult
         new["beta"] *= cfg.weak_beta_mult
     changes = {k: [params[k], new[k]] for k in ADJUSTABLE if new[k] != params[k]}

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from ..controller.report import frontier_folder
 from ..folder import read_json
 from ..progress import live as is_live
 from ..runfolder import RunFolder
@@ -78,11 +79,37 @@ def frontier(runs, name: str = "frontier"):
     for arm, marker in ARM_MARKERS.items():
         ax.scatter([], [], marker=marker, color="white", edgecolor="black", label=arm if arm != "round" else "iterative round")
     score_name, kl_name = df["score_name"].iloc[0], df["kl_name"].iloc[0]
+    if len(runs) == 1:
+        title = _offline_curve(ax, runs[0], score_name) or title
     judge = "oracle" if score_name == N.oracle_score else "reward model (no oracle in this run)"
     ax.set(xlabel=f"{_pretty(kl_name)} (nats per token)", ylabel=f"{_pretty(score_name)}, judged by the {judge}",
            title=title)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, runs[0], name)
+
+
+def _offline_curve(ax, run, score_name: str) -> str | None:
+    """One run's offline-DPO frontier (summary.json's yardstick.kl_matched, iterdpo.frontier) on `ax`: every
+    point the frontier stage evaluated (hollow where it failed a gate), the frontier as a grey line, and the answer's
+    lead at its own KL as a vertical bar; returns a title with the verdict (None without a KL-matched record)."""
+    rf = RunFolder(run)
+    points = rf.metrics(frontier_folder(rf))["points"] if rf.done(frontier_folder(rf)) else []
+    for p in (p for p in points if p["score_name"] == score_name and p.get(N.kl_to_sft) is not None):
+        ax.scatter(p[N.kl_to_sft], p["score"], marker="s", s=22, color="grey" if p["eligible"] else "none",
+                   edgecolor="grey", zorder=2)
+    km = (rf.summary().get("yardstick") or {}).get("kl_matched") if rf.summary_path.exists() else None
+    if not km or km.get("score_name") != score_name:
+        return None
+    front = km["frontier"]
+    ax.plot([p["kl"] for p in front], [p["score"] for p in front], color="grey", linewidth=1.4,
+            label="offline DPO frontier (betas, checkpoints)")
+    ax.errorbar([p["kl"] for p in front], [p["score"] for p in front], yerr=[1.96 * (p.get("score_se") or 0) for p in front],
+                fmt="none", ecolor="grey", elinewidth=0.8, capsize=2)
+    at = km["answer_kl"]
+    ax.plot([at, at], [km["offline_at_kl"], km["offline_at_kl"] + km["lead"]], color="black", linestyle=":",
+            linewidth=1.2, label=f"lead at the answer's KL: {km['lead']:+.3f} ± {km['lead_se']:.3f}")
+    beyond = " (beyond offline DPO's reach)" if km["beyond_offline"] else ""
+    return f"Reward-KL frontier: {km['verdict'].replace('_', ' ')} at the same KL{beyond}"
 
 
 def tensorboard(run: str | Path, live: bool | None = None):

@@ -1,0 +1,88 @@
+"""Offline DPO's reward-KL frontier: the baseline arm as a curve, not a point.
+
+At one beta, offline DPO on the seed pairs moves a set distance from SFT, and the rounds may move much further:
+a lead over that one point cannot be told apart from movement. The frontier stage trains more offline arms,
+at dpo.beta times each of baseline.frontier_betas (a smaller beta goes further from SFT), for the same steps as
+the offline arm, and evaluates each at baseline.frontier_checkpoints evenly spaced steps of its training (the
+last one included), like a round: the same held-out prompts, the same gates. A point that fails a gate that
+excludes a round (capability, KL, held-out judge, fluency) is kept in the record and left off the curve;
+the curve's points nearer SFT stand in for the repair a round would get (a repair is a point between SFT and
+the arm, iterdpo.repair). The run's answer is then read against this curve at its own KL to SFT
+(controller.report.kl_matched).
+
+    offline_dpo/frontier/   metrics.json {"points": [...]}, one per checkpoint; nothing else is kept
+                            (the folder: controller.report.frontier_folder)
+
+Checkpoints are the LoRA adapters saved by a TrainerCallback (public API) at the chosen steps, merged into the
+SFT policy one at a time for their evaluation and removed after it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from . import dpo, evaluate
+from .controller.gates import eligible, weaknesses
+from .controller.report import YARDSTICK, headline
+from .metrics import N, se
+from .models import load_causal_lm, load_tokenizer, merge_and_save, resolve_precision
+from .runfolder import OFFLINE_ARM, RunFolder
+
+
+def checkpoint_steps(steps: int, n: int) -> list[int]:
+    """`n` evenly spaced steps of a `steps`-step training, the last one included, without repeats."""
+    return sorted({max(1, round(steps * (i + 1) / n)) for i in range(n)})
+
+
+class AdapterCheckpoints(TrainerCallback):
+    """Saves the trained LoRA adapter to `dest`/step_<n> after each of `steps` (the model the trainer passes to
+    its callbacks: a PEFT model, whose save_pretrained writes the adapter alone)."""
+
+    def __init__(self, steps: list[int], dest: Path):
+        self.steps, self.dest = set(steps), dest
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step in self.steps and state.is_world_process_zero:
+            model.save_pretrained(self.dest / f"step_{state.global_step}", safe_serialization=True)
+        return control
+
+
+def point(m: dict, cfg, **where) -> dict:
+    """One point of the curve: where it came from, its KL to SFT, the headline score and its standard error,
+    the yardstick's other figures, and whether it passes the gates that exclude a round."""
+    key = headline(m)
+    return {**where, N.kl_to_sft: m.get(N.kl_to_sft), "score_name": key, "score": m.get(key),
+            "score_se": m.get(se(key)), "eligible": eligible(m, cfg.controller),
+            "failed": [t.name for t in weaknesses(m, cfg.controller)], **{k: m.get(k) for k in YARDSTICK}}
+
+
+def _merged(sft: str, adapter: Path, dest: Path, cfg) -> Path:
+    from peft import PeftModel
+
+    precision = resolve_precision(cfg.model.precision)
+    model = PeftModel.from_pretrained(load_causal_lm(sft, cfg.model, precision), str(adapter))
+    merge_and_save(model, load_tokenizer(sft, cfg.model), dest)
+    return dest
+
+
+def frontier_stage(cfg, run: RunFolder, tmp: Path) -> dict:
+    """Train each frontier arm and evaluate it along its training into `tmp`; returns {"points", "max_steps"}."""
+    steps, _ = dpo.offline_steps(run)
+    at = checkpoint_steps(steps, cfg.baseline.frontier_checkpoints)
+    sft, points = str(run.policy(0)), []
+    for factor in cfg.baseline.frontier_betas:
+        beta = cfg.dpo.beta * factor
+        arm = tmp / f"beta_{beta:g}"
+        print(f"offline frontier: beta {beta:g} ({factor:g} x dpo.beta), {steps} steps, evaluated at steps {at}",
+              flush=True)
+        dpo.offline_stage(cfg, run, arm, beta=beta, callbacks=(AdapterCheckpoints(at, arm / "checkpoints"),))
+        for step in at:
+            cand = _merged(sft, arm / "checkpoints" / f"step_{step}", arm / "candidate", cfg)
+            evaluation, _, _ = evaluate.evaluate_policy(cfg, run, OFFLINE_ARM, sft, beta, policy=str(cand))
+            points.append(point(evaluation.to_dict(), cfg, beta=beta, factor=factor, step=step))
+            shutil.rmtree(cand)
+        shutil.rmtree(arm)  # the curve is its points: no weights are kept
+    return {"points": points, "max_steps": steps, "checkpoint_steps": at}
