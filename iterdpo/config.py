@@ -148,6 +148,7 @@ class DPORoundConfig(_Section):
     include_seed: bool = F(True, "Also train on the original seed pairs.")
     synthetic_share: float = F(0.0, "0: seed and synthetic pairs in proportion to their counts; s > 0: each synthetic pair repeated as often as it takes for them to make up at least this share of a round's training pairs (the seed pairs are many and noisy).", min=0.0, max=0.95)
     precompute_ref: bool = F(True, "Compute reference log-probs once per round, before training.")
+    ref_batch_size: int = F(0, "Pairs per batch of the reference log-prob pass (no gradients kept there); 0 = the micro-batch, or on a GPU what the memory planner picks (up to 4 micro-batches).", min=0, max=4096)
     gradient_checkpointing: bool = F(False, "Trade compute for memory; off where memory allows.")
     length_grouped: bool = F(True, "Read exactly the pairs the steps consume, in shuffled micro-batches of similar length (see dpo.batch_plan).")
     schedule: dict = F({}, "Per-round overrides of this section, e.g. {2: {learning_rate: 0.5}} (a stress test, or a warm-up).")

@@ -28,7 +28,7 @@ from . import dist
 from .config import DPORoundConfig, ModelConfig
 from .data import PAIR_KEYS
 from .guard import NonFiniteGuard
-from .memory import plan_for, with_oom_retry
+from .memory import StepSettings, plan_for, with_oom_retry
 from .models import Precision, check_lora_targets, free, load_causal_lm, load_tokenizer, lora_config, resolve_precision
 from .runfolder import StageFiles
 from .training import common_args, fp16_safe_adapters, last_logged, quiet_logging, save_log, save_trained
@@ -85,7 +85,8 @@ def dpo_args(dcfg: DPORoundConfig, precision: Precision, out_dir: Path, seed: in
     # the reference pass reads the data in order, in the training micro-batches (length-grouped by round_rows)
     return dict(args, beta=dcfg.beta, loss_type=list(dcfg.loss_type), loss_weights=list(dcfg.loss_weights) or None,
                 max_length=max_length, precompute_ref_log_probs=dcfg.precompute_ref,
-                precompute_ref_batch_size=dcfg.batch_size, disable_dropout=True, train_sampling_strategy=sampling)
+                precompute_ref_batch_size=dcfg.ref_batch_size or dcfg.batch_size, disable_dropout=True,
+                train_sampling_strategy=sampling)
 
 
 def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: DPORoundConfig, mcfg: ModelConfig,
@@ -106,7 +107,8 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
     four_bit, fit = mcfg.load_in_4bit, plan_for(start_path, max_length, dcfg.batch_size * dcfg.grad_accum,
                                                  precision.dtype.itemsize)
     if fit is not None:  # on a GPU: the largest micro-batch that fits, the effective batch kept
-        dcfg = replace(dcfg, batch_size=fit["micro_batch"], grad_accum=fit["grad_accum"])
+        dcfg = replace(dcfg, batch_size=fit["micro_batch"], grad_accum=fit["grad_accum"],
+                       ref_batch_size=dcfg.ref_batch_size or fit["ref_batch"])
         four_bit = four_bit or fit["load_in_4bit"]
         print(f"memory plan: micro_batch={fit['micro_batch']} grad_accum={fit['grad_accum']} 4-bit={four_bit}: "
               f"{fit['reason']}")
@@ -120,7 +122,8 @@ def train_round(start_path: str, ref_path: str | None, pairs: list[dict], dcfg: 
     work = f.work
     conf = DPOConfig(**dpo_args(dcfg, precision, work, seed, max_length, plan["train_sampling_strategy"], tracking))
     trainer = DPOTrainer(model=model, ref_model=ref, args=conf, train_dataset=dist.shared_dataset(rows, work),
-                         processing_class=tok, peft_config=lora_config(mcfg), callbacks=callbacks)
+                         processing_class=tok, peft_config=lora_config(mcfg),
+                         callbacks=[*(callbacks or []), StepSettings(ref)])
     fp16_safe_adapters(trainer)
     quiet_logging(trainer, "DPO")
     trainer.train()

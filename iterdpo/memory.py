@@ -1,6 +1,7 @@
-"""The memory planner: micro-batch, accumulation and 4-bit loading from a model's size and the free GPU memory,
-a retry that halves the micro-batch on out-of-memory while keeping the effective batch, and a measure of how far
-memory rose during a block (peak_memory, read by the benchmark and the device check).
+"""The memory planner: micro-batch, accumulation, the reference pass's batch and 4-bit loading from a model's size
+and the free GPU memory, a retry that halves the micro-batch on out-of-memory while keeping the effective batch, a
+measure of how far memory rose during a block (peak_memory, read by the benchmark and the device check), and the
+DPO step's settings that cost nothing in the loss (StepSettings).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from transformers import TrainerCallback
+
 from .models import free
 
 
@@ -22,20 +25,43 @@ from .models import free
 # upper bound for LoRA, where frozen linear layers keep no input for a weight gradient.
 ACT_BYTES = 34
 FOUR_BIT_BYTES = 0.5625  # NF4 weights with double-quantised constants, about 4.5 bits per parameter
+# TRL 1.16's DPO trainer never builds the (batch, seq, vocab) logits: its fused LM head (trl/trainer/utils.py
+# add_fused_lm_head, trl/kernels/chunked_logprob.py) projects at most TOKEN_CHUNK_SIZE tokens by VOCAB_CHUNK
+# columns at a time into one reused 16-bit tile, keeps a few fp32 numbers per token, and its backward an fp32
+# gradient of the hidden states (4 x hidden bytes per token).
+LM_HEAD_TOKENS, LM_HEAD_VOCAB = 4096, 32768
+# A forward-only pass (the reference log-probs) holds about one layer's activations at a time: ACT_BYTES over
+# the layers is what the training step keeps, so a batch REF_BATCH_FACTOR times the micro-batch stays well inside.
+REF_BATCH_FACTOR = 4
+
+
+def estimate_bytes(n_params: int, seq_len: int, micro_batch: int, precision_bytes: int, layers: int, hidden: int,
+                   vocab: int, *, four_bit: bool = False, seqs_per_example: int = 2,
+                   lora_fraction: float = 0.01) -> dict:
+    """The planner's estimate of a LoRA DPO step's memory, by part (bytes): weights, adapters (fp32 with gradient
+    and two Adam moments), activations (seqs x seq_len x (ACT_BYTES x layers x hidden x precision_bytes / 2 +
+    4 x hidden) per example) and the fused LM head's tile (min(tokens, LM_HEAD_TOKENS) x min(vocab,
+    LM_HEAD_VOCAB) x precision_bytes, once). 'total' is their sum."""
+    tokens = micro_batch * seqs_per_example * seq_len
+    parts = {"weights": n_params * (FOUR_BIT_BYTES if four_bit else precision_bytes),
+             "adapters": 16 * lora_fraction * n_params,
+             "activations": tokens * (ACT_BYTES * layers * hidden * precision_bytes / 2 + 4 * hidden),
+             "lm_head_tile": min(tokens, LM_HEAD_TOKENS) * min(vocab, LM_HEAD_VOCAB) * precision_bytes}
+    return {**parts, "total": sum(parts.values())}
 
 
 def plan_memory(n_params: int, gpu_free_bytes: int, seq_len: int, target_batch: int, precision_bytes: int, *,
                 layers: int | None = None, hidden: int | None = None, vocab: int = 0, seqs_per_example: int = 2,
                 lora_fraction: float = 0.01, headroom: float = 0.9) -> dict:
-    """The largest micro-batch that fits, and the accumulation that keeps ``target_batch`` exactly.
+    """The largest micro-batch that fits, the accumulation that keeps ``target_batch`` exactly, and the batch of the
+    reference pass.
 
-    Estimate: weights (n_params x precision_bytes, or 4.5 bits in 4-bit) + LoRA adapters in fp32 with their
-    gradient and two Adam moments (16 bytes x lora_fraction x n_params) + activations per example
-    ``seqs_per_example x seq_len x (34 x layers x hidden x precision_bytes / 2 + 4 x vocab)`` (the last term is
-    the fp32 logits; 2 sequences for a DPO or reward pair), within ``headroom`` of the free memory. Without
-    layers and hidden, they come from n_params ~ 12·layers·hidden² at hidden = 64·layers. 4-bit is chosen
-    only when 16-bit weights leave no room for one example (bitsandbytes: CUDA only). Returns
-    {"micro_batch", "grad_accum", "load_in_4bit", "reason"}; raises ValueError when nothing fits.
+    Estimate: ``estimate_bytes`` (weights, adapters with their optimizer state, activations per example, the fused
+    LM head's one tile) within ``headroom`` of the free memory. Without layers and hidden, they come from
+    n_params ~ 12·layers·hidden² at hidden = 64·layers. 4-bit is chosen only when 16-bit weights leave no room for
+    one example (bitsandbytes: CUDA only). ref_batch: the reference log-probs, computed once without gradients,
+    run at up to REF_BATCH_FACTOR micro-batches, never more than target_batch. Returns {"micro_batch",
+    "grad_accum", "ref_batch", "load_in_4bit", "estimate_bytes", "reason"}; raises ValueError when nothing fits.
     """
     if min(n_params, gpu_free_bytes, seq_len, target_batch, precision_bytes) <= 0:
         raise ValueError("plan_memory: every size must be positive")
@@ -44,21 +70,21 @@ def plan_memory(n_params: int, gpu_free_bytes: int, seq_len: int, target_batch: 
         layers = max(1, round(hidden / 64))
     gib = 2 ** 30
     usable = headroom * gpu_free_bytes
-    adapters = 16 * lora_fraction * n_params
-    per_example = seqs_per_example * seq_len * (ACT_BYTES * layers * hidden * precision_bytes / 2 + 4 * vocab)
+    est = lambda micro, four_bit: estimate_bytes(n_params, seq_len, micro, precision_bytes, layers, hidden, vocab,
+                                                 four_bit=four_bit, seqs_per_example=seqs_per_example,
+                                                 lora_fraction=lora_fraction)
     for four_bit in (False, True):
-        weights = n_params * (FOUR_BIT_BYTES if four_bit else precision_bytes)
-        room = usable - weights - adapters
-        fits = int(room // per_example) if room > 0 else 0
-        if fits >= 1:
-            micro = max(d for d in range(1, target_batch + 1) if target_batch % d == 0 and d <= fits)
+        fits = [d for d in range(1, target_batch + 1) if target_batch % d == 0 and est(d, four_bit)["total"] <= usable]
+        if fits:
+            micro, e = fits[-1], est(fits[-1], four_bit)
             kind = "4-bit" if four_bit else f"{precision_bytes}-byte"
-            why = (f"{kind} weights {weights / gib:.2f} GiB + adapters and optimizer {adapters / gib:.2f} GiB + "
-                   f"{per_example / gib:.3f} GiB of activations per example: {fits} example(s) fit in "
-                   f"{usable / gib:.2f} GiB usable")
+            why = (f"{kind} weights {e['weights'] / gib:.2f} GiB + adapters and optimizer {e['adapters'] / gib:.2f} GiB + "
+                   f"activations {e['activations'] / gib:.3f} GiB + LM-head tile {e['lm_head_tile'] / gib:.3f} GiB at "
+                   f"micro-batch {micro}: {e['total'] / gib:.2f} GiB of {usable / gib:.2f} GiB usable")
             if four_bit:
                 why = f"{precision_bytes}-byte weights leave no room for one example; {why}"
-            return {"micro_batch": micro, "grad_accum": target_batch // micro, "load_in_4bit": four_bit, "reason": why}
+            return {"micro_batch": micro, "grad_accum": target_batch // micro, "load_in_4bit": four_bit,
+                    "ref_batch": min(target_batch, REF_BATCH_FACTOR * micro), "estimate_bytes": e["total"], "reason": why}
     raise ValueError(f"plan_memory: {n_params / 1e9:.2f}B parameters at seq_len={seq_len} do not fit in "
                      f"{gpu_free_bytes / gib:.2f} GiB even in 4 bit at micro-batch 1; shorten seq_len or use a "
                      "larger GPU")
@@ -149,3 +175,31 @@ def peak_memory(out: dict):
         return
     yield
     out["peak_bytes"], out["memory_measure"] = (_status_kib("VmHWM") - start) * 1024, "process peak RSS growth"
+
+
+class StepSettings(TrainerCallback):
+    """Settings of a LoRA DPO step that leave its loss alone, applied when training begins (public APIs only).
+
+    - Under 16-bit mixed precision, LoRA layers stop casting their input to the adapters' fp32 (peft's
+      ``cast_input_dtype_enabled``, what ``peft.helpers.disable_input_dtype_casting`` turns off): autocast casts
+      a linear layer's input to 16 bit anyway, so the cast is an extra copy of every adapted layer's input.
+    - A separate reference model (``dpo.reference: sft``) whose log-probs were precomputed is moved off the GPU:
+      the trainer keeps it but never reads it again.
+    """
+
+    def __init__(self, reference=None):
+        self.reference = reference
+        self.input_casting_off = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if (args.fp16 or args.bf16) and model is not None:
+            for m in model.modules():
+                if isinstance(m, BaseTunerLayer):
+                    m.cast_input_dtype_enabled = False
+                    self.input_casting_off += 1
+        if (self.reference is not None and args.precompute_ref_log_probs and torch.cuda.is_available()
+                and not getattr(self.reference, "is_loaded_in_4bit", False)):  # bitsandbytes weights stay put
+            self.reference.to("cpu")  # in place: every holder of the module lets go of its GPU memory
+            free()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..memory import ACT_BYTES, FOUR_BIT_BYTES
+from ..memory import estimate_bytes
 
 GIB = 2 ** 30
 T4_CAP_GIB = 15.0
@@ -86,11 +86,9 @@ def bandwidth_bound_tokens_per_s(weight_bytes: int, rows: int, gbps: float) -> f
 
 
 def plan_estimate_bytes(size: dict, seq_len: int, micro_batch: int, precision_bytes: int, four_bit: bool) -> float:
-    """memory.plan_memory's estimate of a DPO step's memory at `micro_batch` (the formula in its docstring)."""
-    n = size["n_params"]
-    weights = n * (FOUR_BIT_BYTES if four_bit else precision_bytes)
-    per_example = 2 * seq_len * (ACT_BYTES * size["layers"] * size["hidden"] * precision_bytes / 2 + 4 * size["vocab"])
-    return weights + 16 * 0.01 * n + micro_batch * per_example
+    """memory.plan_memory's estimate of a DPO step's memory at `micro_batch` (memory.estimate_bytes)."""
+    return estimate_bytes(size["n_params"], seq_len, micro_batch, precision_bytes, size["layers"], size["hidden"],
+                          size["vocab"], four_bit=four_bit)["total"]
 
 
 def known_gpu(name: str) -> dict:

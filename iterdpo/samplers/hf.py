@@ -11,7 +11,10 @@ from ..registry import SAMPLERS
 
 @SAMPLERS.register("hf")
 class HFSampler:
-    """Batched Hugging Face sampling (iterdpo.sampling): length-sorted, left-padded, each prompt read once."""
+    """Batched Hugging Face sampling (iterdpo.sampling): length-sorted, left-padded, each prompt read once.
+    `cache`: the decode step's key/value cache (sampling.CACHES; auto is static on a GPU, dynamic on a CPU)."""
+
+    cache = "auto"
 
     def __init__(self, model, tokenizer, batch_size: int):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -22,7 +25,7 @@ class HFSampler:
 
     def sample(self, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, seed=0, greedy=False, desc="sampling"):
         return sampling.sample(self.model, self.tokenizer, prompts, k, max_new_tokens, temperature, top_p,
-                               self.batch_size, seed=seed, greedy=greedy, desc=desc)
+                               self.batch_size, seed=seed, greedy=greedy, desc=desc, cache=self.cache)
 
     def logprobs(self, prompts, completions, add_eos=None, desc="log-probs"):
         return sampling.completion_logprobs(self.model, self.tokenizer, prompts, completions, self.batch_size,
