@@ -1,7 +1,9 @@
 """Gather the wheels the device check needs on a GPU machine that reaches no package index.
 
-    python -m iterdpo.wheelhouse DIR [--python-version 3.11] [--skip-installed-from device-freeze.txt]
-                                     [--packages trl==1.16.0 ...] [--bnb-cuda 12.8] [--max-mib 64]
+    python -m iterdpo.wheelhouse --describe > device.json        # on the device: its Python, CUDA and pip freeze
+    python -m iterdpo.wheelhouse DIR --device device.json [--packages trl==1.16.0 ...] [--max-mib 64]
+
+The target Python is read from the device (--device, or --python-version given by hand); nothing is assumed.
 
 Downloads x86-64 Linux wheels (``pip download --only-binary=:all: --no-deps --platform manylinux...``) of the
 packages asked for and of everything they require, transitively, for the target Python, then builds the
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
+import json
+import platform
 import re
 import subprocess
 import sys
@@ -172,6 +176,20 @@ def slim_pyarrow(dest: Path) -> str | None:
                       "Flight, S3, headers and tests, which datasets does not load")
 
 
+def describe() -> dict:
+    """This machine as the wheelhouse needs it (run on the device): Python version, torch's CUDA, installed versions."""
+    freeze = {d.metadata["Name"]: d.version for d in md.distributions() if d.metadata["Name"]}
+    cuda = None
+    try:
+        import torch
+
+        cuda = torch.version.cuda
+    except ImportError:
+        pass
+    return {"python_version": platform.python_version(), "cuda": cuda,
+            "freeze": [f"{k}=={v}" for k, v in sorted(freeze.items())]}
+
+
 def build_project(dest: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp, str(ROOT)],
@@ -186,9 +204,12 @@ def build_project(dest: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m iterdpo.wheelhouse", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", help="folder for the wheels (created)")
-    p.add_argument("--python-version", default=f"{sys.version_info.major}.{sys.version_info.minor}",
-                   help="the device's Python, e.g. 3.11 (default: this one)")
+    p.add_argument("dir", nargs="?", help="folder for the wheels (created)")
+    p.add_argument("--describe", action="store_true", help="print this machine's Python, CUDA and installed "
+                   "versions as JSON (run it on the device) and exit")
+    p.add_argument("--device", type=Path, help="--describe's output from the device: its Python, its pip freeze "
+                   "(what is installed is skipped) and its CUDA (for --bnb-cuda)")
+    p.add_argument("--python-version", help="the device's Python, e.g. 3.12, when there is no --device file")
     p.add_argument("--packages", nargs="+", default=DEFAULT_PACKAGES, help="requirements to gather, with their "
                    "dependencies (default: %(default)s)")
     p.add_argument("--skip-installed-from", type=Path, help="`pip freeze` output from the device: requirements its "
@@ -200,9 +221,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-project", action="store_true", help="do not build the iterdpo wheel")
     p.add_argument("--max-mib", type=float, default=64.0, help="fail when the folder is larger (default 64)")
     a = p.parse_args(argv)
+    if a.describe:
+        print(json.dumps(describe(), indent=1))
+        return 0
+    if not a.dir or not (a.device or a.python_version):
+        p.error("give DIR and the device's Python: --device FILE (from --describe on the device) or --python-version")
+    dev = json.loads(a.device.read_text()) if a.device else {}
+    a.python_version = a.python_version or dev["python_version"]
+    a.bnb_cuda = a.bnb_cuda or dev.get("cuda")
     dest = Path(a.dir)
     dest.mkdir(parents=True, exist_ok=True)
-    if a.skip_installed_from:
+    if dev:
+        installed = {norm(l.split("==")[0]): l.split("==")[1] for l in dev["freeze"]}
+        source = f"the device's installed versions ({a.device}), Python {a.python_version}"
+    elif a.skip_installed_from:
         installed = read_freeze(a.skip_installed_from)
         source = f"the device's pip freeze ({a.skip_installed_from})"
     else:
@@ -224,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {w.stat().st_size / MIB:7.1f} MiB  {w.name}")
     print(f"{len(wheels)} wheels, {total / MIB:.1f} MiB in {dest} (limit {a.max_mib:g} MiB)")
     if total > a.max_mib * MIB:
-        print(f"too large: leave out what the device has (--skip-installed-from), slim bitsandbytes (--bnb-cuda), "
-              f"or gather fewer --packages", file=sys.stderr)
+        print("too large: leave out what the device has (--device), slim bitsandbytes (--bnb-cuda), "
+              "or gather fewer --packages", file=sys.stderr)
         return 1
     return 0
 

@@ -109,3 +109,51 @@ def test_step_settings_turn_off_adapter_input_casting_only_under_autocast():
     half.on_train_begin(args(True), None, None, model=model)
     assert half.input_casting_off == 4  # 2 layers x (q, v)
     assert torch.equal(model(input_ids=ids).logits, before)  # same dtype in and out: the same numbers
+
+
+# the T4 prediction -------------------------------------------------------------------------------------------------
+def test_t4_prediction_names_every_stage_and_follows_its_formulas():
+    from iterdpo.bench import t4
+
+    r = t4.predict()
+    assert [k for k in r["stages"] if k.startswith("round_")] == [
+        "round_0/eval", "round_1/generate", "round_1/dpo", "round_1/eval", "round_2/generate", "round_2/dpo",
+        "round_2/eval"]
+    assert {"sft", "reward"} <= set(r["stages"]) and all(v > 0 for v in r["stages"].values())
+    assert r["total"] == pytest.approx(sum(r["stages"].values()))
+    # a decode step by hand: 1 sequence, no prompt: the weights' bytes over the usable bandwidth
+    m = t4.Shape(n=10 ** 9, lora=0, layers=1, hidden=1, kv=0, vocab=1)
+    step = t4.decode_seconds(m, 1, 1, 0, 1)["decode_step_gpu_s"]
+    assert step == pytest.approx(2e9 / (t4.T4_HBM_BYTES * t4.BW_EFF))
+    # a host-bound training run: micro-batches x ops per layer x layers x seconds per eager op
+    run = t4.train_seconds(t4.Shape(n=1, lora=0, layers=10, hidden=1, kv=0, vocab=1), 1, 1, 3)
+    assert run["seconds"] == pytest.approx(3 * t4.TRAIN_OPS_PER_LAYER * 10 * t4.HOST_SECONDS_PER_OP["eager"])
+
+
+# the yardstick and the wheelhouse ----------------------------------------------------------------------------------
+def test_mfu_against_a_t4_and_gpu_busy_time_by_hand():
+    from iterdpo.devicecheck.formulas import T4_FP16_TFLOPS, busy_seconds, mfu
+
+    # the issue's step: 2.7e13 FLOP in 1.03 s is 40% of a T4's 65 TFLOP/s
+    assert mfu(2.7e13, 1, 1.03, T4_FP16_TFLOPS) == pytest.approx(0.403, abs=1e-3)
+    assert busy_seconds([(0.0, 1.0), (0.5, 1.5), (2.0, 2.25), (2.1, 2.2)]) == pytest.approx(1.75)
+    assert busy_seconds([]) == 0.0
+
+
+def test_wheelhouse_reads_the_devices_python_and_never_assumes_one(tmp_path, monkeypatch, capsys):
+    import json
+
+    from iterdpo import wheelhouse
+
+    with pytest.raises(SystemExit):
+        wheelhouse.main([str(tmp_path / "w")])  # no device file and no version: refused
+    assert "device's Python" in capsys.readouterr().err
+    wheelhouse.main(["--describe"])
+    desc = json.loads(capsys.readouterr().out)
+    assert desc["python_version"].count(".") == 2 and any(l.startswith("torch==") for l in desc["freeze"])
+    seen = {}
+    monkeypatch.setattr(wheelhouse, "gather", lambda dest, pk, py, inst: seen.update(py=py, inst=inst) or [])
+    (tmp_path / "device.json").write_text(json.dumps({"python_version": "3.12.3", "cuda": None,
+                                                      "freeze": ["trl==1.16.0", "Torch==2.11.0"]}))
+    assert wheelhouse.main([str(tmp_path / "w"), "--device", str(tmp_path / "device.json"), "--no-project"]) == 0
+    assert seen == {"py": "3.12.3", "inst": {"trl": "1.16.0", "torch": "2.11.0"}}

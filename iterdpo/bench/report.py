@@ -23,6 +23,7 @@ from ..pipeline import run_all
 from .setup import PRESETS, SIZES, Sizes, setup_smollm2, setup_tiny
 from .generation import bench_generation
 from .dpo_round import bench_dpo
+from .t4 import predict as predict_t4
 
 
 # 3. end to end ---------------------------------------------------------------------------------------------
@@ -100,6 +101,11 @@ def table(r: dict) -> str:
         lines.append(f"dpo losses on the same batches (ours vs TRL defaults): mean |diff| "
                      f"{d['loss_mean_abs_diff']:.2e}; mean loss over the run, different batches: "
                      + ", ".join(f"{a} {v:.4f}" for a, v in d["mean_loss"].items()))
+    if r.get("t4_predicted_seconds"):
+        t4 = r["t4_predicted_seconds"]
+        lines.append("t4 preset, 2 rounds, predicted on a T4 (iterdpo/bench/t4.py): " + ", ".join(
+            f"{k} {v / 60:.1f}" for k, v in t4["stages"].items()) + f" min; loop {t4['total'] / 60:.1f} min, offline arm "
+            f"+{t4['offline_arm'] / 60:.1f} min")
     if r.get("e2e"):
         lines.append("e2e stage shares: " + ", ".join(f"{k} {v['share']:.0%}" for k, v in r["e2e"]["stages"].items()))
     return "\n".join(lines)
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update(
         generation_speedup=g.get("speedup"), dpo_wall_ratio=d.get("wall_ratio"), dpo_flops_ratio=d.get("flops_ratio"),
         dpo_peak_mem_ratio=d.get("peak_mem_ratio"), e2e_tiny_seconds=result["e2e"]["seconds"] if "e2e" in result else None,
-        bench_seconds=time.perf_counter() - t0, load_average_end=os.getloadavg()[0])
+        bench_seconds=time.perf_counter() - t0, load_average_end=os.getloadavg()[0], t4_predicted_seconds=predict_t4())
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(table(result))
     print(f"wrote {a.out}")

@@ -80,6 +80,25 @@ def dpo_flops_per_token(n_matmul: int, n_lora: int, layers: int, hidden: int, se
     return 4 * n_matmul + 6 * n_lora + 12 * layers * hidden * seq
 
 
+T4_FP16_TFLOPS = 65.0  # the T4 datasheet's fp16 tensor-core peak: the yardstick a T4 user reads
+
+
+def mfu(flops_per_token: float, tokens: float, seconds: float, peak_tflops: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s (flops_per_token x tokens / seconds) over the peak (TFLOP/s)."""
+    return flops_per_token * tokens / seconds / (peak_tflops * 1e12)
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of the (start, end) intervals: a step's GPU-busy time from its kernels'
+    spans (torch.profiler), overlapping kernels counted once."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
 def bandwidth_bound_tokens_per_s(weight_bytes: int, rows: int, gbps: float) -> float:
     """Decode tokens/s if every step only read the weights once at full HBM bandwidth: rows / (bytes / bandwidth)."""
     return rows * gbps * 1e9 / weight_bytes

@@ -46,7 +46,10 @@ def emulate_t4(cap_gib: float) -> dict:
 
     torch.cuda.mem_get_info = capped
     torch.cuda.is_bf16_supported = lambda *a, **k: False
-    return {"cap_bytes": cap, "total_bytes": total, "fraction": cap / total}
+    # a T4 (sm_75) has neither flash attention nor cuDNN's fused attention: SDPA picks memory-efficient or math
+    torch.backends.cuda.enable_flash_sdp(False)
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return {"cap_bytes": cap, "total_bytes": total, "fraction": cap / total, "sdpa": "flash and cuDNN off"}
 
 
 def bf16_params(model) -> list[str]:

@@ -24,7 +24,8 @@ from ..memory import config_size, peak_memory
 from ..models import load_causal_lm, load_tokenizer, resolve_precision
 from ..sampling import sample
 from .formulas import (
-    Sizes, T4_CAP_GIB, bandwidth_bound_tokens_per_s, dpo_flops_per_token, matmul_params, plan_estimate_bytes,
+    Sizes, T4_CAP_GIB, T4_FP16_TFLOPS, bandwidth_bound_tokens_per_s, dpo_flops_per_token, matmul_params, mfu,
+    plan_estimate_bytes,
 )
 from .guards import StepProbe, bf16_params, fp16_health
 
@@ -247,6 +248,8 @@ def measure_dpo(model_dir: str, mcfg, prec, s: Sizes, dest: Path, seed: int, cfg
         d["achieved_tflops"] = fpt * real / secs / 1e12
         d["mfu"] = d["achieved_tflops"] / peak
         d["mfu_against"] = f"{peak} TFLOP/s fp16 dense ({device.get('peak_source')})"
+    if secs:
+        d["mfu_t4"] = mfu(fpt, real, secs, T4_FP16_TFLOPS)  # what a T4 user reads: against a T4's fp16 peak
     return d
 
 
