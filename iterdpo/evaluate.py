@@ -40,6 +40,7 @@ class EvalInputs:
     base_path: str | None = None  # the base model, which reads every policy's samples (base_perplexity)
     sft_path: str | None = None  # the SFT policy, for kl_to_sft when the reference is another round
     judge_path: str | None = None  # the held-out judge (reward.judge_share), which scores but never labels
+    judge_informative: bool | None = None  # whether it beats chance on the held-out seed pairs (reward.informative)
 
 
 def heldout_flips(pairs: list[dict]) -> list[bool] | None:
@@ -146,7 +147,8 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str |
         m[N.oracle_score] = sum(s["oracle"] for s in samples) / len(samples)
         m[se(N.oracle_score)] = (oracle.std() / math.sqrt(len(oracle))).item() if len(oracle) > 1 else 0.0
     if inputs.judge_path:
-        m.update(_held_out_judge(samples, sft_samples, inputs.judge_path, pol["tokenizer"], cfg, precision))
+        m.update(_held_out_judge(samples, sft_samples, inputs.judge_path, inputs.judge_informative, pol["tokenizer"], cfg,
+                                 precision))
     if greedy_rewards is not None:
         m[N.greedy_mean_reward] = sum(greedy_rewards) / len(greedy_rewards)
         if inputs.oracle is not None:
@@ -193,9 +195,11 @@ def _judge(samples: list[dict], greedy: list[dict] | None, rm_path, tok, inputs:
     return mean[0], (mean[1] if len(mean) > 1 else None)
 
 
-def _held_out_judge(samples: list[dict], sft_samples: list[dict] | None, path: str, tok, cfg, precision) -> dict:
+def _held_out_judge(samples: list[dict], sft_samples: list[dict] | None, path: str, informative: bool | None, tok, cfg,
+                    precision) -> dict:
     """The held-out judge's score of each sample (s["judge"]), its mean, and its win rate against SFT's samples
-    where those carry the judge's scores too."""
+    where those carry the judge's scores too; `informative`: whether the judge beats chance on the held-out seed
+    pairs (the over_optimisation gate reads it only then)."""
     rm = reward.load(path, cfg.reward.head_hidden, precision.dtype)
     scores = reward.score(rm, tok, [s["prompt"] for s in samples], [s["response"] for s in samples],
                           [s["ended"] for s in samples], cfg.reward.score_batch_size, desc="held-out judge")
@@ -203,7 +207,7 @@ def _held_out_judge(samples: list[dict], sft_samples: list[dict] | None, path: s
     free()
     for s, j in zip(samples, scores):
         s["judge"] = j
-    out = {N.judge_mean_reward: sum(scores) / len(scores)}
+    out = {N.judge_mean_reward: sum(scores) / len(scores), N.judge_informative: informative}
     if sft_samples and all("judge" in s for s in sft_samples):
         mine, theirs = torch.tensor(scores), torch.tensor([s["judge"] for s in sft_samples])
         out.update({N.judge_win_rate_vs_sft: win_rate(mine, theirs), se(N.judge_win_rate_vs_sft): win_rate_se(mine, theirs)})
@@ -293,7 +297,8 @@ def evaluate_policy(cfg, run, rnd, ref: str | None = None, beta: float | None = 
     inputs = EvalInputs(run.pairs("heldout_pairs"), run.prompts("heldout_prompts"),
                         world.oracle if world.has_oracle else None, cfg.seed_for("eval_sampling"), style=world.style,
                         base_path=run.base_source(), sft_path=str(run.policy(0)),
-                        judge_path=reward.judge_path(run))
+                        judge_path=reward.judge_path(run),
+                        judge_informative=run.metrics(run.stage("reward")).get(N.judge_informative))
     sft = run.metrics(run.eval(0)) if rnd != 0 else {}
     base_cap, base_cap_se = sft.get(N.capability_score), sft.get(se(N.capability_score), 0.0)
     prev = run.samples(rnd - 1) if isinstance(rnd, int) and rnd > 0 else None

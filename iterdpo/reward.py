@@ -266,17 +266,26 @@ def train_stage(cfg, run, dest: Path) -> dict:
     if r.ensemble > 1:
         m.update(ensemble_accuracy(members, heldout), ensemble_size=r.ensemble)
         m.update(label_estimates(members, heldout, cfg.generation.min_agreement))
-    if held_back:  # the held-out judge: the pairs no member saw, trained like the first member
+    if held_back:  # the held-out judge: the pairs no member saw, trained like the members, as many epochs
+        steps = max(1, round(r.max_steps * len(held_back) / len(train)))
         judged = _train_member(cfg, run, tok, held_back, heldout, cfg.seed_for("judge"), f.folder / "judge", precision,
-                               "held-out judge")
+                               "held-out judge", steps)
         m.update({k.replace("ensemble", "judge"): v for k, v in ensemble_accuracy([judged], heldout).items()},
-                 judge_pairs=len(held_back), ensemble_pairs=len(train))
+                 judge_pairs=len(held_back), ensemble_pairs=len(train), judge_steps=steps)
+        m[N.judge_informative] = informative(m["judge_heldout_accuracy"], len(heldout), cfg.controller.gate_z)
     return m
 
 
-def _train_member(cfg, run, tok, rows: list[dict], heldout: list[dict], seed: int, dest: Path, precision, name: str):
-    """A reward model trained like the first on `rows` under `seed`, saved to `dest`; its rewards of the
-    held-out pairs (chosen then rejected) are returned."""
+def informative(accuracy: float, n: int, z: float) -> bool:
+    """Whether a reward model's accuracy on `n` held-out seed pairs is above chance by more than `z` standard
+    errors (of a proportion at 0.5): a judge that cannot tell the seed labels apart carries no evidence."""
+    return accuracy - z * 0.5 / max(n, 1) ** 0.5 > 0.5
+
+
+def _train_member(cfg, run, tok, rows: list[dict], heldout: list[dict], seed: int, dest: Path, precision, name: str,
+                  steps: int | None = None):
+    """A reward model trained like the first on `rows` under `seed` (for `steps`; None: reward.max_steps), saved
+    to `dest`; its rewards of the held-out pairs (chosen then rejected) are returned."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, set_seed
 
@@ -285,7 +294,7 @@ def _train_member(cfg, run, tok, rows: list[dict], heldout: list[dict], seed: in
     rm = build(run.base_source(), r.head_hidden, r.head_dropout, precision.dtype if r.backbone != "full" else torch.float32,
                device(), r.backbone, lora_config(cfg.model, "FEATURE_EXTRACTION"), r.pooling, r.layers)
     work = dest.with_name(f"{dest.name}.work")
-    args = common_args(work, precision, r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, seed, report_to="none")
+    args = common_args(work, precision, steps or r.max_steps, r.learning_rate, r.batch_size, r.grad_accum, seed, report_to="none")
     trainer = Trainer(model=rm, args=TrainingArguments(**{**args, "disable_tqdm": True}, remove_unused_columns=False),
                       train_dataset=Dataset.from_list(rows), data_collator=PairCollator(tok),
                       callbacks=[NonFiniteGuard(name, precision.fp16)])

@@ -95,3 +95,13 @@ def test_a_judge_within_its_noise_of_sft_does_not_trigger():
 @pytest.mark.parametrize("steps,n,want", [(120, 3, [40, 80, 120]), (5, 3, [2, 3, 5]), (2, 4, [1, 2]), (60, 1, [60])])
 def test_checkpoint_steps_are_evenly_spaced_and_end_at_the_last(steps, n, want):
     assert checkpoint_steps(steps, n) == want
+
+
+def test_a_judge_at_chance_on_the_held_out_seed_pairs_cannot_veto():
+    from iterdpo.reward import informative
+
+    assert informative(0.62, 200, 1.645) and not informative(0.52, 200, 1.645)  # 0.5 + 1.645 * 0.035 = 0.558
+    c = ControllerConfig()
+    at_chance = {**_round(0.40, 0.01), N.judge_informative: False}
+    assert weaknesses(at_chance, c) == [] and eligible(at_chance, c)
+    assert [t.name for t in weaknesses({**at_chance, N.judge_informative: True}, c)] == ["over_optimisation"]

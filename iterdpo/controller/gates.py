@@ -55,8 +55,9 @@ def gates(m: dict, cfg: ControllerConfig) -> dict:
     standard error acts on its point estimate."""
     out = {}
     for g in GATES:
-        if not isinstance(m.get(g.metric), (int, float)):
-            continue
+        if not isinstance(m.get(g.metric), (int, float)) or (g.metric == N.judge_win_rate_vs_sft
+                                                             and m.get(N.judge_informative) is False):
+            continue  # not measured; or a judge at chance on the held-out seed pairs, which carries no evidence
         v, half = m[g.metric], cfg.gate_z * (m.get(se(g.metric)) or 0.0)
         lo, hi, t = v - half, v + half, getattr(cfg, g.threshold)
         out[g.name] = {"metric": g.metric, "value": v, "interval": [lo, hi], "threshold": t,
