@@ -113,11 +113,14 @@ def predict(preset: str = "t4", rounds: int = ROUNDS) -> dict:
     m = shape_of(QWEN25_05B, cfg.model.lora_r, list(cfg.model.lora_targets))
     d, s, r, g, p = cfg.data, cfg.sft, cfg.reward, cfg.generation, cfg.dpo
     seq = d.max_prompt_tokens // 2 + d.max_response_tokens // 2  # a typical pair's sequence: half of each cap
-    members = r.ensemble + (1 if getattr(r, "judge_share", 0) else 0)
+    # the labelling ensemble's members, each for reward.max_steps; the held-out judge for as many epochs of its
+    # share of the pairs (reward.train_stage), which it never scores in generation
+    judge_steps = round(r.max_steps * r.judge_share / (1 - r.judge_share)) if r.judge_share else 0
+    steps = r.ensemble * r.max_steps + judge_steps
+    members = r.ensemble
     stages = {"sft": train_seconds(m, s.max_steps * s.batch_size * s.grad_accum, seq,
                                    s.max_steps * s.grad_accum)["seconds"],
-              "reward": members * train_seconds(m, 2 * r.max_steps * r.batch_size * r.grad_accum, seq,
-                                                r.max_steps * r.grad_accum)["seconds"],
+              "reward": train_seconds(m, 2 * steps * r.batch_size * r.grad_accum, seq, steps * r.grad_accum)["seconds"],
               "round_0/eval": eval_seconds(cfg, m)}
     eff = p.batch_size * p.grad_accum
     size = config_size(SimpleNamespace(**QWEN25_05B))
