@@ -38,6 +38,7 @@ QUICK = {
     "toy.pretrain_docs": 4000, "toy.pretrain_steps": 500, "data.train_pairs": 1500, "data.heldout_pairs": 150,
     "data.heldout_prompts": 128, "data.gen_prompts": 512, "sft.max_steps": 60, "reward.max_steps": 250,
     "generation.prompts_per_round": 384, "generation.k": 8, "dpo.max_steps": 40, "eval.capability_n": 100,
+    "baseline.frontier_betas": [0.25], "baseline.frontier_checkpoints": 1,
 }
 
 
