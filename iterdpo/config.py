@@ -129,6 +129,7 @@ class GenerationConfig(_Section):
     length_penalty: float = F(0.0, "Reward minus this times response tokens, for max_min_length.", min=0.0)
     min_reward_gap: float = F(0.05, "Pairs whose reward gap is below this are dropped and counted.", min=0.0)
     min_agreement: float = F(0.0, "Keep a synthetic pair only when at least this share of the reward ensemble ranks its chosen response above its rejected one; the others are dropped and counted (ensemble_disagrees).", min=0.0, max=1.0)
+    spread_penalty: float = F(0.0, "A conservative ensemble score for choosing and keeping pairs: the members' mean reward minus this many times their spread (standard deviation), so a response the members disagree on ranks lower (Coste et al., 2024). 0: the mean.", min=0.0, max=100.0)
     require_eos: bool = F(True, "Drop responses that hit max_new_tokens without an end-of-sequence token.")
     targeted_share: float = F(0.5, "Share of the round's prompts drawn from the controller's targeted prompts, when it asks for some.", min=0.0, max=1.0)
 

@@ -49,7 +49,7 @@ def generate_round(cfg, run, rnd: int, plan: dict, dest) -> dict:
                                [r["ended"] for r in records], cfg.reward.score_batch_size, desc=f"round {rnd}: scoring")
     world = world_of(cfg)
     for i, r in enumerate(records):
-        r["rewards"] = [sum(m[i][j] for m in members) / len(members) for j in range(len(r["responses"]))]
+        r["rewards"] = conservative([[m[i][j] for m in members] for j in range(len(r["responses"]))], g.spread_penalty)
         if len(members) > 1:
             r["member_rewards"] = [m[i] for m in members]
         if world.has_oracle:
@@ -66,6 +66,16 @@ def generate_round(cfg, run, rnd: int, plan: dict, dest) -> dict:
     write_jsonl(StageFiles(dest).samples, records)
     write_jsonl(StageFiles(dest).pairs, pairs)
     return m
+
+
+def conservative(scores: list[list[float]], penalty: float) -> list[float]:
+    """Each response's ensemble score: the mean of its members' rewards (`scores`: [responses][members]) minus
+    `penalty` times their standard deviation (population; 0 for one member)."""
+    out = []
+    for x in scores:
+        mean = sum(x) / len(x)
+        out.append(mean - penalty * (sum((v - mean) ** 2 for v in x) / len(x)) ** 0.5 if penalty else mean)
+    return out
 
 
 def _add_capability_pairs(pairs: list[dict], tok, cfg, style: str, rnd: int) -> int:

@@ -86,3 +86,12 @@ def test_synthetic_share_repeats_the_synthetic_pairs_up_to_the_share(tmp_path):
     synthetic = [p for p in half if p["source"] != "seed"]
     assert len(half) - len(synthetic) == 100 and len(synthetic) == 30 * 4  # ceil(100 / 30) copies of each
     assert len(synthetic) / len(half) >= 0.5 and len({p["prompt"] for p in synthetic}) == 30
+
+
+def test_the_conservative_ensemble_score_ranks_disagreement_lower():
+    from iterdpo.generate import conservative
+
+    scores = [[1.0, 3.0], [2.0, 2.0], [5.0]]  # [responses][members]: same mean, one contested; one member alone
+    assert conservative(scores, 0.0) == [2.0, 2.0, 5.0]
+    assert conservative(scores, 1.0) == [1.0, 2.0, 5.0]  # 2 - 1 x std(1, 3)
+    assert conservative(scores, 2.0)[0] == 0.0
