@@ -40,6 +40,7 @@ class ModelConfig(_Section):
     lora_alpha: int = F(32, "LoRA alpha.", min=1, max=4096)
     lora_dropout: float = F(0.0, "LoRA dropout.", min=0.0, max=0.9)
     lora_targets: list = F(["q_proj", "k_proj", "v_proj", "o_proj"], "Module names that get LoRA adapters.", of=str, nonempty=True)
+    merged: str = F("all", "Merged weights kept in the run folder: all = every trained stage's policy/; best = only best/: stages keep their LoRA adapter, and a policy's weights are rebuilt from the adapters in a local cache (the temp folder) when a stage needs them (a run on Google Drive saves a model's size per stage).", choices=["all", "best"])
 
 
 @dataclass

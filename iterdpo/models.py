@@ -1,7 +1,8 @@
 """Loading and saving models: hub names, local folders, GGUF files; precision; LoRA; freeing memory.
 
 Every stage saves a merged policy as safetensors in its folder, so the next stage loads one plain
-folder. Models are loaded one at a time and freed between stages (a T4 has 16 GB).
+folder (with model.merged best, its LoRA adapter only: iterdpo.weights rebuilds the folder). Models are
+loaded one at a time and freed between stages (a T4 has 16 GB).
 """
 
 from __future__ import annotations
@@ -121,8 +122,10 @@ def load_tokenizer(path: str, cfg: ModelConfig | None = None, gguf_file: str = "
     return tok
 
 
-def load_causal_lm(path: str, cfg: ModelConfig, precision: Precision, gguf_file: str = "", four_bit: bool = False):
-    """A causal LM from a folder or hub name, in the precision's dtype (optionally 4-bit on CUDA)."""
+def load_causal_lm(path: str, cfg: ModelConfig, precision: Precision, gguf_file: str = "", four_bit: bool = False,
+                   on: str | None = None):
+    """A causal LM from a folder or hub name, in the precision's dtype (optionally 4-bit on CUDA), on device `on`
+    (default: the GPU where there is one)."""
     from transformers import AutoModelForCausalLM
 
     kw: dict = {"dtype": precision.dtype, "trust_remote_code": cfg.trust_remote_code}
@@ -141,7 +144,7 @@ def load_causal_lm(path: str, cfg: ModelConfig, precision: Precision, gguf_file:
         kw["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
     if not four_bit:
-        model.to(device())
+        model.to(on or device())
     return model
 
 
@@ -189,7 +192,8 @@ def merge_and_save(model, tokenizer, dest: Path) -> None:
 
 def save_policy(model, tok, dest: Path, adapter: Path, start_path: str, cfg: ModelConfig, precision: Precision,
                 four_bit: bool = False) -> None:
-    """The LoRA adapter to `adapter` (to take away or push), the merged weights to `dest`.
+    """The LoRA adapter to `adapter` (to take away or push), the merged weights to `dest`; with model.merged best,
+    the tokenizer beside the adapter instead, and no merged weights (iterdpo.weights rebuilds them where needed).
 
     A 4-bit base cannot be merged into: the adapter is merged into a half-precision reload of the start policy.
     """
@@ -197,6 +201,9 @@ def save_policy(model, tok, dest: Path, adapter: Path, start_path: str, cfg: Mod
 
     if isinstance(model, PeftModel):
         model.save_pretrained(adapter)
+        if cfg.merged == "best":
+            tok.save_pretrained(adapter)
+            return
     if not four_bit:
         merge_and_save(model, tok, dest)
         return

@@ -20,61 +20,16 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
 from .controller.gates import eligible, weaknesses
 from . import evaluate
 from .folder import write_json, write_jsonl
 from .metrics import N, se
 from .runfolder import RunFolder, StageFiles
+from .weights import interpolate, interpolate_state  # noqa: F401 (the repair's arithmetic; callers name it here)
 
 # what the repair stage records of each candidate (the gates' metrics, and the oracle's for the report only)
 KEYS = (N.capability_retention, se(N.capability_retention), N.kl_to_reference, se(N.kl_to_reference),
         N.win_rate_vs_sft, N.base_perplexity_ratio_vs_sft, N.oracle_score, N.oracle_win_rate_vs_sft)
-
-
-def interpolate_state(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """start + alpha * (end - start), tensor by tensor, computed in float32 and stored in `end`'s dtypes.
-
-    Args:
-        start, end: state dicts with the same keys and shapes (any shapes; tensors that are not floating
-            point, e.g. integer buffers, are taken from `end`).
-        alpha: 0 gives `start`, 1 gives `end`.
-    Returns:
-        a state dict with `end`'s keys, shapes and dtypes.
-    """
-    if set(start) != set(end):
-        raise ValueError(f"the two policies differ in tensors: {sorted(set(start) ^ set(end))[:5]}")
-    out = {}
-    for k, e in end.items():
-        s = start[k]
-        if s.shape != e.shape:
-            raise ValueError(f"tensor {k}: shape {tuple(s.shape)} at the start, {tuple(e.shape)} at the end")
-        if not e.is_floating_point():
-            out[k] = e.clone()
-            continue
-        v = torch.lerp(s.float(), e.float(), alpha)  # exact at both ends
-        if not torch.isfinite(v).all():
-            raise ValueError(f"tensor {k}: non-finite values after interpolation at alpha {alpha:g}")
-        out[k] = v.to(e.dtype).contiguous()
-    return out
-
-
-def interpolate(start: Path, end: Path, alpha: float, dest: Path) -> Path:
-    """The policy start + alpha (end - start), written to `dest` (safetensors; config and tokenizer from `end`)."""
-    from safetensors.torch import load_file, save_file
-
-    shards = sorted(Path(end).glob("*.safetensors"))
-    if not shards:
-        raise FileNotFoundError(f"{end}: no *.safetensors weights to interpolate")
-    shutil.copytree(end, dest)
-    for shard in shards:
-        other = Path(start) / shard.name
-        if not other.exists():
-            raise FileNotFoundError(f"{other}: the start policy has no {shard.name} (its weights are sharded differently)")
-        save_file(interpolate_state(load_file(str(other)), load_file(str(shard)), alpha), str(dest / shard.name),
-                  metadata={"format": "pt"})
-    return dest
 
 
 def scale_adapter(src: Path, alpha: float, dest: Path) -> Path | None:
@@ -114,9 +69,9 @@ def repair_stage(cfg, run: RunFolder, rnd, start, m: dict, ref: str | None, beta
         print(f"repair of {'round ' if isinstance(rnd, int) else ''}{rnd}: alpha {alpha:g}: capability retention "
               f"{cm.get(N.capability_retention, float('nan')):.3f}, KL {cm.get(N.kl_to_reference, float('nan')):.3f}: "
               f"{'passes' if passes else 'fails'} the gates", flush=True)
-        if passes:
-            os.replace(cand, files.policy)
-            scale_adapter(StageFiles(run.dpo(rnd)).adapter, alpha, files.adapter)
+        if passes:  # with model.merged best the scaled adapter is kept, and the weights rebuilt where needed
+            if scale_adapter(StageFiles(run.dpo(rnd)).adapter, alpha, files.adapter) is None or cfg.model.merged == "all":
+                os.replace(cand, files.policy)
             ev = StageFiles(tmp / "eval")
             ev.folder.mkdir()
             write_json(ev.config, {"run": cfg.to_dict(), "start": start, "alpha": alpha})

@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Union
 
-from . import migrate
+from . import migrate, weights
 from .config import RunConfig
 from .data import PAIR_KEYS, check_records
 from .folder import (CONFIG_FILE, DONE_FILE, MANIFEST_FILE, DamagedRun, check_stage, is_done, parse_jsonl, read_json,
@@ -163,12 +163,13 @@ class RunFolder:
 
     def policy(self, rnd: Round) -> Path:
         """The merged policy of round `rnd` (0 = SFT, 'offline_dpo' = the baseline arm); its repair's where one was
-        chosen."""
-        return StageFiles(self.repair(rnd)).policy if self.repaired(rnd) else self.trained_policy(rnd)
+        chosen; rebuilt outside the run where its stage kept only its adapter (model.merged best: weights.py)."""
+        repaired = self.repaired(rnd)
+        return weights.loadable(self, rnd, StageFiles(self.repair(rnd)) if repaired else self._trained(rnd), repaired)
 
     def trained_policy(self, rnd: Round) -> Path:
-        """The merged policy of round `rnd` as DPO (or SFT) left it."""
-        return self._trained(rnd).policy
+        """The merged policy of round `rnd` as DPO (or SFT) left it (rebuilt where policy is)."""
+        return weights.loadable(self, rnd, self._trained(rnd), False)
 
     def adapter(self, rnd: Round) -> Path:
         """The LoRA adapter that produced `policy(rnd)`, kept beside the merged weights (a repaired round's is its

@@ -135,7 +135,9 @@ def save_trained(trainer, tok, dest: Path, adapter: Path, start_path: str, mcfg,
     zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
     if trainer.is_fsdp_enabled or zero3:
         trainer.save_model(str(adapter))
-        if trainer.accelerator.is_main_process:
+        if trainer.accelerator.is_main_process and mcfg.merged == "best":
+            tok.save_pretrained(adapter)  # no merged weights: iterdpo.weights rebuilds them where needed
+        elif trainer.accelerator.is_main_process:
             from peft import PeftModel
 
             merge_and_save(PeftModel.from_pretrained(load_causal_lm(start_path, mcfg, precision), str(adapter)), tok, dest)
