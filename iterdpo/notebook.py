@@ -6,6 +6,7 @@
 - ``anchored(out)``: a relative run folder is resolved against the repository root, not Jupyter's
   working directory (``notebooks/`` when a notebook is opened there).
 - ``hardware()``: the GPU, its memory, and which preset fits.
+- ``budget(cfg)``: what the run will train, in steps and examples (the rounds, the offline arm).
 - ``run_baseline(cfg)``: the offline arm where the config asks for it (the quickstart's rounds are
   ``pipeline.run_rounds``).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import pipeline, stages
+from .dpo import offline_steps
 from .config import ConfigError, RunConfig, auto_preset, load_preset
 from .models import hub_telemetry
 from .progress import ipython, injected, live  # noqa: F401 (live: the notebooks ask it)
@@ -139,9 +141,43 @@ def hardware(preset: str = "auto") -> str:
 
 # ---------------------------------------------------------------- the quickstart's loop
 
+def budget(cfg: RunConfig) -> str:
+    """What the run will train, in steps and examples: the rounds (and what ends them), and the offline arm."""
+    d, g = cfg.dpo, cfg.generation
+    pairs, seed = d.batch_size * d.grad_accum, cfg.data.train_pairs
+    evals = "one evaluation" + (f" (up to {len(cfg.controller.repair_alphas)} more where a repair is tried)"
+                                if cfg.controller.repair_alphas else "")
+    if cfg.rounds == "auto":
+        rounds = (f"until the controller stops: at most controller.max_rounds = {cfg.max_rounds}, and none starts after "
+                  f"controller.max_seconds = {cfg.controller.max_seconds:g} s of the loop")
+    else:
+        rounds = f"{cfg.rounds}, fewer if the controller stops"
+    lines = [f"rounds: {rounds}",
+             f"each round: {g.prompts_per_round:,} prompts x {g.k} samples = {g.prompts_per_round * g.k:,} sampled "
+             f"responses; {d.max_steps} DPO steps x {pairs} pairs = {d.max_steps * pairs:,} pair-examples "
+             f"(the controller may change the steps); {evals}"]
+    if cfg.baseline.offline_dpo:
+        top = cfg.max_rounds * d.max_steps
+        lines.append(f"offline DPO: the seed pairs only ({seed:,}), as many DPO steps as the rounds together: at most "
+                     f"{cfg.max_rounds} x {d.max_steps} = {top} steps x {pairs} = {top * pairs:,} pair-examples; no "
+                     f"sampling; {evals}")
+        if cfg.baseline.frontier_betas:
+            lines.append(f"offline frontier: {len(cfg.baseline.frontier_betas)} more arms as long (baseline.frontier_betas), "
+                         f"{cfg.baseline.frontier_checkpoints} evaluations each")
+    return "\n".join(lines)
+
+
 def run_baseline(cfg: RunConfig) -> dict | None:
-    """The offline-DPO arm when the config asks for it (baseline.offline_dpo); None otherwise."""
+    """The offline-DPO arm when the config asks for it (baseline.offline_dpo), after a line saying what it trains;
+    None otherwise."""
     if not cfg.baseline.offline_dpo:
         print("the offline-DPO baseline is off in this config (baseline.offline_dpo)")
         return None
+    run = RunFolder(cfg.out)
+    steps, rounds = offline_steps(run)
+    if steps:  # else run_offline_baseline says to run the rounds first
+        pairs, seed = cfg.dpo.batch_size * cfg.dpo.grad_accum, run.metrics(run.stage("data"))["train_pairs"]
+        which = f"round {rounds[0]}'s" if len(rounds) == 1 else f"rounds {', '.join(map(str, rounds))} together"
+        print(f"offline DPO: {steps} DPO steps ({which}) x {pairs} pairs = "
+              f"{steps * pairs:,} pair-examples from the {seed:,} seed pairs; no sampling; one evaluation")
     return pipeline.run_offline_baseline(cfg)

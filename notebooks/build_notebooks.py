@@ -106,10 +106,15 @@ def quickstart(ref: str) -> list:
         "Iterative DPO end to end, in one Colab session: supervised fine-tuning, a reward model, then rounds "
         "in which the policy writes its own training pairs, until the controller stops; then the offline-DPO "
         "baseline, the comparison, and the best model exported with a model card, ready to chat with.\n\n"
-        "On a free T4 (`preset = \"auto\"` picks `t4`) expect about an hour; without a GPU it runs the toy "
-        "world (`tiny`) in minutes. Everything lands in the run folder (on Google Drive on Colab), so a "
-        "disconnect loses nothing: run all cells again and finished stages are skipped. Notebooks 01 to 05 "
-        "explain each stage on its own."), ref, show="print(cfg.preset, '->', cfg.out)") + [
+        "On a free T4 (`preset = \"auto\"` picks `t4`) the run is sized to end well inside a free Colab session: "
+        "at most 3 rounds of 150 DPO steps of 16 pairs, none started after 40 minutes of the loop, then offline DPO "
+        "for as many steps as the rounds together (at most 450 steps, 7,200 seed-pair examples: the rounds' DPO "
+        "training once more, without their sampling) and its evaluation. Without a GPU it runs the toy world "
+        "(`tiny`) in minutes. Everything lands in the run folder (on Google Drive on Colab), so a disconnect loses "
+        "nothing: run all cells again and finished stages are skipped. In `t4` the stages keep their LoRA "
+        "adapters, a few megabytes each, and only `best/` holds merged weights (`model.merged: best`): the others "
+        "are rebuilt on the runtime's own disk when a stage needs them. Notebooks 01 to 05 explain each stage on "
+        "its own."), ref, show="print(cfg.preset, '->', cfg.out)") + [
         md("## The machine\n\nWhich GPU this runtime has, how much memory is free, and which preset fits. "
            "`t4` (Qwen2.5-0.5B-Instruct in fp16 with LoRA) wants about 12 GiB free; `tiny` runs anywhere."),
         code("print(notebook.hardware(preset))"),
@@ -124,10 +129,14 @@ def quickstart(ref: str) -> list:
         md("## 3 · DPO rounds until the controller stops\n\nEach round samples K responses per prompt from the "
            "current policy, pairs the best and worst by reward, trains DPO on those pairs and evaluates. After "
            "each round the controller continues, adjusts, rolls back or stops; its iteration log is printed "
-           "as it goes."),
-        code("last = pipeline.run_rounds(cfg)"),
+           "as it goes. The first lines say what the run trains, in steps and examples: `t4` sets `rounds: auto`, "
+           "so the controller stops the loop, after at most `controller.max_rounds` (3) rounds, and starts none "
+           "after `controller.max_seconds` (2,400 s) of it."),
+        code("print(notebook.budget(cfg))\nlast = pipeline.run_rounds(cfg)"),
         md("## 4 · The offline-DPO baseline\n\nThe same number of DPO steps on the seed pairs only: what the "
-           "iterations have to beat."),
+           "iterations have to beat. It costs the rounds' DPO training once more (as many steps of as many pairs) "
+           "and one evaluation, but no sampling or scoring; its first line gives its steps. `t4` leaves out the "
+           "frontier of smaller β (`baseline.frontier_betas: []`): each of its arms would train as long again."),
         code("baseline = notebook.run_baseline(cfg)"),
         md("## 5 · Comparison\n\n`status` shows the controller's view of each round: the best one, rejected or "
            "rolled-back ones. Win rates near 0.5 mean no difference from SFT."),
@@ -138,7 +147,8 @@ def quickstart(ref: str) -> list:
         md("### The iteration log"),
         code("print(pipeline.iteration_reports(cfg))"),
         md("## 6 · The exported model\n\n`best/` holds the best round's merged weights (plain transformers can "
-           "load them), its LoRA adapter, and a model card with the decisions and metrics."),
+           "load them; with `model.merged: best` the only merged weights in the run folder), its LoRA adapter, "
+           "`model.gguf`, and a model card with the decisions and metrics."),
         code("best = export.export_best(cfg)\nprint(best, sorted(p.name for p in best.iterdir()))"),
         md("### Its model card"),
         code("from IPython.display import Markdown\nMarkdown(plots.card_markdown(export.model_card(cfg)))"),
