@@ -58,6 +58,7 @@ def test_qwen_shapes_measured(report):
     assert t["bf16_parameters"] == [] and t["precision"] == ("float16" if CUDA else "float32")
     g, d = t["generation"], t["dpo"]
     assert g["ours_tokens"] > 0 and g["baseline_tokens"] > 0 and g["speedup"] > 0
+    assert g["static_cache_same_records"] or CUDA  # on a CPU the fast path's records are the plain path's
     assert t["scoring"]["tokens_per_s"] > 0
     assert d["timed_steps"] >= 1 and d["real_tokens"] > 0 and d["tokens_per_s"] > 0 and d["flops_per_token"] > 0
     assert d["fp16_health"]["healthy"] and d["losses"] and all(map(dc._finite, d["losses"]))

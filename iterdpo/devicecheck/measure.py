@@ -191,6 +191,10 @@ def measure_generation(model, tok, prompts: list[str], s: Sizes, temp: float, se
            "baseline": f"one generate(num_return_sequences={s.k}) per prompt, first {s.baseline_prompts} prompts",
            "baseline_tokens": base_tokens, "baseline_seconds": base_s, "baseline_tokens_per_s": base_tokens / base_s}
     gen["speedup"] = gen["ours_tokens_per_s"] / gen["baseline_tokens_per_s"]
+    # the fast path (a static cache, compiled on a GPU) against the plain one on the first prompts, same seed
+    few = lambda cache: sample(model, tok, prompts[:2], s.k, s.max_new_tokens, temp, batch_size=s.gen_batch, seed=seed,
+                               cache=cache)
+    gen["static_cache_same_records"] = few("static") == few("dynamic")
     if bw:
         gen["bandwidth_bound_tokens_per_s"] = {"ours": bandwidth_bound_tokens_per_s(weight_bytes, rows, bw),
                                                "baseline": bandwidth_bound_tokens_per_s(weight_bytes, s.k, bw)}
