@@ -40,7 +40,7 @@ class EvalInputs:
     base_path: str | None = None  # the base model, which reads every policy's samples (base_perplexity)
     sft_path: str | None = None  # the SFT policy, for kl_to_sft when the reference is another round
     judge_path: str | None = None  # the held-out judge (reward.judge_share), which scores but never labels
-    judge_informative: bool | None = None  # whether it beats chance on the held-out seed pairs (reward.informative)
+    judge_informative: bool | None = None  # whether it beats chance on the held-out seed pairs (losses.informative)
 
 
 def heldout_flips(pairs: list[dict]) -> list[bool] | None:

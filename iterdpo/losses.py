@@ -128,3 +128,9 @@ def base_perplexity_ratio_se(samples: list[dict], sft_samples: list[dict], n_boo
     idx = torch.randint(len(lp), (n_boot, len(lp)), generator=torch.Generator().manual_seed(seed))
     ppl = torch.exp(-lp[idx].sum(1) / n[idx].sum(1).clamp(min=1))  # (n_boot, 2): the policy's, SFT's
     return (ppl[:, 0] / ppl[:, 1]).std().item()
+
+
+def informative(accuracy: float, n: int, z: float) -> bool:
+    """Whether a reward model's accuracy on `n` held-out seed pairs is above chance by more than `z` standard
+    errors (of a proportion at 0.5): a judge that cannot tell the seed labels apart carries no evidence."""
+    return accuracy - z * 0.5 / max(n, 1) ** 0.5 > 0.5

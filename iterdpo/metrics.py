@@ -58,7 +58,7 @@ class Evaluation:
     judge_mean_reward: float | None = None  # the held-out judge's (reward.judge_share), which never labels a pair
     judge_win_rate_vs_sft: float | None = None
     judge_win_rate_vs_sft_se: float | None = None
-    judge_informative: bool | None = None  # the judge beats chance on the held-out seed pairs (reward.informative)
+    judge_informative: bool | None = None  # the judge beats chance on the held-out seed pairs (losses.informative)
     greedy_mean_reward: float | None = None
     greedy_oracle_score: float | None = None
     win_rate_vs_sft: float | None = None

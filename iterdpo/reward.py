@@ -23,7 +23,7 @@ from torch import nn
 from . import dist, migrate
 from .data import PAIR_KEYS, judge_split
 from .guard import NonFiniteGuard
-from .losses import bradley_terry_loss, preference_stats
+from .losses import bradley_terry_loss, informative, preference_stats
 from .metrics import N
 from .models import check_lora_targets, device, free, load_tokenizer, lora_config, resolve_precision
 from .progress import bar
@@ -274,12 +274,6 @@ def train_stage(cfg, run, dest: Path) -> dict:
                  judge_pairs=len(held_back), ensemble_pairs=len(train), judge_steps=steps)
         m[N.judge_informative] = informative(m["judge_heldout_accuracy"], len(heldout), cfg.controller.gate_z)
     return m
-
-
-def informative(accuracy: float, n: int, z: float) -> bool:
-    """Whether a reward model's accuracy on `n` held-out seed pairs is above chance by more than `z` standard
-    errors (of a proportion at 0.5): a judge that cannot tell the seed labels apart carries no evidence."""
-    return accuracy - z * 0.5 / max(n, 1) ** 0.5 > 0.5
 
 
 def _train_member(cfg, run, tok, rows: list[dict], heldout: list[dict], seed: int, dest: Path, precision, name: str,

@@ -98,7 +98,7 @@ def test_checkpoint_steps_are_evenly_spaced_and_end_at_the_last(steps, n, want):
 
 
 def test_a_judge_at_chance_on_the_held_out_seed_pairs_cannot_veto():
-    from iterdpo.reward import informative
+    from iterdpo.losses import informative
 
     assert informative(0.62, 200, 1.645) and not informative(0.52, 200, 1.645)  # 0.5 + 1.645 * 0.035 = 0.558
     c = ControllerConfig()
