@@ -162,8 +162,10 @@ def budget(cfg: RunConfig) -> str:
                      f"{cfg.max_rounds} x {d.max_steps} = {top} steps x {pairs} = {top * pairs:,} pair-examples; no "
                      f"sampling; {evals}")
         if cfg.baseline.frontier_betas:
-            lines.append(f"offline frontier: {len(cfg.baseline.frontier_betas)} more arms as long (baseline.frontier_betas), "
-                         f"{cfg.baseline.frontier_checkpoints} evaluations each")
+            n, b = len(cfg.baseline.frontier_betas), cfg.baseline
+            lines.append(f"offline frontier: {n} more arm{'s' if n > 1 else ''} as long, at beta x "
+                         f"{', '.join(f'{f:g}' for f in b.frontier_betas)} (baseline.frontier_betas), "
+                         f"{b.frontier_checkpoints} evaluation{'s' if b.frontier_checkpoints > 1 else ''} each")
     return "\n".join(lines)
 
 

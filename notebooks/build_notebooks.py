@@ -135,8 +135,9 @@ def quickstart(ref: str) -> list:
         code("print(notebook.budget(cfg))\nlast = pipeline.run_rounds(cfg)"),
         md("## 4 · The offline-DPO baseline\n\nThe same number of DPO steps on the seed pairs only: what the "
            "iterations have to beat. It costs the rounds' DPO training once more (as many steps of as many pairs) "
-           "and one evaluation, but no sampling or scoring; its first line gives its steps. `t4` leaves out the "
-           "frontier of smaller β (`baseline.frontier_betas: []`): each of its arms would train as long again."),
+           "and one evaluation, but no sampling or scoring; its first line gives its steps. Then the offline arm "
+           "becomes a curve: one more arm at a quarter of β (`baseline.frontier_betas: [0.25]`), evaluated halfway "
+           "and at its end, as long again, so the answer is compared with offline DPO at its own distance from SFT."),
         code("baseline = notebook.run_baseline(cfg)"),
         md("## 5 · Comparison\n\n`status` shows the controller's view of each round: the best one, rejected or "
            "rolled-back ones. Win rates near 0.5 mean no difference from SFT."),
@@ -343,12 +344,14 @@ def tutorials(ref: str) -> dict:
             code("plots.eval_metric_grid(cfg.out)"),
             md("## The reward-KL frontier\n\nThe DPO paper's figure: the oracle's score (the reward model's where the "
                "run has no world) against the KL to the SFT policy, for SFT, each round and offline DPO. Up and to "
-               "the left is better: more reward for less drift. Pass several run folders (the same preset at a few "
-               "`dpo.beta` values) to draw the frontier: `plots.frontier([out_a, out_b, out_c])`; a dashed line "
-               "then joins the offline-DPO points. **Look for** a round above that line at its own KL: a round "
-               "that is only further along it has moved more, not found a better trade, and offline DPO with a "
-               "smaller β may match it (the run's summary notes it when the answer leads offline DPO after moving "
-               "`controller.movement_note_ratio` times as far)."),
+               "the left is better: more reward for less drift. The grey line is offline DPO's frontier: the offline arm "
+               "and its arms at smaller β (`baseline.frontier_betas`), each evaluated along its training (grey "
+               "squares; hollow where a gate failed), keeping the best score reached by each KL. The dotted bar is "
+               "the answer's lead over that line at the answer's own KL, and the title gives the verdict "
+               "(`summary.json` `yardstick.kl_matched`): *loop ahead* or *offline ahead* only when the lead is "
+               "more than `controller.gate_z` standard errors from 0, else *tie*; an answer beyond the line's "
+               "furthest point is compared with its best point, and says so. **Look for** a round above the line: "
+               "one that is only further along it has moved more, not found a better trade."),
             code("plots.frontier(cfg.out)"),
             md("## Other judges\n\nThe oracle is one scorer, and a gain could be its quirk. Here every model's "
                "stored evaluation samples are scored again by judges that neither training nor the controller uses: "

@@ -35,7 +35,7 @@ def test_the_budget_states_the_offline_arm_against_the_rounds():
     assert "until the controller stops: at most controller.max_rounds = 3" in text
     assert "150 DPO steps x 16 pairs = 2,400 pair-examples" in text
     assert "at most 3 x 150 = 450 steps x 16 = 7,200 pair-examples; no sampling" in text
-    assert "frontier" not in text  # t4 keeps the offline arm to one point
+    assert "offline frontier: 1 more arm as long, at beta x 0.25 (baseline.frontier_betas), 2 evaluations each" in text
     tiny = notebook.budget(load_preset("tiny"))
     assert tiny.startswith("rounds: 2, fewer") and "offline frontier: 2 more arms" in tiny
     assert "offline" not in notebook.budget(load_preset("tiny", {"baseline.offline_dpo": False}))
