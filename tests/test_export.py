@@ -96,6 +96,14 @@ def test_the_model_card_names_no_local_path(exported) -> None:
     assert 'from_pretrained("you/found-it")' in export.model_card(cfg, repo="you/found-it")  # the repo pushed to
 
 
+def test_the_model_card_gives_the_kl_matched_verdict(exported) -> None:
+    cfg, summary, best = exported
+    card, km = (best / "README.md").read_text(), summary["yardstick"]["kl_matched"]
+    assert "## Against offline DPO at the same KL" in card and f"{km['lead']:+.3f} ± {km['lead_se']:.3f}" in card
+    assert km["verdict"] in card and km["verdict"] in ("loop_ahead", "tie", "offline_ahead")
+    assert km["frontier"][0]["label"] == "SFT" and len(km["frontier"]) >= 2
+
+
 def test_a_conversation_goes_into_the_chat_template(toy_tokenizer) -> None:
     turns = [{"role": "user", "content": "list 2 fruit"}, {"role": "assistant", "content": "apple pear"},
              {"role": "user", "content": "add 2 3"}]
