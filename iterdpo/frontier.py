@@ -5,9 +5,9 @@ a lead over that one point cannot be told apart from movement. The frontier stag
 at dpo.beta times each of baseline.frontier_betas (a smaller beta goes further from SFT), for the same steps as
 the offline arm, and evaluates each at baseline.frontier_checkpoints evenly spaced steps of its training (the
 last one included), like a round: the same held-out prompts, the same gates. A point that fails a gate that
-excludes a round (capability, KL, held-out judge, fluency) is kept in the record and left off the curve;
-the curve's points nearer SFT stand in for the repair a round would get (a repair is a point between SFT and
-the arm, iterdpo.repair). The run's answer is then read against this curve at its own KL to SFT
+excludes a round (capability, KL, held-out judge, fluency) is kept in the record and left off the curve, and
+gets the repair a round gets (iterdpo.repair): SFT + alpha (point - SFT) for each of controller.repair_alphas,
+largest first, the first that passes the gates joining the curve as a point of its own. The run's answer is then read against this curve at its own KL to SFT
 (controller.report.kl_matched).
 
     offline_dpo/frontier/   metrics.json {"points": [...]}, one per checkpoint; nothing else is kept
@@ -25,11 +25,12 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from . import dpo, evaluate
-from .controller.gates import eligible, weaknesses
+from .controller.gates import eligible, needs_repair, weaknesses
 from .controller.report import YARDSTICK, headline
 from .metrics import N, se
-from .models import load_causal_lm, load_tokenizer, merge_and_save, resolve_precision
+from .models import resolve_precision
 from .runfolder import OFFLINE_ARM, RunFolder
+from .weights import interpolate, merge_adapter
 
 
 def checkpoint_steps(steps: int, n: int) -> list[int]:
@@ -59,20 +60,27 @@ def point(m: dict, cfg, **where) -> dict:
             "failed": [t.name for t in weaknesses(m, cfg.controller)], **{k: m.get(k) for k in YARDSTICK}}
 
 
-def _merged(sft: str, adapter: Path, dest: Path, cfg) -> Path:
-    from peft import PeftModel
-
-    precision = resolve_precision(cfg.model.precision)
-    model = PeftModel.from_pretrained(load_causal_lm(sft, cfg.model, precision), str(adapter))
-    merge_and_save(model, load_tokenizer(sft, cfg.model), dest)
-    return dest
+def _judged(cfg, run: RunFolder, policy: Path, sft: str, dpo_beta: float, **where) -> list[dict]:
+    """The point of the policy at `policy`, and where it fails a gate the repair would mend, the first repair
+    candidate toward SFT that passes (repair.needs_repair's rule), as a second point."""
+    m = evaluate.evaluate_policy(cfg, run, OFFLINE_ARM, sft, dpo_beta, policy=str(policy))[0].to_dict()
+    out = [point(m, cfg, **where)]
+    if out[0]["eligible"] or not needs_repair(m, cfg.controller):
+        return out
+    for alpha in cfg.controller.repair_alphas:
+        cand = interpolate(Path(sft), policy, alpha, policy.with_name("repaired"))
+        rm = evaluate.evaluate_policy(cfg, run, OFFLINE_ARM, sft, dpo_beta, policy=str(cand))[0].to_dict()
+        shutil.rmtree(cand)
+        if eligible(rm, cfg.controller):
+            return out + [point(rm, cfg, **where, repair_alpha=alpha)]
+    return out
 
 
 def frontier_stage(cfg, run: RunFolder, tmp: Path) -> dict:
     """Train each frontier arm and evaluate it along its training into `tmp`; returns {"points", "max_steps"}."""
     steps, _ = dpo.offline_steps(run)
     at = checkpoint_steps(steps, cfg.baseline.frontier_checkpoints)
-    sft, points = str(run.policy(0)), []
+    sft, points, precision = str(run.policy(0)), [], resolve_precision(cfg.model.precision)
     for factor in cfg.baseline.frontier_betas:
         beta = cfg.dpo.beta * factor
         arm = tmp / f"beta_{beta:g}"
@@ -80,9 +88,8 @@ def frontier_stage(cfg, run: RunFolder, tmp: Path) -> dict:
               flush=True)
         dpo.offline_stage(cfg, run, arm, beta=beta, callbacks=(AdapterCheckpoints(at, arm / "checkpoints"),))
         for step in at:
-            cand = _merged(sft, arm / "checkpoints" / f"step_{step}", arm / "candidate", cfg)
-            evaluation, _, _ = evaluate.evaluate_policy(cfg, run, OFFLINE_ARM, sft, beta, policy=str(cand))
-            points.append(point(evaluation.to_dict(), cfg, beta=beta, factor=factor, step=step))
+            cand = merge_adapter(sft, arm / "checkpoints" / f"step_{step}", cfg.model, precision, arm / "candidate")
+            points += _judged(cfg, run, cand, sft, beta, beta_factor=factor, beta=beta, step=step)
             shutil.rmtree(cand)
         shutil.rmtree(arm)  # the curve is its points: no weights are kept
     return {"points": points, "max_steps": steps, "checkpoint_steps": at}

@@ -105,3 +105,24 @@ def test_a_judge_at_chance_on_the_held_out_seed_pairs_cannot_veto():
     at_chance = {**_round(0.40, 0.01), N.judge_informative: False}
     assert weaknesses(at_chance, c) == [] and eligible(at_chance, c)
     assert [t.name for t in weaknesses({**at_chance, N.judge_informative: True}, c)] == ["over_optimisation"]
+
+
+def test_a_frontier_point_that_fails_the_capability_gate_gets_the_rounds_repair(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from iterdpo import frontier
+    from iterdpo.config import load_preset
+    from iterdpo.metrics import Evaluation
+
+    cfg = load_preset("tiny")
+    scores = iter([{N.capability_retention: 0.7, se(N.capability_retention): 0.01, N.kl_to_sft: 0.08, N.oracle_score: 0.4},
+                   {N.capability_retention: 0.8, se(N.capability_retention): 0.01, N.kl_to_sft: 0.03, N.oracle_score: 0.35},
+                   {N.capability_retention: 0.99, se(N.capability_retention): 0.01, N.kl_to_sft: 0.01, N.oracle_score: 0.3}])
+    tried = []
+    monkeypatch.setattr(frontier.evaluate, "evaluate_policy",
+                        lambda *a, **k: (Evaluation.from_dict(next(scores)), [], {}))
+    monkeypatch.setattr(frontier, "interpolate", lambda start, end, alpha, dest: tried.append(alpha) or dest.mkdir() or dest)
+    pts = frontier._judged(cfg, SimpleNamespace(), tmp_path / "candidate", "sft", 0.05, beta=0.05, step=40)
+    assert tried == [0.5, 0.25]  # 0.5 still fails the gate, 0.25 passes
+    assert [p["eligible"] for p in pts] == [False, True] and pts[1]["repair_alpha"] == 0.25
+    assert pts[0]["failed"] == ["capability_regression"] and pts[1][N.kl_to_sft] == 0.01 and pts[1]["score"] == 0.3
