@@ -72,7 +72,7 @@ def _judged(cfg, run: RunFolder, policy: Path, sft: str, dpo_beta: float, **wher
         rm = evaluate.evaluate_policy(cfg, run, OFFLINE_ARM, sft, dpo_beta, policy=str(cand))[0].to_dict()
         shutil.rmtree(cand)
         if eligible(rm, cfg.controller):
-            return out + [point(rm, cfg, **where, repair_alpha=alpha)]
+            return out + [point(rm, cfg, **where, **{N.repair_alpha: alpha})]
     return out
 
 

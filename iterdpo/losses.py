@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .metrics import N
+
 
 def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
     """Bradley-Terry negative log-likelihood that the chosen response is preferred.
@@ -134,3 +136,46 @@ def informative(accuracy: float, n: int, z: float) -> bool:
     """Whether a reward model's accuracy on `n` held-out seed pairs is above chance by more than `z` standard
     errors (of a proportion at 0.5): a judge that cannot tell the seed labels apart carries no evidence."""
     return accuracy - z * 0.5 / max(n, 1) ** 0.5 > 0.5
+
+
+def label_estimates(members: list[torch.Tensor], heldout: list[dict], min_agreement: float, boot: int = 200) -> dict:
+    """Oracle-free estimates, from held-out seed pairs, of how often the seed labels and the ensemble's labels
+    (on the pairs the generation filter min_agreement keeps) are right, and their difference with a
+    bootstrap standard error over the pairs.
+
+    Three labellers of each pair: the seed label S, and the mean rewards A and B of two halves of the
+    ensemble. Written as +-1 (+1: chosen above rejected) and taken as independent given the truth, with
+    c = 2 * accuracy - 1, E[S A] = c_S c_A and so on, so c_S^2 = E[S A] E[S B] / E[A B] (the seed labels'
+    accuracy q). The ensemble's agreement with the seed labels on the kept pairs, a, is corrected for the
+    seed labels' noise: its accuracy is (a - (1 - q)) / (2 q - 1). Members share data and backbone, so A
+    and B agree more than independence says and q comes out low; near q = 0.5 (heavy label noise) a few
+    hundred pairs cannot pin either number down, which the standard error shows. Where a world knows the
+    flipped labels, the true figures come alongside (``*_oracle``). What the data cannot give is None.
+    """
+    n = len(heldout)
+    mem = torch.stack(members)  # (M, 2N)
+    sign = lambda r: torch.sign(r[..., :n] - r[..., n:])  # noqa: E731
+    a, b, label = sign(mem[0::2].mean(0)), sign(mem[1::2].mean(0)), sign(mem.mean(0))
+    kept = (sign(mem) == label).float().mean(0) >= min_agreement - 1e-9
+
+    def estimate(i: torch.Tensor) -> tuple[float | None, float | None]:
+        e_ab = (a[i] * b[i]).mean().item()
+        c2 = a[i].mean().item() * b[i].mean().item() / e_ab if e_ab > 0 else -1.0
+        if c2 <= 0 or not kept[i].any():
+            return None, None
+        q = (1 + min(1.0, c2) ** 0.5) / 2
+        agree = (label[i][kept[i]] > 0).float().mean().item()
+        return q, (min(1.0, max(0.0, (agree - (1 - q)) / (2 * q - 1))) if q > 0.5 else None)
+
+    q, p = estimate(torch.arange(n))
+    g = torch.Generator().manual_seed(0)
+    gains = [(pb - qb) for qb, pb in (estimate(torch.randint(n, (n,), generator=g)) for _ in range(boot))
+             if qb is not None and pb is not None]
+    out = {N.seed_label_accuracy_est: q, N.ensemble_label_accuracy_est: p, "label_estimate_pairs": int(kept.sum()),
+           N.label_gain_est_se: torch.tensor(gains).std().item() if len(gains) > 1 else None,
+           "label_gain_est_defined_share": len(gains) / boot}
+    if heldout and all("flipped" in p for p in heldout):
+        right = torch.tensor([-1.0 if p["flipped"] else 1.0 for p in heldout])
+        out["seed_label_accuracy_oracle"] = (right > 0).float().mean().item()
+        out["ensemble_label_accuracy_oracle"] = (label * right)[kept].gt(0).float().mean().item() if kept.any() else None
+    return out

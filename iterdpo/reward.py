@@ -13,6 +13,7 @@ returns a loss), so precision, logging and progress bars come from there.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch import nn
 from . import dist, migrate
 from .data import PAIR_KEYS, judge_split
 from .guard import NonFiniteGuard
-from .losses import bradley_terry_loss, informative, preference_stats
+from .losses import bradley_terry_loss, informative, label_estimates, preference_stats
 from .metrics import N
 from .models import check_lora_targets, device, free, load_tokenizer, lora_config, resolve_precision
 from .progress import bar
@@ -127,23 +128,41 @@ def build(backbone_path: str, head_hidden: int, dropout: float, dtype, device: s
     return model.to(device)
 
 
-def save(model: RewardModel, tokenizer, dest: Path) -> None:
+def save(model: RewardModel, tokenizer, dest: Path, adapter_only: bool = False, base: str = "", layers: int = 0) -> None:
+    """The reward model to `dest`: its body merged (safetensors), the head, the pooling. `adapter_only` (a LoRA
+    body, model.merged best): the LoRA adapter instead of the merged body, with where its base loads from
+    (`base`, relative to `dest` when it is a folder, so the run can move) and the `layers` kept."""
     from peft import PeftModel
     from safetensors.torch import save_file
 
-    body = model.backbone.merge_and_unload() if isinstance(model.backbone, PeftModel) else model.backbone
-    body.save_pretrained(dest, safe_serialization=True)
+    meta = {"pooling": model.pooling}
+    if adapter_only and isinstance(model.backbone, PeftModel):
+        model.backbone.save_pretrained(dest, safe_serialization=True)
+        meta.update(base=os.path.relpath(base, dest) if Path(base).is_dir() else base, layers=layers)
+    else:
+        body = model.backbone.merge_and_unload() if isinstance(model.backbone, PeftModel) else model.backbone
+        body.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(dest / HEAD_FILE))
-    (dest / POOLING_FILE).write_text(json.dumps({"pooling": model.pooling}) + "\n")
+    (dest / POOLING_FILE).write_text(json.dumps(meta) + "\n")
 
 
 def load(path: Path, head_hidden: int, dtype, on: str | None = None) -> RewardModel:
+    """A saved reward model, frozen; one saved as an adapter is merged into its base in memory."""
     from safetensors.torch import load_file
 
-    meta = Path(path) / POOLING_FILE
-    pooling = migrate.reward_pooling(json.loads(meta.read_text()) if meta.exists() else None)
-    model = build(str(path), head_hidden, 0.0, dtype, on or device(), mode="frozen", pooling=pooling)
+    meta_file = Path(path) / POOLING_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else None
+    pooling = migrate.reward_pooling(meta)
+    if meta and "base" in meta:  # an adapter (save's adapter_only)
+        from peft import PeftModel
+
+        base = Path(path) / meta["base"] if (Path(path) / meta["base"]).is_dir() else meta["base"]
+        model = build(str(base), head_hidden, 0.0, dtype, on or device(), mode="frozen", pooling=pooling,
+                      layers=meta["layers"])
+        model.backbone = PeftModel.from_pretrained(model.backbone, str(path)).merge_and_unload().requires_grad_(False)
+    else:
+        model = build(str(path), head_hidden, 0.0, dtype, on or device(), mode="frozen", pooling=pooling)
     model.head.load_state_dict(load_file(str(Path(path) / HEAD_FILE)))
     return model.eval()
 
@@ -254,7 +273,7 @@ def train_stage(cfg, run, dest: Path) -> dict:
         m.update(oracle_agreement(rm, tok, heldout, r.score_batch_size, run))
     members = [heldout_rewards(rm, tok, heldout, r.score_batch_size)] if r.ensemble > 1 else []
     if trainer.accelerator.is_main_process:  # several processes: DDP kept every copy the same; one writes
-        save(rm, tok, f.model)
+        save(rm, tok, f.model, cfg.model.merged == "best", base, r.layers)
     shutil.rmtree(f.work, ignore_errors=True)
     del trainer, rm
     free()
@@ -296,7 +315,7 @@ def _train_member(cfg, run, tok, rows: list[dict], heldout: list[dict], seed: in
     trainer.train()
     out = heldout_rewards(rm, tok, heldout, r.score_batch_size)
     if trainer.accelerator.is_main_process:
-        save(rm, tok, dest)
+        save(rm, tok, dest, cfg.model.merged == "best", run.base_source(), r.layers)
     shutil.rmtree(work, ignore_errors=True)
     del trainer, rm
     free()
@@ -326,49 +345,6 @@ def ensemble_accuracy(members: list[torch.Tensor], heldout: list[dict]) -> dict:
         flip = torch.tensor([bool(p["flipped"]) for p in heldout])
         c, rj = torch.where(flip, r[n:], r[:n]), torch.where(flip, r[:n], r[n:])
         out["ensemble_oracle_accuracy"] = preference_stats(c, rj)["accuracy"]
-    return out
-
-
-def label_estimates(members: list[torch.Tensor], heldout: list[dict], min_agreement: float, boot: int = 200) -> dict:
-    """Oracle-free estimates, from held-out seed pairs, of how often the seed labels and the ensemble's labels
-    (on the pairs the generation filter min_agreement keeps) are right, and their difference with a
-    bootstrap standard error over the pairs.
-
-    Three labellers of each pair: the seed label S, and the mean rewards A and B of two halves of the
-    ensemble. Written as +-1 (+1: chosen above rejected) and taken as independent given the truth, with
-    c = 2 * accuracy - 1, E[S A] = c_S c_A and so on, so c_S^2 = E[S A] E[S B] / E[A B] (the seed labels'
-    accuracy q). The ensemble's agreement with the seed labels on the kept pairs, a, is corrected for the
-    seed labels' noise: its accuracy is (a - (1 - q)) / (2 q - 1). Members share data and backbone, so A
-    and B agree more than independence says and q comes out low; near q = 0.5 (heavy label noise) a few
-    hundred pairs cannot pin either number down, which the standard error shows. Where a world knows the
-    flipped labels, the true figures come alongside (``*_oracle``). What the data cannot give is None.
-    """
-    n = len(heldout)
-    mem = torch.stack(members)  # (M, 2N)
-    sign = lambda r: torch.sign(r[..., :n] - r[..., n:])  # noqa: E731
-    a, b, label = sign(mem[0::2].mean(0)), sign(mem[1::2].mean(0)), sign(mem.mean(0))
-    kept = (sign(mem) == label).float().mean(0) >= min_agreement - 1e-9
-
-    def estimate(i: torch.Tensor) -> tuple[float | None, float | None]:
-        e_ab = (a[i] * b[i]).mean().item()
-        c2 = a[i].mean().item() * b[i].mean().item() / e_ab if e_ab > 0 else -1.0
-        if c2 <= 0 or not kept[i].any():
-            return None, None
-        q = (1 + min(1.0, c2) ** 0.5) / 2
-        agree = (label[i][kept[i]] > 0).float().mean().item()
-        return q, (min(1.0, max(0.0, (agree - (1 - q)) / (2 * q - 1))) if q > 0.5 else None)
-
-    q, p = estimate(torch.arange(n))
-    g = torch.Generator().manual_seed(0)
-    gains = [(pb - qb) for qb, pb in (estimate(torch.randint(n, (n,), generator=g)) for _ in range(boot))
-             if qb is not None and pb is not None]
-    out = {N.seed_label_accuracy_est: q, N.ensemble_label_accuracy_est: p, "label_estimate_pairs": int(kept.sum()),
-           N.label_gain_est_se: torch.tensor(gains).std().item() if len(gains) > 1 else None,
-           "label_gain_est_defined_share": len(gains) / boot}
-    if heldout and all("flipped" in p for p in heldout):
-        right = torch.tensor([-1.0 if p["flipped"] else 1.0 for p in heldout])
-        out["seed_label_accuracy_oracle"] = (right > 0).float().mean().item()
-        out["ensemble_label_accuracy_oracle"] = (label * right)[kept].gt(0).float().mean().item() if kept.any() else None
     return out
 
 

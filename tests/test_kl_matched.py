@@ -124,5 +124,5 @@ def test_a_frontier_point_that_fails_the_capability_gate_gets_the_rounds_repair(
     monkeypatch.setattr(frontier, "interpolate", lambda start, end, alpha, dest: tried.append(alpha) or dest.mkdir() or dest)
     pts = frontier._judged(cfg, SimpleNamespace(), tmp_path / "candidate", "sft", 0.05, beta=0.05, step=40)
     assert tried == [0.5, 0.25]  # 0.5 still fails the gate, 0.25 passes
-    assert [p["eligible"] for p in pts] == [False, True] and pts[1]["repair_alpha"] == 0.25
+    assert [p["eligible"] for p in pts] == [False, True] and pts[1][N.repair_alpha] == 0.25
     assert pts[0]["failed"] == ["capability_regression"] and pts[1][N.kl_to_sft] == 0.01 and pts[1]["score"] == 0.3

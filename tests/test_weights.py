@@ -101,3 +101,37 @@ def test_a_repaired_round_keeps_its_scaled_adapter_and_is_rebuilt_as_the_repair_
         got = load_file(str(run.policy(rnd) / "model.safetensors"))
         assert all(torch.equal(got[k], weights.interpolate_state(start, trained, alpha)[k]) for k in got)
     assert run.repaired(1) or run.repaired("offline_dpo")  # the scenario repairs (test_scenarios measured it)
+
+
+@pytest.mark.parametrize("layers", [0, 1])
+def test_a_lora_reward_model_kept_as_its_adapter_scores_as_it_trained(tmp_path, layers):
+    from peft import LoraConfig
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from iterdpo import reward
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=4)
+    base = tmp_path / "run" / "base" / "model"
+    LlamaForCausalLM(cfg).save_pretrained(base)
+    vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate("a b c d".split())}}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")),
+                                  unk_token="[UNK]", pad_token="[PAD]", eos_token="d")
+    tok.save_pretrained(base)
+    rm = reward.build(str(base), 16, 0.0, torch.float32, "cpu", "lora",
+                      LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="FEATURE_EXTRACTION"),
+                      layers=layers)
+    for name, p in rm.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    texts = (["a b", "c"], ["b c a", "a"])
+    want = reward.score(rm.eval(), tok, *texts)
+    dest = tmp_path / "run" / "reward" / "model"
+    reward.save(rm, tok, dest, adapter_only=True, base=str(base), layers=layers)
+    assert not list(dest.glob("model*.safetensors")) and (dest / "adapter_model.safetensors").exists()
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)  # the base is found relative to the adapter: the run can move
+    got = reward.score(reward.load(moved / "reward" / "model", 16, torch.float32, "cpu"), tok, *texts)
+    assert got == pytest.approx(want, abs=1e-5)

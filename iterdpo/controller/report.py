@@ -162,8 +162,8 @@ def offline_curve(run: RunFolder, cfg: RunConfig, key: str, frontier_points: lis
     arm = evaluation(run, "offline_dpo")
     if eligible(arm, cfg.controller):
         curve.append(_curve_point(arm, key, f"offline DPO (beta {cfg.dpo.beta:g})"))
-    curve += [{"label": f"beta {p['beta']:g}, step {p['step']}" + (f", repaired at alpha {p['repair_alpha']:g}"
-                                                                   if p.get("repair_alpha") else ""),
+    curve += [{"label": f"beta {p['beta']:g}, step {p['step']}" + (f", repaired at alpha {p[N.repair_alpha]:g}"
+                                                                   if p.get(N.repair_alpha) else ""),
                "kl": p.get(N.kl_to_sft), "score": p["score"],
                "score_se": p.get("score_se")} for p in frontier_points if p["eligible"] and p["score_name"] == key]
     return curve

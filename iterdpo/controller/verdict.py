@@ -107,7 +107,7 @@ def label_gain(gen: dict, rm: dict, mode: str, n_heldout: int) -> dict:
 
     oracle: the share of the round's pairs the world's oracle agrees with, minus the seed labels' share (binomial
     standard errors). estimate: the reward ensemble's accuracy minus its seed-label accuracy on held-out seed
-    pairs (reward.label_estimates; a bootstrap standard error): oracle-free."""
+    pairs (losses.label_estimates; a bootstrap standard error): oracle-free."""
     if mode == "off":
         return {}
     out: dict = {}
