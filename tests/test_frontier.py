@@ -84,3 +84,18 @@ def test_frontier_of_an_empty_folder_says_so(tmp_path):
     fig = plots.frontier(tmp_path)
     assert "no evaluated models" in fig.axes[0].texts[0].get_text()
     assert (tmp_path / "plots" / "frontier.png").exists()
+
+
+def test_one_run_draws_its_offline_frontier_and_the_verdict(runs):
+    front = [{"label": "SFT", "kl": 0.0, "score": 0.30, "score_se": 0.01},
+             {"label": "offline", "kl": 0.3, "score": 0.40, "score_se": 0.01}]
+    km = {"answer_kl": 0.5, "offline_at_kl": 0.40, "offline_at_kl_se": 0.01, "lead": 0.2, "lead_se": 0.014,
+          "verdict": "loop_ahead", "beyond_offline": True, "frontier": front, "score_name": "oracle_score"}
+    _write(runs[0] / "summary.json", {"yardstick": {"kl_matched": km}})
+    ax = plots.frontier(runs[0]).axes[0]
+    assert ax.get_title() == "Reward-KL frontier: loop ahead at the same KL (beyond offline DPO's reach)"
+    curve = [line for line in ax.lines if line.get_label().startswith("offline DPO frontier")]
+    assert len(curve) == 1 and list(curve[0].get_xdata()) == [0.0, 0.3]
+    lead = [line for line in ax.lines if line.get_label().startswith("lead at the answer's KL: +0.200")]
+    assert len(lead) == 1 and list(lead[0].get_ydata()) == [0.40, pytest.approx(0.60)]
+    assert any(list(line.get_xdata()) == [0.3, 0.5] for line in ax.lines)  # the best point carried to the answer's KL

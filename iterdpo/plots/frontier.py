@@ -106,6 +106,8 @@ def _offline_curve(ax, run, score_name: str) -> str | None:
     ax.errorbar([p["kl"] for p in front], [p["score"] for p in front], yerr=[1.96 * (p.get("score_se") or 0) for p in front],
                 fmt="none", ecolor="grey", elinewidth=0.8, capsize=2)
     at = km["answer_kl"]
+    if km["beyond_offline"]:  # compared with the curve's best point, carried out to the answer's KL
+        ax.plot([front[-1]["kl"], at], [km["offline_at_kl"]] * 2, color="grey", linestyle=":", linewidth=1.0)
     ax.plot([at, at], [km["offline_at_kl"], km["offline_at_kl"] + km["lead"]], color="black", linestyle=":",
             linewidth=1.2, label=f"lead at the answer's KL: {km['lead']:+.3f} ± {km['lead_se']:.3f}")
     beyond = " (beyond offline DPO's reach)" if km["beyond_offline"] else ""
