@@ -7,8 +7,8 @@ the offline arm, and evaluates each at baseline.frontier_checkpoints evenly spac
 last one included), like a round: the same held-out prompts, the same gates. A point that fails a gate that
 excludes a round (capability, KL, held-out judge, fluency) is kept in the record and left off the curve, and
 gets the repair a round gets (iterdpo.repair): SFT + alpha (point - SFT) for each of controller.repair_alphas,
-largest first, the first that passes the gates joining the curve as a point of its own. The run's answer is then read against this curve at its own KL to SFT
-(controller.report.kl_matched).
+largest first, the first that passes the gates joining the curve as a point of its own. The run's answer is then
+read against this curve at its own KL to SFT (controller.report.kl_matched).
 
     offline_dpo/frontier/   metrics.json {"points": [...]}, one per checkpoint; nothing else is kept
                             (the folder: controller.report.frontier_folder)
@@ -40,13 +40,15 @@ def checkpoint_steps(steps: int, n: int) -> list[int]:
 
 class AdapterCheckpoints(TrainerCallback):
     """Saves the trained LoRA adapter to `dest`/step_<n> after each of `steps` (the model the trainer passes to
-    its callbacks: a PEFT model, whose save_pretrained writes the adapter alone)."""
+    its callbacks: a PEFT model, whose save_pretrained writes the adapter alone). Every process saves into its
+    own stage folder (dist.stage_folder), as every process evaluates; under DDP each holds the whole adapter
+    (ZeRO-3 and FSDP shard it: run the frontier on one process there, or set baseline.frontier_betas: [])."""
 
     def __init__(self, steps: list[int], dest: Path):
         self.steps, self.dest = set(steps), dest
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step in self.steps and state.is_world_process_zero:
+        if state.global_step in self.steps:
             model.save_pretrained(self.dest / f"step_{state.global_step}", safe_serialization=True)
         return control
 
