@@ -24,7 +24,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from . import dpo, evaluate
+from . import dist, dpo, evaluate
 from .controller.gates import eligible, needs_repair, weaknesses
 from .controller.report import YARDSTICK, headline
 from .metrics import N, se
@@ -40,15 +40,14 @@ def checkpoint_steps(steps: int, n: int) -> list[int]:
 
 class AdapterCheckpoints(TrainerCallback):
     """Saves the trained LoRA adapter to `dest`/step_<n> after each of `steps` (the model the trainer passes to
-    its callbacks: a PEFT model, whose save_pretrained writes the adapter alone). Every process saves into its
-    own stage folder (dist.stage_folder), as every process evaluates; under DDP each holds the whole adapter
-    (ZeRO-3 and FSDP shard it: run the frontier on one process there, or set baseline.frontier_betas: [])."""
+    its callbacks: a PEFT model, whose save_pretrained writes the adapter alone), on the main process (under
+    DDP it holds the whole adapter; ZeRO-3 and FSDP shard it: set baseline.frontier_betas: [] there)."""
 
     def __init__(self, steps: list[int], dest: Path):
         self.steps, self.dest = set(steps), dest
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step in self.steps:
+        if state.global_step in self.steps and state.is_world_process_zero:
             model.save_pretrained(self.dest / f"step_{state.global_step}", safe_serialization=True)
         return control
 
@@ -70,9 +69,10 @@ def _judged(cfg, run: RunFolder, policy: Path, sft: str, dpo_beta: float, **wher
     if out[0]["eligible"] or not needs_repair(m, cfg.controller):
         return out
     for alpha in cfg.controller.repair_alphas:
-        cand = interpolate(Path(sft), policy, alpha, policy.with_name("repaired"))
+        cand = policy.with_name("repaired")
+        dist.on_main(interpolate, Path(sft), policy, alpha, cand)
         rm = evaluate.evaluate_policy(cfg, run, OFFLINE_ARM, sft, dpo_beta, policy=str(cand))[0].to_dict()
-        shutil.rmtree(cand)
+        dist.on_main(shutil.rmtree, cand)
         if eligible(rm, cfg.controller):
             return out + [point(rm, cfg, **where, **{N.repair_alpha: alpha})]
     return out
@@ -83,15 +83,18 @@ def frontier_stage(cfg, run: RunFolder, tmp: Path) -> dict:
     steps, _ = dpo.offline_steps(run)
     at = checkpoint_steps(steps, cfg.baseline.frontier_checkpoints)
     sft, points, precision = str(run.policy(0)), [], resolve_precision(cfg.model.precision)
+    shared = Path(dist.broadcast(str(tmp)))  # the main process's stage folder: checkpoints and candidates go there
     for factor in cfg.baseline.frontier_betas:
         beta = cfg.dpo.beta * factor
-        arm = tmp / f"beta_{beta:g}"
+        arm, where = tmp / f"beta_{beta:g}", shared / f"beta_{beta:g}"
+        arm.mkdir(parents=True, exist_ok=True)  # the trainer makes its output folder on the main process only
         print(f"offline frontier: beta {beta:g} ({factor:g} x dpo.beta), {steps} steps, evaluated at steps {at}",
               flush=True)
-        dpo.offline_stage(cfg, run, arm, beta=beta, callbacks=(AdapterCheckpoints(at, arm / "checkpoints"),))
-        for step in at:
-            cand = merge_adapter(sft, arm / "checkpoints" / f"step_{step}", cfg.model, precision, arm / "candidate")
+        dpo.offline_stage(cfg, run, arm, beta=beta, callbacks=(AdapterCheckpoints(at, where / "checkpoints"),))
+        for step in at:  # the main process merges (transformers saves on rank 0 only); every process evaluates
+            cand = where / "candidate"
+            dist.on_main(merge_adapter, sft, where / "checkpoints" / f"step_{step}", cfg.model, precision, cand)
             points += _judged(cfg, run, cand, sft, beta, beta_factor=factor, beta=beta, step=step)
-            shutil.rmtree(cand)
-        shutil.rmtree(arm)  # the curve is its points: no weights are kept
+            dist.on_main(shutil.rmtree, cand)
+        dist.on_main(shutil.rmtree, where)  # the curve is its points: no weights are kept
     return {"points": points, "max_steps": steps, "checkpoint_steps": at}
