@@ -117,7 +117,6 @@ def predict(preset: str = "t4", rounds: int = ROUNDS) -> dict:
     # share of the pairs (reward.train_stage), which it never scores in generation
     judge_steps = round(r.max_steps * r.judge_share / (1 - r.judge_share)) if r.judge_share else 0
     steps = r.ensemble * r.max_steps + judge_steps
-    members = r.ensemble
     stages = {"sft": train_seconds(m, s.max_steps * s.batch_size * s.grad_accum, seq,
                                    s.max_steps * s.grad_accum)["seconds"],
               "reward": train_seconds(m, 2 * steps * r.batch_size * r.grad_accum, seq, steps * r.grad_accum)["seconds"],
@@ -129,7 +128,7 @@ def predict(preset: str = "t4", rounds: int = ROUNDS) -> dict:
     dpo = train_seconds(m, 2 * p.max_steps * eff, seq, p.max_steps * plan["grad_accum"], True)
     samples = g.prompts_per_round * g.k
     sampling = decode_seconds(m, samples, g.batch_size, d.max_prompt_tokens // 2, g.max_new_tokens)
-    scoring = members * forward_seconds(m, g.prompts_per_round * d.max_prompt_tokens // 2 + samples * g.max_new_tokens,
+    scoring = r.ensemble * forward_seconds(m, g.prompts_per_round * d.max_prompt_tokens // 2 + samples * g.max_new_tokens,
                                         seq)
     for rnd in range(1, rounds + 1):
         stages[f"round_{rnd}/generate"] = sampling["seconds"] + scoring

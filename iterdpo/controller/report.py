@@ -151,15 +151,15 @@ def _curve_point(m: dict, key: str, label: str) -> dict:
     return {"label": label, "kl": m.get(N.kl_to_sft), "score": m.get(key), "score_se": m.get(se(key))}
 
 
-def offline_curve(run: RunFolder, cfg: RunConfig, key: str, frontier_points: list[dict]) -> list[dict]:
+def offline_curve(run: RunFolder, cfg: RunConfig, key: str, arm: dict, frontier_points: list[dict]) -> list[dict]:
     """Offline DPO's points on the headline `key` that pass the gates excluding a round: SFT (KL 0), the offline
-    arm as it stands (its repair's where one was kept), and the frontier stage's points (iterdpo.frontier)."""
+    arm as it stands (`arm`: its evaluation, its repair's where one was kept), and the frontier stage's points
+    (iterdpo.frontier)."""
     sft = dict(run.metrics(run.eval(0)))
     sft.setdefault(N.kl_to_sft, 0.0)
     if key == N.win_rate_vs_sft:  # SFT against itself
         sft.update({key: 0.5, se(key): 0.0})
     curve = [_curve_point(sft, key, "SFT")]
-    arm = evaluation(run, "offline_dpo")
     if eligible(arm, cfg.controller):
         curve.append(_curve_point(arm, key, f"offline DPO (beta {cfg.dpo.beta:g})"))
     curve += [{"label": f"beta {p['beta']:g}, step {p['step']}" + (f", repaired at alpha {p[N.repair_alpha]:g}"
@@ -169,8 +169,8 @@ def offline_curve(run: RunFolder, cfg: RunConfig, key: str, frontier_points: lis
     return curve
 
 
-def _arm(run: RunFolder, cfg: RunConfig, rnd) -> dict:
-    m = evaluation(run, rnd)
+def _arm(run: RunFolder, cfg: RunConfig, rnd, m: dict) -> dict:
+    """The yardstick's record of arm `rnd`, evaluated as `m`."""
     g = gates(m, cfg.controller)
     out = {"round": rnd, **{k: m.get(k) for k in YARDSTICK}, "gates": g, "passes_gates": all(x["passes"] for x in g.values())}
     if run.done(run.repair(rnd)):  # a repair was tried (alpha None: none passed): the arm as trained too
@@ -186,14 +186,16 @@ def yardstick(run: RunFolder, cfg: RunConfig) -> dict:
     compares how far each moved from SFT."""
     done = {r: d for r, d in run.decisions().items() if not d.get("failed")}
     best = done[max(done)]["best_round"] if done else 0
-    out = {arm: _arm(run, cfg, rnd) for arm, rnd in (("answer", best), ("offline_dpo", "offline_dpo"))
-           if run.done(run.eval(rnd))}
+    ms = {arm: evaluation(run, rnd) for arm, rnd in (("answer", best), ("offline_dpo", "offline_dpo"))
+          if run.done(run.eval(rnd))}
+    out = {arm: _arm(run, cfg, rnd, ms[arm]) for arm, rnd in (("answer", best), ("offline_dpo", "offline_dpo"))
+           if arm in ms}
     if "answer" in out and "offline_dpo" in out:
         out["movement"] = movement(out["answer"], out["offline_dpo"], cfg.controller.movement_note_ratio)
-        m = evaluation(run, best)
-        key = headline(m)
+        key = headline(ms["answer"])
         points = run.metrics(frontier_folder(run))["points"] if run.done(frontier_folder(run)) else []
-        matched = kl_matched(_curve_point(m, key, "answer"), offline_curve(run, cfg, key, points), cfg.controller.gate_z)
+        curve = offline_curve(run, cfg, key, ms["offline_dpo"], points)
+        matched = kl_matched(_curve_point(ms["answer"], key, "answer"), curve, cfg.controller.gate_z)
         if matched is not None:
             out["kl_matched"] = {**matched, "score_name": key, "judged_by": "oracle" if key == N.oracle_score else
                                  "the labelling reward ensemble (no oracle in this world)"}
