@@ -3,7 +3,7 @@
 Read the modules in the order the data flows (the README's module map says what each holds):
 registry, fields, config, metrics, folder, data, losses, migrate, runfolder, lock, progress, guard, dist, models,
 weights, training, memory, lexicons, sampling; the seams worlds/, samplers/, suites/, strategies/ (with pairs); the stages
-sft, reward, generate, dpo, evaluate, repair, frontier; controller/ (config, gates, verdict, log, report); stages, pipeline,
+sft, reward, panel, generate, dpo, evaluate, repair, frontier; controller/ (config, gates, verdict, log, report); stages, pipeline,
 resume; the faces turns, runner, notebook, judges, plots/, card, export, __main__; sandbox, sandbox_guard and
 humaneval; the tools bench/, devicecheck/, wheelhouse.
 """

@@ -17,11 +17,11 @@ from typing import Callable
 
 import torch
 
-from . import reward
+from . import panel, reward
 from .losses import (base_perplexity, base_perplexity_ratio_se, dpo_implicit_rewards, per_token_kl, per_token_kl_se,
                      preference_stats, win_rate, win_rate_se)
 from .metrics import ARMS_COMPARED, Evaluation, N, capability_of, oracle_win_rate_vs, se, win_rate_vs
-from .models import free, resolve_precision
+from .models import resolve_precision
 from .samplers import Sampler
 from .samplers import load as load_sampler
 from .suites import capability_results, retention, retention_se, score_se
@@ -147,8 +147,7 @@ def evaluate(policy_path: str, ref_path: str | None, beta: float, rm_path: str |
         m[N.oracle_score] = sum(s["oracle"] for s in samples) / len(samples)
         m[se(N.oracle_score)] = (oracle.std() / math.sqrt(len(oracle))).item() if len(oracle) > 1 else 0.0
     if inputs.judge_path:
-        m.update(_held_out_judge(samples, sft_samples, inputs.judge_path, inputs.judge_informative, pol["tokenizer"], cfg,
-                                 precision))
+        m.update(_held_out_judge(samples, sft_samples, inputs.judge_informative))
     if greedy_rewards is not None:
         m[N.greedy_mean_reward] = sum(greedy_rewards) / len(greedy_rewards)
         if inputs.oracle is not None:
@@ -176,37 +175,36 @@ def _policy_and_reference(policy_path: str, ref_path: str | None, inputs: EvalIn
 def _judge(samples: list[dict], greedy: list[dict] | None, rm_path, tok, inputs: EvalInputs, cfg,
            precision) -> tuple[list[float], list[float] | None]:
     """(the reward ensemble's mean reward of each sample, of each greedy sample); each sample gets its reward,
-    and its oracle score where the world has an oracle."""
-    judged = [samples, greedy] if greedy is not None else [samples]
-    rm_paths = [rm_path] if isinstance(rm_path, str) else list(rm_path)
-    by_member = []  # the reward ensemble's mean judges (one model: that model)
-    for path in rm_paths:
-        rm = reward.load(path, cfg.reward.head_hidden, precision.dtype)
-        by_member.append([reward.score(rm, tok, [s["prompt"] for s in ss], [s["response"] for s in ss],
-                                       [s["ended"] for s in ss], cfg.reward.score_batch_size, desc="RM (eval samples)")
-                          for ss in judged])
-        del rm
-        free()
-    mean = [[sum(m[k][i] for m in by_member) / len(by_member) for i in range(len(ss))] for k, ss in enumerate(judged)]
-    for s, r in zip(samples, mean[0]):
-        s["reward"] = r
+    its held-out judge's score where the run has a judge (s["judge"]), and its oracle score where the world has
+    an oracle. The ensemble and the judge score as a panel (iterdpo/panel.py): a body they share runs once."""
+    members = [rm_path] if isinstance(rm_path, str) else list(rm_path)
+    judge = [inputs.judge_path] if inputs.judge_path else []
+    scores = panel.score(members + judge, cfg.reward.head_hidden, precision.dtype, tok, *_texts(samples),
+                         cfg.reward.score_batch_size, desc="RM (eval samples)")
+    mean = [sum(m[i] for m in scores[:len(members)]) / len(members) for i in range(len(samples))]
+    for i, s in enumerate(samples):
+        s["reward"] = mean[i]
+        if judge:
+            s["judge"] = scores[-1][i]
         if inputs.oracle is not None:
             s["oracle"] = inputs.oracle(s["prompt"], s["response"], s["ended"])
-    return mean[0], (mean[1] if len(mean) > 1 else None)
+    if greedy is None:
+        return mean, None
+    by_member = panel.score(members, cfg.reward.head_hidden, precision.dtype, tok, *_texts(greedy),
+                            cfg.reward.score_batch_size, desc="RM (greedy samples)")
+    return mean, [sum(m[i] for m in by_member) / len(by_member) for i in range(len(greedy))]
 
 
-def _held_out_judge(samples: list[dict], sft_samples: list[dict] | None, path: str, informative: bool | None, tok, cfg,
-                    precision) -> dict:
-    """The held-out judge's score of each sample (s["judge"]), its mean, and its win rate against SFT's samples
-    where those carry the judge's scores too; `informative`: whether the judge beats chance on the held-out seed
-    pairs (the over_optimisation gate reads it only then)."""
-    rm = reward.load(path, cfg.reward.head_hidden, precision.dtype)
-    scores = reward.score(rm, tok, [s["prompt"] for s in samples], [s["response"] for s in samples],
-                          [s["ended"] for s in samples], cfg.reward.score_batch_size, desc="held-out judge")
-    del rm
-    free()
-    for s, j in zip(samples, scores):
-        s["judge"] = j
+def _texts(samples: list[dict]) -> tuple[list[str], list[str], list[bool]]:
+    """(prompts, responses, ended flags) of samples."""
+    return [s["prompt"] for s in samples], [s["response"] for s in samples], [s["ended"] for s in samples]
+
+
+def _held_out_judge(samples: list[dict], sft_samples: list[dict] | None, informative: bool | None) -> dict:
+    """The held-out judge's mean score of the samples (scored by _judge), and its win rate against SFT's
+    samples where those carry the judge's scores too; `informative`: whether the judge beats chance on the
+    held-out seed pairs (the over_optimisation gate reads it only then)."""
+    scores = [s["judge"] for s in samples]
     out = {N.judge_mean_reward: sum(scores) / len(scores), N.judge_informative: informative}
     if sft_samples and all("judge" in s for s in sft_samples):
         mine, theirs = torch.tensor(scores), torch.tensor([s["judge"] for s in sft_samples])

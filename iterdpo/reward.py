@@ -81,11 +81,14 @@ class RewardModel(nn.Module):
         self.head = nn.Sequential(nn.Linear(hidden, head_hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1))
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              response_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) left-padded tokens (and (B, T) response-token mask, for mean pooling) -> (B,) rewards."""
+              response_mask: torch.Tensor | None = None, heads: list[nn.Module] | None = None) -> torch.Tensor:
+        """(B, T) left-padded tokens (and (B, T) response-token mask, for mean pooling) -> (B,) rewards; with
+        `heads` (heads trained on this same body), (len(heads), B): the body runs once for all of them."""
         h = pool(self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
                  response_mask, self.pooling)
-        return self.head(h.to(self.head[0].weight.dtype)).squeeze(-1)
+        if heads is None:
+            return self.head(h.to(self.head[0].weight.dtype)).squeeze(-1)
+        return torch.stack([head(h.to(head[0].weight.dtype)).squeeze(-1) for head in heads])
 
     def forward(self, chosen_input_ids, chosen_attention_mask, rejected_input_ids, rejected_attention_mask,
                 chosen_response_mask=None, rejected_response_mask=None, **_):
@@ -169,8 +172,9 @@ def load(path: Path, head_hidden: int, dtype, on: str | None = None) -> RewardMo
 
 @torch.no_grad()
 def score(model: RewardModel, tokenizer, prompts: list[str], responses: list[str], ended: list[bool] | None = None,
-          batch_size: int = 64, desc: str = "scoring") -> list[float]:
-    """Reward of each (prompt, response), batched and length-sorted; EOS appended where the response ended."""
+          batch_size: int = 64, desc: str = "scoring", heads: list[nn.Module] | None = None) -> list:
+    """Reward of each (prompt, response), batched and length-sorted; EOS appended where the response ended.
+    With `heads` (iterdpo/panel.py): [head][text], every head reading the one pass through the body."""
     model.eval()
     dev = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
@@ -178,10 +182,13 @@ def score(model: RewardModel, tokenizer, prompts: list[str], responses: list[str
     for idx in bar(dist.mine(list(batches(order, batch_size))), desc):  # several processes: every N-th batch each
         eos = [ended[i] for i in idx] if ended is not None else None
         ids, att, resp = encode_pairs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], eos)
-        for i, r in zip(idx, model.score(ids.to(dev), att.to(dev), resp.to(dev)).float().cpu().tolist()):
-            out[i] = r
+        r = model.score(ids.to(dev), att.to(dev), resp.to(dev), heads).float().cpu()
+        for a, i in enumerate(idx):
+            out[i] = r[:, a].tolist() if heads is not None else r[a].item()
     out = dist.gather(out)
-    return [out[i] for i in range(len(prompts))]
+    if heads is None:
+        return [out[i] for i in range(len(prompts))]
+    return [[out[i][h] for i in range(len(prompts))] for h in range(len(heads))]
 
 
 @torch.no_grad()

@@ -118,6 +118,31 @@ def test_mean_pooled_truncated_reward_model_scores_grouped_as_flat_and_round_tri
         reward.build(str(src), 16, 0.0, torch.float32, "cpu", "frozen", layers=9)
 
 
+def test_panel_of_frozen_members_scores_as_each_member_alone(toy, tmp_path):
+    """Reward models saved with one frozen body share its pass (iterdpo/panel.py) and score as each alone, bit
+    for bit; a model with another body is grouped apart and scores as it does alone."""
+    from iterdpo import panel, reward
+
+    _, rm, tok, prompts = toy
+    src = tmp_path / "src"
+    rm.backbone.save_pretrained(src)
+    tok.save_pretrained(src)
+    paths = []
+    for seed, layers in [(1, 1), (2, 1), (3, 0), (4, 1)]:
+        torch.manual_seed(seed)
+        m = reward.build(str(src), 16, 0.0, torch.float32, "cpu", "frozen", pooling="mean", layers=layers).eval()
+        reward.save(m, tok, tmp_path / f"rm{seed}")
+        paths.append(tmp_path / f"rm{seed}")
+    assert panel.groups(paths) == [[0, 1, 3], [2]]
+    responses = [" apple pear", "", " rain so 7 7"] * (len(prompts) // 3) + [" 7"] * (len(prompts) % 3)
+    ended = [True, False] * (len(prompts) // 2) + [False] * (len(prompts) % 2)
+    together = panel.score(paths, 16, torch.float32, tok, prompts, responses, ended, batch_size=4)
+    alone = [reward.score(reward.load(p, 16, torch.float32, "cpu"), tok, prompts, responses, ended, batch_size=4)
+             for p in paths]
+    assert together == alone
+    assert len({round(t[0], 5) for t in together}) == 4  # the heads really differ
+
+
 # generation precision ------------------------------------------------------------------------------------------
 def test_inference_precision_picks_bf16_only_where_the_cpu_has_amx(tmp_path, monkeypatch):
     from iterdpo import models
