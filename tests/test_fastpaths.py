@@ -118,6 +118,23 @@ def test_mean_pooled_truncated_reward_model_scores_grouped_as_flat_and_round_tri
         reward.build(str(src), 16, 0.0, torch.float32, "cpu", "frozen", layers=9)
 
 
+def test_log_probs_read_only_the_completions_logits_and_give_the_full_passs_figures(toy, monkeypatch):
+    """completion_logprobs asks the model for the completion's logits alone (logits_to_keep); the log-probs
+    and token counts equal the full pass's, for completions of different lengths, empty ones and EOS or not."""
+    from iterdpo import sampling
+
+    model, _, tok, prompts = toy
+    assert sampling.keeps_logits(model)
+    completions = [" apple pear", "", " rain so 7 7 and more rain", " 7"] * (len(prompts) // 4) + [" a"] * (len(prompts) % 4)
+    eos = [True, False, True] * (len(prompts) // 3) + [True] * (len(prompts) % 3)
+    sliced = sampling.completion_logprobs(model, tok, prompts, completions, 5, add_eos=eos)
+    monkeypatch.setattr(sampling, "keeps_logits", lambda m: False)
+    full = sampling.completion_logprobs(model, tok, prompts, completions, 5, add_eos=eos)
+    assert torch.equal(sliced[1], full[1]) and sliced[1].min() >= 0
+    assert torch.allclose(sliced[0], full[0], atol=1e-4, rtol=0)
+    assert (sliced[0][sliced[1] > 0] < 0).all() and (sliced[0][sliced[1] == 0] == 0).all()
+
+
 def test_panel_of_frozen_members_scores_as_each_member_alone(toy, tmp_path):
     """Reward models saved with one frozen body share its pass (iterdpo/panel.py) and score as each alone, bit
     for bit; a model with another body is grouped apart and scores as it does alone."""
